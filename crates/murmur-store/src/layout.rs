@@ -1,0 +1,258 @@
+//! Where everything lives in a store, and the document log.
+//!
+//! Keys are prefix-ordered so that one document's data is one range:
+//!
+//! ```text
+//! \0schema                     u32 big-endian: the layout version
+//! \0node/<name>                node metadata (identity, ...)
+//! i<doc:16>                    "this document exists" (empty value)
+//! d<doc:16>s<seq:u64 BE>       the document's snapshot, covering chunks <= seq
+//! d<doc:16>c<seq:u64 BE>       an incremental chunk of changes
+//! d<doc:16>p<peer:32>          persisted Automerge sync state with a peer
+//! ```
+//!
+//! A document is one snapshot plus the incremental chunks written after it.
+//! [`compact`] folds them into a new snapshot and removes the old keys only
+//! after the new snapshot is flushed, so a crash at any point leaves a
+//! loadable document. Loading takes the newest snapshot and every chunk
+//! newer than it; leftovers of an interrupted compaction are reported as
+//! [`DocumentLog::stale_keys`] for the next compaction to remove.
+
+use crate::{Storage, StoreError, WriteBatch};
+
+/// The layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The key of the schema version.
+pub const SCHEMA_KEY: &[u8] = b"\0schema";
+
+const NODE_PREFIX: &[u8] = b"\0node/";
+const INDEX_PREFIX: u8 = b'i';
+const DOC_PREFIX: u8 = b'd';
+const SNAPSHOT_TAG: u8 = b's';
+const CHUNK_TAG: u8 = b'c';
+const SYNC_STATE_TAG: u8 = b'p';
+
+/// A document id as the store sees it.
+pub type DocKey = [u8; 16];
+/// A peer id as the store sees it.
+pub type PeerKey = [u8; 32];
+
+/// Checks the store's schema version, stamping (and flushing) an unstamped
+/// store with [`SCHEMA_VERSION`].
+pub fn ensure_schema(store: &dyn Storage) -> Result<(), StoreError> {
+    match store.get(SCHEMA_KEY)? {
+        Some(value) => {
+            let bytes: [u8; 4] = value
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::corrupt(SCHEMA_KEY, "schema version is not 4 bytes"))?;
+            let found = u32::from_be_bytes(bytes);
+            if found == SCHEMA_VERSION {
+                Ok(())
+            } else {
+                Err(StoreError::UnsupportedSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+        }
+        None => {
+            let mut batch = WriteBatch::new();
+            batch.put(SCHEMA_KEY.to_vec(), SCHEMA_VERSION.to_be_bytes().to_vec());
+            store.apply(batch)?;
+            store.flush()
+        }
+    }
+}
+
+/// The key of a piece of node metadata.
+pub fn node_key(name: &str) -> Vec<u8> {
+    [NODE_PREFIX, name.as_bytes()].concat()
+}
+
+fn doc_prefix(doc: &DocKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + 16 + 1 + 32);
+    key.push(DOC_PREFIX);
+    key.extend_from_slice(doc);
+    key
+}
+
+fn tagged(doc: &DocKey, tag: u8) -> Vec<u8> {
+    let mut key = doc_prefix(doc);
+    key.push(tag);
+    key
+}
+
+fn sequenced(doc: &DocKey, tag: u8, seq: u64) -> Vec<u8> {
+    let mut key = tagged(doc, tag);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The key marking that `doc` exists.
+pub fn index_key(doc: &DocKey) -> Vec<u8> {
+    let mut key = vec![INDEX_PREFIX];
+    key.extend_from_slice(doc);
+    key
+}
+
+/// The key of the sync state of `doc` with `peer`.
+pub fn sync_state_key(doc: &DocKey, peer: &PeerKey) -> Vec<u8> {
+    let mut key = tagged(doc, SYNC_STATE_TAG);
+    key.extend_from_slice(peer);
+    key
+}
+
+/// Every sync state stored for `doc`, by peer.
+pub fn load_sync_states(
+    store: &dyn Storage,
+    doc: &DocKey,
+) -> Result<Vec<(PeerKey, Vec<u8>)>, StoreError> {
+    let prefix = tagged(doc, SYNC_STATE_TAG);
+    store
+        .scan_prefix(&prefix)?
+        .into_iter()
+        .map(|(key, value)| {
+            let peer: PeerKey = key[prefix.len()..]
+                .try_into()
+                .map_err(|_| StoreError::corrupt(&key, "sync state key has no 32-byte peer id"))?;
+            Ok((peer, value))
+        })
+        .collect()
+}
+
+/// Every document the store holds. Walks the document index: one key per
+/// document, no document data.
+pub fn list_documents(store: &dyn Storage) -> Result<Vec<DocKey>, StoreError> {
+    store
+        .scan_prefix(&[INDEX_PREFIX])?
+        .into_iter()
+        .map(|(key, _)| {
+            key[1..]
+                .try_into()
+                .map_err(|_| StoreError::corrupt(&key, "index key has no 16-byte document id"))
+        })
+        .collect()
+}
+
+/// One record of a document log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its sequence number within the document.
+    pub seq: u64,
+    /// The Automerge bytes (`save()` for a snapshot, `save_incremental()`
+    /// or raw changes for a chunk).
+    pub bytes: Vec<u8>,
+}
+
+/// A document as stored: the newest snapshot and the chunks after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DocumentLog {
+    /// The newest snapshot, if one was ever written.
+    pub snapshot: Option<Record>,
+    /// Chunks newer than the snapshot, oldest first.
+    pub chunks: Vec<Record>,
+    /// Keys an interrupted compaction left behind (older snapshots, chunks
+    /// the snapshot covers). Their data is already in the snapshot.
+    pub stale_keys: Vec<Vec<u8>>,
+}
+
+impl DocumentLog {
+    /// True when the document has no data at all.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.chunks.is_empty()
+    }
+
+    /// The sequence number the next chunk must take.
+    pub fn next_seq(&self) -> u64 {
+        let last_chunk = self.chunks.last().map(|record| record.seq);
+        let snapshot = self.snapshot.as_ref().map(|record| record.seq);
+        last_chunk.max(snapshot).map_or(0, |seq| seq + 1)
+    }
+
+    /// Bytes held in chunks.
+    pub fn chunk_bytes(&self) -> usize {
+        self.chunks.iter().map(|record| record.bytes.len()).sum()
+    }
+
+    /// Bytes held in the snapshot.
+    pub fn snapshot_bytes(&self) -> usize {
+        self.snapshot
+            .as_ref()
+            .map_or(0, |record| record.bytes.len())
+    }
+}
+
+fn parse_seq(key: &[u8], prefix_len: usize) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key
+        .get(prefix_len..)
+        .and_then(|rest| rest.try_into().ok())
+        .ok_or_else(|| StoreError::corrupt(key, "log key has no 8-byte sequence number"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Reads `doc`'s log.
+pub fn load_document(store: &dyn Storage, doc: &DocKey) -> Result<DocumentLog, StoreError> {
+    let snapshot_prefix = tagged(doc, SNAPSHOT_TAG);
+    let chunk_prefix = tagged(doc, CHUNK_TAG);
+    let mut log = DocumentLog::default();
+    for (key, bytes) in store.scan_prefix(&snapshot_prefix)? {
+        let seq = parse_seq(&key, snapshot_prefix.len())?;
+        // Keys come in ascending order: each newer snapshot supersedes the last.
+        if let Some(older) = log.snapshot.replace(Record { seq, bytes }) {
+            log.stale_keys.push(sequenced(doc, SNAPSHOT_TAG, older.seq));
+        }
+    }
+    let covered = log.snapshot.as_ref().map(|record| record.seq);
+    for (key, bytes) in store.scan_prefix(&chunk_prefix)? {
+        let seq = parse_seq(&key, chunk_prefix.len())?;
+        if covered.is_some_and(|covered| seq <= covered) {
+            log.stale_keys.push(key);
+        } else {
+            log.chunks.push(Record { seq, bytes });
+        }
+    }
+    Ok(log)
+}
+
+/// Adds a chunk of `doc` to `batch` (and marks the document as existing).
+pub fn put_chunk(batch: &mut WriteBatch, doc: &DocKey, seq: u64, bytes: Vec<u8>) {
+    batch.put(index_key(doc), Vec::new());
+    batch.put(sequenced(doc, CHUNK_TAG, seq), bytes);
+}
+
+/// Replaces `doc`'s log with `snapshot`, which must contain every change of
+/// every record up to and including sequence number `covers`.
+///
+/// The snapshot is written and flushed first; only then are the older
+/// snapshot and the covered chunks deleted. A crash before the flush leaves
+/// the old log; a crash after it leaves the new snapshot (plus stale keys
+/// that loading skips). Either way nothing is lost.
+pub fn compact(
+    store: &dyn Storage,
+    doc: &DocKey,
+    covers: u64,
+    snapshot: Vec<u8>,
+) -> Result<(), StoreError> {
+    let mut write = WriteBatch::new();
+    write.put(index_key(doc), Vec::new());
+    write.put(sequenced(doc, SNAPSHOT_TAG, covers), snapshot);
+    store.apply(write)?;
+    store.flush()?;
+
+    let mut remove = WriteBatch::new();
+    let snapshot_prefix = tagged(doc, SNAPSHOT_TAG);
+    for (key, _) in store.scan_prefix(&snapshot_prefix)? {
+        if parse_seq(&key, snapshot_prefix.len())? < covers {
+            remove.delete(key);
+        }
+    }
+    let chunk_prefix = tagged(doc, CHUNK_TAG);
+    for (key, _) in store.scan_prefix(&chunk_prefix)? {
+        if parse_seq(&key, chunk_prefix.len())? <= covers {
+            remove.delete(key);
+        }
+    }
+    store.apply(remove)
+}

@@ -1,0 +1,153 @@
+//! An in-memory store that can crash.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::{layout, KeyValue, Storage, StoreError, WriteBatch, WriteOp};
+
+/// An in-memory [`Storage`] that models what a crash loses.
+///
+/// Every applied batch is visible to reads at once; a batch becomes durable
+/// when [`Storage::flush`] runs. [`MemStore::crash`] throws away every batch
+/// applied since the last flush, exactly what a power cut does to a store
+/// that had not synced. [`MemStore::crash_keeping`] keeps a prefix of them,
+/// as a store with a background flusher (sled has one) may have written some
+/// of them out on its own.
+///
+/// Clones share the same data, so a simulator can keep a handle to a node's
+/// store across the node's "crash" and restart.
+#[derive(Clone, Debug)]
+pub struct MemStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// What survives a crash.
+    durable: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Batches applied after the last flush, oldest first.
+    unflushed: Vec<WriteBatch>,
+    /// `durable` with `unflushed` applied: what reads see.
+    current: BTreeMap<Vec<u8>, Vec<u8>>,
+    flushes: u64,
+}
+
+impl MemStore {
+    /// An empty store, stamped with the current schema version.
+    pub fn new() -> Self {
+        let store = Self::unversioned();
+        // An empty in-memory store cannot fail to take its schema stamp.
+        if let Err(error) = layout::ensure_schema(&store) {
+            unreachable!("a fresh MemStore rejected its schema stamp: {error}");
+        }
+        store
+    }
+
+    /// An empty store with no schema stamp, for tests of what opening an
+    /// unknown store does.
+    pub fn unversioned() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner::default())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-updated
+        // (every mutation is a whole assignment), so a poisoned lock is safe
+        // to keep using.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Loses every write not yet flushed.
+    pub fn crash(&self) {
+        self.crash_keeping(0);
+    }
+
+    /// Loses the writes not yet flushed, except the oldest `keep` batches
+    /// (which a background flusher happened to persist). Batches are never
+    /// torn: each survives whole or not at all.
+    pub fn crash_keeping(&self, keep: usize) {
+        let mut inner = self.lock();
+        let unflushed = std::mem::take(&mut inner.unflushed);
+        for batch in unflushed.into_iter().take(keep) {
+            apply_ops(&mut inner.durable, batch.ops());
+        }
+        inner.current = inner.durable.clone();
+    }
+
+    /// How many batches were applied since the last flush.
+    pub fn unflushed_batches(&self) -> usize {
+        self.lock().unflushed.len()
+    }
+
+    /// How many times [`Storage::flush`] ran.
+    pub fn flush_count(&self) -> u64 {
+        self.lock().flushes
+    }
+
+    /// Bytes of keys and values currently visible.
+    pub fn size_bytes(&self) -> usize {
+        self.lock()
+            .current
+            .iter()
+            .map(|(key, value)| key.len() + value.len())
+            .sum()
+    }
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn apply_ops(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, ops: &[WriteOp]) {
+    for op in ops {
+        match op {
+            WriteOp::Put { key, value } => {
+                map.insert(key.clone(), value.clone());
+            }
+            WriteOp::Delete { key } => {
+                map.remove(key);
+            }
+        }
+    }
+}
+
+impl Storage for MemStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().current.get(key).cloned())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .current
+            .range(prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        apply_ops(&mut inner.current, batch.ops());
+        inner.unflushed.push(batch);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let unflushed = std::mem::take(&mut inner.unflushed);
+        for batch in &unflushed {
+            apply_ops(&mut inner.durable, batch.ops());
+        }
+        inner.flushes += 1;
+        Ok(())
+    }
+}

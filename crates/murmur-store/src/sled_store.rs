@@ -1,0 +1,75 @@
+//! The sled-backed store a real node runs on.
+
+use std::path::Path;
+
+use crate::{layout, KeyValue, Storage, StoreError, WriteBatch, WriteOp};
+
+/// A [`Storage`] on sled 0.34, in one directory.
+///
+/// Batches are applied with sled's atomic batch; [`Storage::flush`] calls
+/// sled's `flush`, which syncs to disk. (sled also flushes on its own in the
+/// background and when dropped; Murmur never relies on either.)
+#[derive(Clone, Debug)]
+pub struct SledStore {
+    db: sled::Db,
+}
+
+fn backend(error: sled::Error) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir` and checks its schema
+    /// version: a new store is stamped with the current one; a store of
+    /// another version is refused with [`StoreError::UnsupportedSchema`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir.as_ref())
+            .open()
+            .map_err(backend)?;
+        let store = Self { db };
+        layout::ensure_schema(&store)?;
+        Ok(store)
+    }
+
+    /// Bytes sled reports on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(backend)
+    }
+}
+
+impl Storage for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get(key)
+            .map_err(backend)?
+            .map(|value| value.to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|entry| {
+                entry
+                    .map(|(key, value)| (key.to_vec(), value.to_vec()))
+                    .map_err(backend)
+            })
+            .collect()
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut sled_batch = sled::Batch::default();
+        for op in batch.into_ops() {
+            match op {
+                WriteOp::Put { key, value } => sled_batch.insert(key, value),
+                WriteOp::Delete { key } => sled_batch.remove(key),
+            }
+        }
+        self.db.apply_batch(sled_batch).map_err(backend)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+}
