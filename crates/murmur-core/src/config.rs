@@ -1,0 +1,74 @@
+//! How a replica is tuned.
+
+use std::time::Duration;
+
+use murmur_wire::{NodeId, MAX_CHANGES_PER_PUSH};
+
+/// Settings of one [`Replica`](crate::Replica). Every bound the engine
+/// keeps is here.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id. Its first 16 bytes are the node's Automerge actor.
+    pub node_id: NodeId,
+    /// Seeds the engine's random choices (document ids, jitter, which peer
+    /// anti-entropy picks). Same seed, same inputs: same outputs.
+    pub seed: u64,
+    /// How often, on average, the replica reconciles with one peer.
+    pub anti_entropy_interval: Duration,
+    /// Up to this much is added to or taken from each interval, so that
+    /// nodes do not fall into step.
+    pub anti_entropy_jitter: Duration,
+    /// How long writes may wait for a flush so that many share one. Zero
+    /// flushes at the next [`handle_timeout`](crate::Replica::handle_timeout),
+    /// which still groups every write of the same driver turn.
+    pub group_commit_delay: Duration,
+    /// How long to wait before retrying a flush that failed.
+    pub flush_retry_delay: Duration,
+    /// Most changes in one eager push message.
+    pub max_push_batch: usize,
+    /// Most bytes queued for one peer. Past it, eager pushes to that peer
+    /// are dropped (anti-entropy will carry them) instead of growing memory.
+    pub max_outbox_bytes_per_peer: usize,
+    /// A document's incremental chunks are folded into a new snapshot once
+    /// they hold more bytes than the snapshot and more than this.
+    pub compaction_min_bytes: usize,
+    /// ... or once there are more chunks than this.
+    pub compaction_max_chunks: usize,
+}
+
+impl Config {
+    /// Defaults for a node with id `node_id`.
+    pub fn new(node_id: NodeId) -> Self {
+        Config {
+            node_id,
+            seed: u64::from_le_bytes([
+                node_id.0[0],
+                node_id.0[1],
+                node_id.0[2],
+                node_id.0[3],
+                node_id.0[4],
+                node_id.0[5],
+                node_id.0[6],
+                node_id.0[7],
+            ]),
+            anti_entropy_interval: Duration::from_secs(1),
+            anti_entropy_jitter: Duration::from_millis(250),
+            group_commit_delay: Duration::ZERO,
+            flush_retry_delay: Duration::from_millis(100),
+            max_push_batch: 256,
+            max_outbox_bytes_per_peer: 8 * 1024 * 1024,
+            compaction_min_bytes: 16 * 1024,
+            compaction_max_chunks: 512,
+        }
+    }
+
+    /// The same settings with another seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    pub(crate) fn push_batch(&self) -> usize {
+        self.max_push_batch.clamp(1, MAX_CHANGES_PER_PUSH)
+    }
+}

@@ -1,0 +1,190 @@
+//! One document held by a replica: its Automerge state, where it stands in
+//! storage, and its sync state with each peer.
+
+use std::collections::BTreeMap;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{ActorId, Automerge, ChangeHash};
+use murmur_store::layout::{self, DocumentLog};
+use murmur_store::{Storage, StoreError, WriteBatch};
+use murmur_wire::{DocumentId, NodeId};
+
+/// A document in memory.
+pub(crate) struct Document {
+    pub(crate) doc: Automerge,
+    /// Heads as last written to storage (not necessarily flushed).
+    saved_heads: Vec<ChangeHash>,
+    /// The sequence number the next chunk takes.
+    next_seq: u64,
+    /// The sequence number the current snapshot covers, if any.
+    snapshot_bytes: usize,
+    chunk_bytes: usize,
+    chunk_count: usize,
+    /// True until the index key is written.
+    pub(crate) unindexed: bool,
+    /// Keys an interrupted compaction left; deleted with the next write.
+    stale_keys: Vec<Vec<u8>>,
+    /// Sync state with each peer that ever synced this document.
+    pub(crate) sync: BTreeMap<NodeId, sync::State>,
+}
+
+/// What a pending write of a document will do to it once it is applied.
+pub(crate) struct PendingSave {
+    heads: Vec<ChangeHash>,
+    wrote_chunk: Option<usize>,
+}
+
+impl Document {
+    /// A new, empty document written by `actor`.
+    pub(crate) fn new(actor: ActorId) -> Self {
+        Document {
+            doc: Automerge::new().with_actor(actor),
+            saved_heads: Vec::new(),
+            next_seq: 0,
+            snapshot_bytes: 0,
+            chunk_bytes: 0,
+            chunk_count: 0,
+            unindexed: true,
+            stale_keys: Vec::new(),
+            sync: BTreeMap::new(),
+        }
+    }
+
+    /// Loads `id` from `store`. A document whose bytes do not load is an
+    /// error with the reason; its keys are left untouched.
+    pub(crate) fn load(
+        store: &dyn Storage,
+        id: DocumentId,
+        actor: ActorId,
+    ) -> Result<Self, LoadError> {
+        let key = *id.as_bytes();
+        let log = layout::load_document(store, &key)?;
+        let doc = assemble(&log).map_err(LoadError::Automerge)?;
+        let mut sync = BTreeMap::new();
+        for (peer, bytes) in layout::load_sync_states(store, &key)? {
+            // A sync state that does not decode only costs bandwidth: start
+            // that peer afresh rather than refuse the document.
+            match sync::State::decode(&bytes) {
+                Ok(state) => {
+                    sync.insert(NodeId(peer), state);
+                }
+                Err(error) => tracing::warn!(
+                    doc = %id, peer = %NodeId(peer).short(), %error,
+                    "stored sync state does not decode; syncing from scratch"
+                ),
+            }
+        }
+        Ok(Document {
+            saved_heads: doc.get_heads(),
+            doc: doc.with_actor(actor),
+            next_seq: log.next_seq(),
+            snapshot_bytes: log.snapshot_bytes(),
+            chunk_bytes: log.chunk_bytes(),
+            chunk_count: log.chunks.len(),
+            unindexed: false,
+            stale_keys: log.stale_keys,
+            sync,
+        })
+    }
+
+    pub(crate) fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Adds whatever is not yet stored to `batch`; returns what to record
+    /// once the batch is durable.
+    pub(crate) fn save_into(&mut self, id: DocumentId, batch: &mut WriteBatch) -> PendingSave {
+        let key = *id.as_bytes();
+        if self.unindexed {
+            batch.put(layout::index_key(&key), Vec::new());
+        }
+        for stale in &self.stale_keys {
+            batch.delete(stale.clone());
+        }
+        let heads = self.doc.get_heads();
+        let mut wrote_chunk = None;
+        if heads != self.saved_heads {
+            let bytes = self.doc.save_after(&self.saved_heads);
+            if !bytes.is_empty() {
+                wrote_chunk = Some(bytes.len());
+                layout::put_chunk(batch, &key, self.next_seq, bytes);
+            }
+        }
+        PendingSave { heads, wrote_chunk }
+    }
+
+    /// Records that the batch built by [`Document::save_into`] is durable.
+    pub(crate) fn saved(&mut self, pending: PendingSave) {
+        self.unindexed = false;
+        self.stale_keys.clear();
+        self.saved_heads = pending.heads;
+        if let Some(bytes) = pending.wrote_chunk {
+            self.next_seq += 1;
+            self.chunk_bytes += bytes;
+            self.chunk_count += 1;
+        }
+    }
+
+    /// True when the chunks have outgrown the snapshot.
+    pub(crate) fn wants_compaction(&self, min_bytes: usize, max_chunks: usize) -> bool {
+        self.chunk_count > 0
+            && (self.chunk_count > max_chunks
+                || self.chunk_bytes > self.snapshot_bytes.max(min_bytes))
+    }
+
+    /// Folds the stored chunks into one snapshot. Only call right after a
+    /// successful flush, when everything in memory is stored.
+    pub(crate) fn compact(
+        &mut self,
+        id: DocumentId,
+        store: &dyn Storage,
+    ) -> Result<(), StoreError> {
+        debug_assert_eq!(self.saved_heads, self.doc.get_heads());
+        let covers = self.next_seq.saturating_sub(1);
+        let snapshot = self.doc.save();
+        let snapshot_bytes = snapshot.len();
+        layout::compact(store, id.as_bytes(), covers, snapshot)?;
+        tracing::debug!(
+            doc = %id, chunks = self.chunk_count, chunk_bytes = self.chunk_bytes,
+            snapshot_bytes, "compacted document"
+        );
+        self.snapshot_bytes = snapshot_bytes;
+        self.chunk_bytes = 0;
+        self.chunk_count = 0;
+        Ok(())
+    }
+}
+
+/// Builds the Automerge document a log describes.
+fn assemble(log: &DocumentLog) -> Result<Automerge, automerge::AutomergeError> {
+    let mut doc = match &log.snapshot {
+        Some(snapshot) => Automerge::load(&snapshot.bytes)?,
+        None => Automerge::new(),
+    };
+    for chunk in &log.chunks {
+        doc.load_incremental(&chunk.bytes)?;
+    }
+    Ok(doc)
+}
+
+/// Why a document did not load.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("automerge data does not load: {0}")]
+    Automerge(automerge::AutomergeError),
+}
+
+/// Resets the in-flight part of a sync state, keeping what is worth keeping
+/// (the heads both sides share). Automerge can loop or stall after a lost
+/// message otherwise (automerge issues #1284, #772).
+pub(crate) fn reset_in_flight(state: &mut sync::State) {
+    *state = sync::State::decode(&state.encode()).unwrap_or_default();
+}
+
+/// The sync message to send a peer about `doc`, if any.
+pub(crate) fn next_sync_message(doc: &Automerge, state: &mut sync::State) -> Option<Vec<u8>> {
+    doc.generate_sync_message(state)
+        .map(|message| message.encode())
+}

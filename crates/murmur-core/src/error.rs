@@ -1,0 +1,47 @@
+//! Errors of the replication engine.
+
+use murmur_store::StoreError;
+use murmur_wire::{DocumentId, NodeId};
+
+/// What a replica call can fail with. Each variant says whether state
+/// changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// Storage failed. For `open` nothing was loaded; for a flush the writes
+    /// stay in memory, unacknowledged, and the flush is retried.
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
+    /// No document with this id is held. Nothing changed.
+    #[error("unknown document {0}")]
+    UnknownDocument(DocumentId),
+    /// The document's stored data does not load; it is set aside
+    /// (quarantined) and its stored bytes are left as they are.
+    #[error("document {doc} is corrupt in storage and was set aside: {reason}")]
+    CorruptDocument {
+        /// The document.
+        doc: DocumentId,
+        /// What failed when loading it.
+        reason: String,
+    },
+    /// A message came from a peer that is not connected. Nothing changed.
+    #[error("message from {0:?}, which is not a connected peer")]
+    PeerNotConnected(NodeId),
+    /// A peer sent bytes that are not valid Automerge data. Nothing changed;
+    /// the driver may count it against the peer.
+    #[error("peer {peer:?} sent an invalid {what} for document {doc}: {reason}")]
+    InvalidPeerData {
+        /// The peer.
+        peer: NodeId,
+        /// The document.
+        doc: DocumentId,
+        /// "change" or "sync message".
+        what: &'static str,
+        /// The decoder's words.
+        reason: String,
+    },
+    /// The application's change function failed; the transaction was rolled
+    /// back and nothing changed.
+    #[error("the change was rolled back: {0}")]
+    ChangeRejected(#[source] automerge::AutomergeError),
+}

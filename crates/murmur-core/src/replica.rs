@@ -1,0 +1,725 @@
+//! The replica: every document a node holds and every rule of replicating
+//! them, with no I/O.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use automerge::transaction::{CommitOptions, Transaction};
+use automerge::{ActorId, AutomergeError, Change, ChangeHash, ReadDoc};
+use murmur_store::layout;
+use murmur_store::{Storage, WriteBatch};
+use murmur_wire::{DocumentId, Message, NodeId};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::document::{self, Document, LoadError};
+use crate::{Config, Metrics, ReplicaError, Time};
+
+/// Identifies one local write, for matching its acknowledgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteId(pub u64);
+
+/// How far a write has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AckLevel {
+    /// Applied to the document in memory; lost if the node crashes now.
+    Applied,
+    /// Written to storage and flushed: it survives a crash.
+    Durable,
+}
+
+/// Where a change to a document came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// This node's application.
+    Local,
+    /// A peer.
+    Remote(NodeId),
+}
+
+/// Something the application (or the driver) should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A document's heads moved.
+    DocumentChanged {
+        /// The document.
+        doc: DocumentId,
+        /// Its new heads.
+        heads: Vec<ChangeHash>,
+        /// Who changed it.
+        origin: Origin,
+    },
+    /// A local write reached `level`.
+    Acknowledged {
+        /// The write.
+        write: WriteId,
+        /// The document it changed.
+        doc: DocumentId,
+        /// How far it got.
+        level: AckLevel,
+    },
+}
+
+/// A message for the driver to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The peer to send it to.
+    pub to: NodeId,
+    /// The message.
+    pub message: Message,
+}
+
+/// What a local change did.
+#[derive(Debug)]
+pub struct LocalWrite<O> {
+    /// Its id: [`Event::Acknowledged`] events name it.
+    pub write: WriteId,
+    /// The Automerge change it made, or `None` if the closure changed
+    /// nothing (then it is acknowledged `Durable` at once).
+    pub change: Option<ChangeHash>,
+    /// What the closure returned.
+    pub output: O,
+}
+
+#[derive(Default)]
+struct Peer {
+    /// Bytes (roughly: payload sizes) queued for this peer.
+    queued_bytes: usize,
+}
+
+/// The replication engine of one node. See the crate documentation for the
+/// order in which a driver calls it.
+pub struct Replica {
+    config: Config,
+    actor: ActorId,
+    store: Box<dyn Storage>,
+    rng: ChaCha8Rng,
+    docs: BTreeMap<DocumentId, Document>,
+    quarantined: BTreeMap<DocumentId, String>,
+    peers: BTreeMap<NodeId, Peer>,
+    outbox: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_write: u64,
+    /// Writes waiting for the next flush to become durable.
+    awaiting_flush: Vec<(WriteId, DocumentId)>,
+    dirty_docs: BTreeSet<DocumentId>,
+    dirty_sync: BTreeSet<(DocumentId, NodeId)>,
+    flush_at: Option<Time>,
+    anti_entropy_at: Time,
+    metrics: Metrics,
+}
+
+impl Replica {
+    /// Opens the replica stored in `store` (an empty store gives an empty
+    /// replica). Documents whose data does not load are set aside and
+    /// reported by [`Replica::quarantined`]; the others load.
+    pub fn open(config: Config, store: Box<dyn Storage>, now: Time) -> Result<Self, ReplicaError> {
+        layout::ensure_schema(&*store)?;
+        let actor = ActorId::from(&config.node_id.0[..16]);
+        let mut replica = Replica {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            actor,
+            store,
+            docs: BTreeMap::new(),
+            quarantined: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            next_write: 0,
+            awaiting_flush: Vec::new(),
+            dirty_docs: BTreeSet::new(),
+            dirty_sync: BTreeSet::new(),
+            flush_at: None,
+            anti_entropy_at: now,
+            metrics: Metrics::default(),
+            config,
+        };
+        replica.anti_entropy_at = now.add(replica.next_anti_entropy_interval());
+        for key in layout::list_documents(&*replica.store)? {
+            replica.load_document(DocumentId::from_bytes(key))?;
+        }
+        tracing::info!(
+            node = %replica.config.node_id.short(),
+            documents = replica.docs.len(),
+            quarantined = replica.quarantined.len(),
+            "replica opened"
+        );
+        Ok(replica)
+    }
+
+    fn load_document(&mut self, id: DocumentId) -> Result<(), ReplicaError> {
+        match Document::load(&*self.store, id, self.actor.clone()) {
+            Ok(doc) => {
+                self.docs.insert(id, doc);
+                Ok(())
+            }
+            Err(LoadError::Store(error)) => Err(error.into()),
+            Err(LoadError::Automerge(error)) => {
+                tracing::error!(doc = %id, %error, "document does not load; set aside, stored bytes kept");
+                self.quarantined.insert(id, error.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// Creates a new, empty document with a random id, and announces it to
+    /// the connected peers.
+    pub fn create_document(&mut self, now: Time) -> DocumentId {
+        self.observe_clock(now);
+        let id = loop {
+            let id = DocumentId::from_bytes(self.rng.gen());
+            if !self.docs.contains_key(&id) && !self.quarantined.contains_key(&id) {
+                break id;
+            }
+        };
+        self.docs.insert(id, Document::new(self.actor.clone()));
+        self.mark_dirty(now, id);
+        // Announce it: a sync message makes every connected peer hold it.
+        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.sync_with(id, peer, false);
+        }
+        tracing::debug!(doc = %id, "created document");
+        id
+    }
+
+    /// Applies a local change to `doc`: runs `change` in one Automerge
+    /// transaction stamped with `now`. The change is acknowledged
+    /// [`AckLevel::Applied`] when this returns, pushed to every connected
+    /// peer, and acknowledged [`AckLevel::Durable`] (an [`Event`]) after the
+    /// next flush.
+    pub fn handle_local_change<O>(
+        &mut self,
+        now: Time,
+        doc: DocumentId,
+        change: impl FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
+    ) -> Result<LocalWrite<O>, ReplicaError> {
+        let _span = tracing::debug_span!("local_change", doc = %doc).entered();
+        self.observe_clock(now);
+        let document = self.document_mut(doc)?;
+        let options = CommitOptions::default().with_time(now.as_automerge_seconds());
+        let success = document
+            .doc
+            .transact_with(|_| options, change)
+            .map_err(|failure| ReplicaError::ChangeRejected(failure.error))?;
+        let raw_change = success
+            .hash
+            .and_then(|hash| document.doc.get_change_by_hash(&hash))
+            .map(|change| change.raw_bytes().to_vec());
+        let write = WriteId(self.next_write);
+        self.next_write += 1;
+        let (Some(hash), Some(raw_change)) = (success.hash, raw_change) else {
+            self.events.push_back(Event::Acknowledged {
+                write,
+                doc,
+                level: AckLevel::Durable,
+            });
+            return Ok(LocalWrite {
+                write,
+                change: None,
+                output: success.result,
+            });
+        };
+        self.metrics.local_changes += 1;
+        self.push_to_all(doc, raw_change);
+        self.awaiting_flush.push((write, doc));
+        self.events.push_back(Event::Acknowledged {
+            write,
+            doc,
+            level: AckLevel::Applied,
+        });
+        self.changed(now, doc, Origin::Local);
+        Ok(LocalWrite {
+            write,
+            change: Some(hash),
+            output: success.result,
+        })
+    }
+
+    /// A connection to `peer` is up (and authenticated). Starts a sync of
+    /// every document with it, from the persisted sync state with its
+    /// in-flight part reset.
+    pub fn handle_peer_up(&mut self, now: Time, peer: NodeId) {
+        let _span = tracing::debug_span!("peer_up", peer = %peer.short()).entered();
+        self.observe_clock(now);
+        self.peers.entry(peer).or_default();
+        let ids: Vec<DocumentId> = self.docs.keys().copied().collect();
+        for id in ids {
+            self.sync_with(id, peer, true);
+        }
+        tracing::info!(peer = %peer.short(), documents = self.docs.len(), "peer up");
+    }
+
+    /// The connection to `peer` is gone. Drops what was queued for it; the
+    /// sync states keep what both sides share.
+    pub fn handle_peer_down(&mut self, now: Time, peer: NodeId) {
+        let _ = now;
+        if self.peers.remove(&peer).is_none() {
+            return;
+        }
+        let before = self.outbox.len();
+        self.outbox.retain(|transmit| transmit.to != peer);
+        tracing::info!(
+            peer = %peer.short(),
+            dropped_messages = before - self.outbox.len(),
+            "peer down"
+        );
+    }
+
+    /// A message arrived from `from`. An error means the message was
+    /// rejected whole and nothing changed.
+    pub fn handle_message(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        message: Message,
+    ) -> Result<(), ReplicaError> {
+        if !self.peers.contains_key(&from) {
+            return Err(ReplicaError::PeerNotConnected(from));
+        }
+        self.observe_clock(now);
+        self.metrics.messages_received += 1;
+        match message {
+            Message::Changes { doc, changes } => self.receive_changes(now, from, doc, changes),
+            Message::Sync { doc, message } => self.receive_sync(now, from, doc, &message),
+            // Connection set-up is the driver's business, and nothing reads
+            // a peer's advertised heads yet.
+            Message::Hello(_) | Message::Heads { .. } => Ok(()),
+        }
+    }
+
+    fn receive_changes(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        doc: DocumentId,
+        raw: Vec<Vec<u8>>,
+    ) -> Result<(), ReplicaError> {
+        let _span =
+            tracing::debug_span!("receive_changes", peer = %from.short(), doc = %doc).entered();
+        let invalid = |reason: String| ReplicaError::InvalidPeerData {
+            peer: from,
+            doc,
+            what: "change",
+            reason,
+        };
+        let changes = raw
+            .into_iter()
+            .map(|bytes| Change::from_bytes(bytes).map_err(|error| invalid(error.to_string())))
+            .collect::<Result<Vec<Change>, _>>()?;
+        let count = changes.len();
+        let document = self.document_or_new(now, doc)?;
+        let before = document.heads();
+        document
+            .doc
+            .apply_changes(changes)
+            .map_err(|error| invalid(error.to_string()))?;
+        let after = document.heads();
+        let missing = !document.doc.get_missing_deps(&[]).is_empty();
+        self.metrics.changes_received += count as u64;
+        if before != after {
+            self.changed(now, doc, Origin::Remote(from));
+        }
+        if missing {
+            // Keep the change (Automerge queues it) and fetch what it needs.
+            tracing::debug!(peer = %from.short(), doc = %doc, "pushed change misses dependencies; syncing");
+            self.metrics.missing_dependency_syncs += 1;
+            self.sync_with(doc, from, true);
+        }
+        Ok(())
+    }
+
+    fn receive_sync(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        doc: DocumentId,
+        bytes: &[u8],
+    ) -> Result<(), ReplicaError> {
+        let _span =
+            tracing::debug_span!("receive_sync", peer = %from.short(), doc = %doc).entered();
+        let invalid = |reason: String| ReplicaError::InvalidPeerData {
+            peer: from,
+            doc,
+            what: "sync message",
+            reason,
+        };
+        let message =
+            automerge::sync::Message::decode(bytes).map_err(|e| invalid(e.to_string()))?;
+        let document = self.document_or_new(now, doc)?;
+        let before = document.heads();
+        let state = document.sync.entry(from).or_default();
+        // Automerge may have applied part of the message before failing; the
+        // heads comparison below still records what changed.
+        let result =
+            automerge::sync::SyncDoc::receive_sync_message(&mut document.doc, state, message);
+        let after = document.heads();
+        self.dirty_sync.insert((doc, from));
+        self.metrics.sync_messages_received += 1;
+        if before != after {
+            self.changed(now, doc, Origin::Remote(from));
+        }
+        result.map_err(|error| invalid(error.to_string()))?;
+        self.sync_with(doc, from, false);
+        Ok(())
+    }
+
+    /// Runs what is due at `now`: the group-commit flush, and a round of
+    /// anti-entropy with one peer.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.observe_clock(now);
+        if self.flush_at.is_some_and(|at| at <= now) {
+            self.flush(now);
+        }
+        if self.anti_entropy_at <= now {
+            self.anti_entropy_at = now.add(self.next_anti_entropy_interval());
+            self.anti_entropy_round();
+        }
+    }
+
+    /// Re-arms timers that a clock jumping backwards has pushed further
+    /// away than their own interval, so a jump delays nothing for long.
+    fn observe_clock(&mut self, now: Time) {
+        let latest_anti_entropy =
+            now.add(self.config.anti_entropy_interval + self.config.anti_entropy_jitter);
+        if self.anti_entropy_at > latest_anti_entropy {
+            tracing::warn!(%now, deadline = %self.anti_entropy_at, "clock went backwards; re-arming timers");
+            self.anti_entropy_at = now;
+        }
+        let latest_flush = now.add(
+            self.config
+                .group_commit_delay
+                .max(self.config.flush_retry_delay),
+        );
+        if self.flush_at.is_some_and(|at| at > latest_flush) {
+            self.flush_at = Some(now);
+        }
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// The next message to send, if any. Call until `None` after every
+    /// input.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let transmit = self.outbox.pop_front()?;
+        if let Some(peer) = self.peers.get_mut(&transmit.to) {
+            peer.queued_bytes = peer
+                .queued_bytes
+                .saturating_sub(message_bytes(&transmit.message));
+        }
+        self.metrics.messages_sent += 1;
+        Some(transmit)
+    }
+
+    /// The next application event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Replica::handle_timeout`] must next run.
+    pub fn poll_timeout(&self) -> Time {
+        match self.flush_at {
+            Some(flush) => flush.min(self.anti_entropy_at),
+            None => self.anti_entropy_at,
+        }
+    }
+
+    // ----- getters ------------------------------------------------------
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The document `doc`, to read (with [`automerge::ReadDoc`]).
+    pub fn document(&self, doc: DocumentId) -> Result<&automerge::Automerge, ReplicaError> {
+        match self.docs.get(&doc) {
+            Some(document) => Ok(&document.doc),
+            None => Err(self.missing(doc)),
+        }
+    }
+
+    /// The ids of every document held, in order.
+    pub fn document_ids(&self) -> impl Iterator<Item = DocumentId> + '_ {
+        self.docs.keys().copied()
+    }
+
+    /// Documents set aside because their stored data does not load, with
+    /// the reason.
+    pub fn quarantined(&self) -> &BTreeMap<DocumentId, String> {
+        &self.quarantined
+    }
+
+    /// The heads of `doc`.
+    pub fn heads(&self, doc: DocumentId) -> Result<Vec<ChangeHash>, ReplicaError> {
+        self.document(doc).map(|d| d.get_heads())
+    }
+
+    /// The peers currently connected, in order.
+    pub fn connected_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Counters since the replica opened.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Messages waiting in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Local writes not yet durable.
+    pub fn writes_awaiting_flush(&self) -> usize {
+        self.awaiting_flush.len()
+    }
+
+    // ----- internals ----------------------------------------------------
+
+    fn missing(&self, doc: DocumentId) -> ReplicaError {
+        match self.quarantined.get(&doc) {
+            Some(reason) => ReplicaError::CorruptDocument {
+                doc,
+                reason: reason.clone(),
+            },
+            None => ReplicaError::UnknownDocument(doc),
+        }
+    }
+
+    fn document_mut(&mut self, doc: DocumentId) -> Result<&mut Document, ReplicaError> {
+        if !self.docs.contains_key(&doc) {
+            return Err(self.missing(doc));
+        }
+        self.docs
+            .get_mut(&doc)
+            .ok_or(ReplicaError::UnknownDocument(doc))
+    }
+
+    /// The document a peer talks about, created if this node has never
+    /// heard of it (every document replicates to every peer).
+    fn document_or_new(
+        &mut self,
+        now: Time,
+        doc: DocumentId,
+    ) -> Result<&mut Document, ReplicaError> {
+        if let Some(reason) = self.quarantined.get(&doc) {
+            return Err(ReplicaError::CorruptDocument {
+                doc,
+                reason: reason.clone(),
+            });
+        }
+        if !self.docs.contains_key(&doc) {
+            self.docs.insert(doc, Document::new(self.actor.clone()));
+            self.mark_dirty(now, doc);
+        }
+        self.docs
+            .get_mut(&doc)
+            .ok_or(ReplicaError::UnknownDocument(doc))
+    }
+
+    fn next_anti_entropy_interval(&mut self) -> std::time::Duration {
+        let base = self.config.anti_entropy_interval;
+        let jitter = self.config.anti_entropy_jitter.min(base / 2);
+        let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(0);
+        let offset = self.rng.gen_range(0..=2 * jitter_ms);
+        (base - jitter) + std::time::Duration::from_millis(offset)
+    }
+
+    fn mark_dirty(&mut self, now: Time, doc: DocumentId) {
+        self.dirty_docs.insert(doc);
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now.add(self.config.group_commit_delay));
+        }
+    }
+
+    fn changed(&mut self, now: Time, doc: DocumentId, origin: Origin) {
+        self.mark_dirty(now, doc);
+        if let Some(document) = self.docs.get(&doc) {
+            self.events.push_back(Event::DocumentChanged {
+                doc,
+                heads: document.heads(),
+                origin,
+            });
+        }
+    }
+
+    /// Queues `message` for `to`, unless that peer's queue is full. Returns
+    /// whether it was queued.
+    fn enqueue(&mut self, to: NodeId, message: Message) -> bool {
+        let bytes = message_bytes(&message);
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return false;
+        };
+        if peer.queued_bytes + bytes > self.config.max_outbox_bytes_per_peer {
+            self.metrics.messages_dropped_backpressure += 1;
+            tracing::debug!(peer = %to.short(), queued = peer.queued_bytes, "peer queue full; dropping message, anti-entropy will repair");
+            return false;
+        }
+        peer.queued_bytes += bytes;
+        self.outbox.push_back(Transmit { to, message });
+        true
+    }
+
+    /// Eagerly pushes one new change to every connected peer, joining it to
+    /// a push for the same document still waiting in the queue.
+    fn push_to_all(&mut self, doc: DocumentId, change: Vec<u8>) {
+        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        let batch = self.config.push_batch();
+        for peer in peers {
+            if let Some(Transmit {
+                to,
+                message:
+                    Message::Changes {
+                        doc: queued_doc,
+                        changes,
+                    },
+            }) = self.outbox.back_mut()
+            {
+                if *to == peer && *queued_doc == doc && changes.len() < batch {
+                    if let Some(state) = self.peers.get_mut(&peer) {
+                        if state.queued_bytes + change.len()
+                            <= self.config.max_outbox_bytes_per_peer
+                        {
+                            state.queued_bytes += change.len();
+                            changes.push(change.clone());
+                            self.metrics.changes_pushed += 1;
+                            continue;
+                        }
+                    }
+                }
+            }
+            let message = Message::Changes {
+                doc,
+                changes: vec![change.clone()],
+            };
+            if self.enqueue(peer, message) {
+                self.metrics.changes_pushed += 1;
+            }
+        }
+    }
+
+    /// Sends `peer` the next sync message for `doc`, if there is one.
+    /// `reset` first drops the in-flight part of the sync state, so a
+    /// message is sent even if an earlier one is (or was lost) in flight.
+    fn sync_with(&mut self, doc: DocumentId, peer: NodeId, reset: bool) {
+        let Some(document) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let state = document.sync.entry(peer).or_default();
+        if reset {
+            document::reset_in_flight(state);
+        }
+        if let Some(bytes) = document::next_sync_message(&document.doc, state) {
+            self.dirty_sync.insert((doc, peer));
+            if self.enqueue(
+                peer,
+                Message::Sync {
+                    doc,
+                    message: bytes,
+                },
+            ) {
+                self.metrics.sync_messages_sent += 1;
+            }
+        }
+    }
+
+    /// Reconciles every document with one peer picked at random.
+    fn anti_entropy_round(&mut self) {
+        if self.peers.is_empty() {
+            return;
+        }
+        let index = self.rng.gen_range(0..self.peers.len());
+        let Some(peer) = self.peers.keys().nth(index).copied() else {
+            return;
+        };
+        self.metrics.anti_entropy_rounds += 1;
+        let ids: Vec<DocumentId> = self.docs.keys().copied().collect();
+        for id in ids {
+            self.sync_with(id, peer, true);
+        }
+    }
+
+    /// Group commit: writes every dirty document and sync state in one
+    /// batch, flushes once, then acknowledges every write that waited.
+    fn flush(&mut self, now: Time) {
+        let mut batch = WriteBatch::new();
+        let mut pending = Vec::new();
+        for id in &self.dirty_docs {
+            if let Some(document) = self.docs.get_mut(id) {
+                pending.push((*id, document.save_into(*id, &mut batch)));
+            }
+        }
+        for (doc, peer) in &self.dirty_sync {
+            if let Some(state) = self.docs.get(doc).and_then(|d| d.sync.get(peer)) {
+                batch.put(
+                    layout::sync_state_key(doc.as_bytes(), &peer.0),
+                    state.encode(),
+                );
+            }
+        }
+        let bytes = batch.payload_bytes();
+        let result = self.store.apply(batch).and_then(|()| self.store.flush());
+        if let Err(error) = result {
+            self.metrics.flush_failures += 1;
+            tracing::error!(%error, waiting_writes = self.awaiting_flush.len(), "flush failed; writes stay unacknowledged, retrying");
+            self.flush_at = Some(now.add(self.config.flush_retry_delay));
+            return;
+        }
+        self.metrics.flushes += 1;
+        self.metrics.bytes_flushed += bytes as u64;
+        self.flush_at = None;
+        self.dirty_sync.clear();
+        self.dirty_docs.clear();
+        let mut flushed = Vec::with_capacity(pending.len());
+        for (id, save) in pending {
+            if let Some(document) = self.docs.get_mut(&id) {
+                document.saved(save);
+                flushed.push(id);
+            }
+        }
+        for (write, doc) in self.awaiting_flush.drain(..) {
+            self.events.push_back(Event::Acknowledged {
+                write,
+                doc,
+                level: AckLevel::Durable,
+            });
+        }
+        self.compact_grown_documents(&flushed);
+    }
+
+    /// Compacts those of `ids` whose chunks outgrew their snapshot.
+    fn compact_grown_documents(&mut self, ids: &[DocumentId]) {
+        let (min_bytes, max_chunks) = (
+            self.config.compaction_min_bytes,
+            self.config.compaction_max_chunks,
+        );
+        for id in ids {
+            let Some(document) = self.docs.get_mut(id) else {
+                continue;
+            };
+            if document.wants_compaction(min_bytes, max_chunks) {
+                if let Err(error) = document.compact(*id, &*self.store) {
+                    // The chunks are still there: nothing is lost, the
+                    // document just loads more slowly until the next try.
+                    tracing::warn!(doc = %id, %error, "compaction failed");
+                } else {
+                    self.metrics.compactions += 1;
+                }
+            }
+        }
+    }
+}
+
+/// A message's size for queue accounting: its variable-length payload.
+fn message_bytes(message: &Message) -> usize {
+    const OVERHEAD: usize = 64;
+    OVERHEAD
+        + match message {
+            Message::Changes { changes, .. } => changes.iter().map(Vec::len).sum(),
+            Message::Sync { message, .. } => message.len(),
+            Message::Heads { heads, .. } => heads.len() * 32,
+            _ => 0,
+        }
+}
