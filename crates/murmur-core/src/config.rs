@@ -34,6 +34,23 @@ pub struct Config {
     pub compaction_min_bytes: usize,
     /// ... or once there are more chunks than this.
     pub compaction_max_chunks: usize,
+    /// A deliberate bug, for tests that check the simulator catches it.
+    /// Always [`FaultInjection::None`] outside such tests.
+    pub fault_injection: FaultInjection,
+}
+
+/// Deliberate bugs a test can plant in a replica, to prove that the
+/// simulator's checkers notice them (a harness that cannot fail proves
+/// nothing). Production code never sets one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultInjection {
+    /// No bug: the engine as written.
+    #[default]
+    None,
+    /// Acknowledge every local write [`Durable`](crate::AckLevel::Durable)
+    /// as soon as it is applied, before the flush that makes it so.
+    AckDurableBeforeFlush,
 }
 
 impl Config {
@@ -59,6 +76,7 @@ impl Config {
             max_outbox_bytes_per_peer: 8 * 1024 * 1024,
             compaction_min_bytes: 16 * 1024,
             compaction_max_chunks: 512,
+            fault_injection: FaultInjection::None,
         }
     }
 

@@ -88,7 +88,7 @@
 //!     if !delivered { break; }
 //! }
 //! let (value, _) = bob.document(doc)?.get(ROOT, "greeting")?.expect("replicated");
-//! assert_eq!(value.to_str(), Some("hello"));
+//! assert_eq!(value.as_str(), Some("hello"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -102,7 +102,7 @@ mod replica;
 pub mod testkit;
 mod time;
 
-pub use config::Config;
+pub use config::{Config, FaultInjection};
 pub use error::ReplicaError;
 pub use replica::{AckLevel, Event, LocalWrite, Origin, Replica, Transmit, WriteId};
 pub use time::Time;

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::document::{self, Document, LoadError};
-use crate::{Config, Metrics, ReplicaError, Time};
+use crate::{Config, FaultInjection, Metrics, ReplicaError, Time};
 
 /// Identifies one local write, for matching its acknowledgements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -229,6 +229,13 @@ impl Replica {
             doc,
             level: AckLevel::Applied,
         });
+        if self.config.fault_injection == FaultInjection::AckDurableBeforeFlush {
+            self.events.push_back(Event::Acknowledged {
+                write,
+                doc,
+                level: AckLevel::Durable,
+            });
+        }
         self.changed(now, doc, Origin::Local);
         Ok(LocalWrite {
             write,
@@ -375,6 +382,14 @@ impl Replica {
         if self.anti_entropy_at <= now {
             self.anti_entropy_at = now.add(self.next_anti_entropy_interval());
             self.anti_entropy_round();
+        }
+    }
+
+    /// Flushes every pending write now, whatever the group-commit timer
+    /// says: for a graceful shutdown.
+    pub fn flush_now(&mut self, now: Time) {
+        if self.flush_at.is_some() {
+            self.flush(now);
         }
     }
 

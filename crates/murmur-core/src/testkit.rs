@@ -5,11 +5,18 @@
 //! framed and decoded with `murmur-wire` on its way, so byte counts are what
 //! a real link would carry. Delivery time is drawn from a seeded RNG between
 //! [`Network::latency_min`] and [`Network::latency_max`] (so messages
-//! reorder), and messages can be lost or duplicated. Links can be cut and
-//! healed; nodes can crash (losing what their store had not flushed) and
-//! restart from their store. Time only moves when [`Cluster::step`] jumps
-//! it to the next delivery or timer, so a run is fast and the same seed
-//! always gives the same run.
+//! reorder), plus now and then a long [`Network::delay`]; messages can be
+//! lost or duplicated. Links can be cut (the connection closes) or blocked
+//! in one direction (the connection stays up, messages one way vanish);
+//! nodes can crash (losing what their store had not flushed) and restart
+//! from their store, be paused (they hear nothing and their timers stand
+//! still while messages to them queue up), and have their clock jump. Time
+//! only moves when [`Cluster::step`] jumps it to the next delivery or timer,
+//! so a run is fast and the same seed always gives the same run.
+//!
+//! The simulator (`murmur-sim`) is built on this driver; with
+//! [`Cluster::record_trace`] on, every delivery, drop, timer and
+//! acknowledgement is recorded for its event trace.
 //!
 //! ```
 //! use automerge::{transaction::Transactable, ROOT};
@@ -22,29 +29,35 @@
 //! assert!(cluster.replica(2).document(doc).is_ok());
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use automerge::transaction::Transaction;
 use automerge::AutomergeError;
 use murmur_store::MemStore;
-use murmur_wire::{decode_frame, encode_frame, DocumentId, NodeId};
+use murmur_wire::{decode_frame, encode_frame, DocumentId, Message, NodeId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{AckLevel, Config, Event, Replica, Time, WriteId};
+use crate::{AckLevel, Config, Event, LocalWrite, Replica, ReplicaError, Time, WriteId};
 
 /// How the simulated network behaves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Network {
     /// Shortest delivery time.
     pub latency_min: Duration,
-    /// Longest delivery time.
+    /// Longest delivery time (before any extra [`Network::delay`]).
     pub latency_max: Duration,
     /// Chance that a message is lost, in [0, 1].
     pub loss: f64,
     /// Chance that a message is delivered twice, in [0, 1].
     pub duplicate: f64,
+    /// Chance that a message is held up by an extra delay of up to
+    /// [`Network::delay_max`], in [0, 1]. Delayed messages overtake nothing
+    /// but are overtaken by everything: reordering at its worst.
+    pub delay: f64,
+    /// Longest extra delay.
+    pub delay_max: Duration,
 }
 
 impl Default for Network {
@@ -54,6 +67,8 @@ impl Default for Network {
             latency_max: Duration::from_millis(10),
             loss: 0.0,
             duplicate: 0.0,
+            delay: 0.0,
+            delay_max: Duration::ZERO,
         }
     }
 }
@@ -65,10 +80,101 @@ pub struct Traffic {
     pub messages: u64,
     /// Frame bytes sent (length prefix included).
     pub bytes: u64,
-    /// Messages lost by the network (loss, or a link that went down).
+    /// Messages lost by the network (loss, a blocked direction, or a
+    /// connection that closed).
     pub dropped: u64,
     /// Messages a replica rejected.
     pub rejected: u64,
+}
+
+/// Why the network did not deliver a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Random loss ([`Network::loss`]).
+    Loss,
+    /// The direction was blocked ([`Cluster::block`]).
+    Blocked,
+    /// The connection it was sent on closed before it arrived.
+    Closed,
+}
+
+/// Something that happened in the simulated world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorldEvent {
+    /// A message reached a replica.
+    Delivered {
+        /// Sender.
+        from: usize,
+        /// Receiver.
+        to: usize,
+        /// `hello`, `changes`, `sync` or `heads`.
+        kind: &'static str,
+        /// Frame bytes.
+        bytes: usize,
+        /// FNV-1a hash of the frame.
+        frame_hash: u64,
+    },
+    /// A message was lost.
+    Dropped {
+        /// Sender.
+        from: usize,
+        /// Intended receiver.
+        to: usize,
+        /// Message kind.
+        kind: &'static str,
+        /// Frame bytes.
+        bytes: usize,
+        /// Why.
+        reason: DropReason,
+    },
+    /// A replica rejected a message (with the error's words).
+    Rejected {
+        /// Sender.
+        from: usize,
+        /// Receiver.
+        to: usize,
+        /// The replica's error.
+        error: String,
+    },
+    /// A node's timer fired.
+    Timer {
+        /// The node.
+        node: usize,
+    },
+    /// A node acknowledged one of its local writes.
+    Acknowledged {
+        /// The node.
+        node: usize,
+        /// The write (numbered per incarnation of the node).
+        write: WriteId,
+        /// The document.
+        doc: DocumentId,
+        /// The level reached.
+        level: AckLevel,
+    },
+    /// A connection between two nodes opened.
+    Connected {
+        /// Lower-numbered node.
+        a: usize,
+        /// Higher-numbered node.
+        b: usize,
+    },
+    /// A connection between two nodes closed.
+    Disconnected {
+        /// Lower-numbered node.
+        a: usize,
+        /// Higher-numbered node.
+        b: usize,
+    },
+}
+
+/// One entry of the world's trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceEntry {
+    /// Virtual time.
+    pub time: Time,
+    /// What happened.
+    pub event: WorldEvent,
 }
 
 struct Node {
@@ -76,14 +182,24 @@ struct Node {
     store: MemStore,
     config: Config,
     replica: Option<Replica>,
-    /// Peers this node currently has a connection to.
-    connected: BTreeSet<usize>,
     acks: BTreeMap<WriteId, AckLevel>,
+    paused: bool,
+    /// Added to virtual time to make this node's clock.
+    clock_offset_ms: i64,
+    /// When the driver wakes this node for its timer (virtual time). Armed
+    /// after every input like a monotonic sleep: a later clock jump does
+    /// not move it.
+    wake_at: Option<Time>,
+    /// Messages that arrived while the node was paused, oldest first.
+    held: VecDeque<InFlight>,
 }
 
 struct InFlight {
     from: usize,
     to: usize,
+    /// The connection it was sent on.
+    generation: u64,
+    kind: &'static str,
     frame: Vec<u8>,
 }
 
@@ -97,14 +213,48 @@ pub struct Cluster {
     sent: u64,
     /// Links that are cut (unordered pairs, smaller index first).
     cut: BTreeSet<(usize, usize)>,
+    /// Directions whose messages are dropped, as (from, to).
+    blocked: BTreeSet<(usize, usize)>,
+    /// Open connections (unordered pairs) and the generation of each.
+    links: BTreeMap<(usize, usize), u64>,
+    generations: u64,
     /// The network's behaviour; change it at any time.
     pub network: Network,
     traffic: Traffic,
+    trace: Option<Vec<TraceEntry>>,
 }
 
 /// The start of virtual time: a plausible wall clock, so Automerge change
 /// timestamps look real.
 pub const EPOCH: Time = Time::from_millis(1_700_000_000_000);
+
+/// The kind of a message, as a trace names it.
+pub fn message_kind(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "hello",
+        Message::Changes { .. } => "changes",
+        Message::Sync { .. } => "sync",
+        Message::Heads { .. } => "heads",
+    }
+}
+
+/// 64-bit FNV-1a: a stable hash, the same on every platform and release.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+fn shifted(time: Time, offset_ms: i64) -> Time {
+    Time::from_millis(time.as_millis().saturating_add_signed(offset_ms))
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
 
 impl Cluster {
     /// `nodes` replicas, all connected, on a clean network; `seed` decides
@@ -132,8 +282,11 @@ impl Cluster {
                     replica: Some(
                         replica.unwrap_or_else(|e| panic!("a fresh MemStore opens: {e}")),
                     ),
-                    connected: BTreeSet::new(),
                     acks: BTreeMap::new(),
+                    paused: false,
+                    clock_offset_ms: 0,
+                    wake_at: None,
+                    held: VecDeque::new(),
                 }
             })
             .collect();
@@ -144,9 +297,16 @@ impl Cluster {
             in_flight: BTreeMap::new(),
             sent: 0,
             cut: BTreeSet::new(),
+            blocked: BTreeSet::new(),
+            links: BTreeMap::new(),
+            generations: 0,
             network: Network::default(),
             traffic: Traffic::default(),
+            trace: None,
         };
+        for index in 0..cluster.nodes.len() {
+            cluster.drain(index);
+        }
         cluster.refresh_connections();
         cluster
     }
@@ -154,6 +314,11 @@ impl Cluster {
     /// Virtual time now.
     pub fn now(&self) -> Time {
         self.now
+    }
+
+    /// What node `index`'s clock reads now: virtual time plus its offset.
+    pub fn local_now(&self, index: usize) -> Time {
+        shifted(self.now, self.nodes[index].clock_offset_ms)
     }
 
     /// How many nodes there are (crashed ones included).
@@ -173,10 +338,13 @@ impl Cluster {
 
     /// Node `index`'s replica. Panics if the node is crashed.
     pub fn replica(&self, index: usize) -> &Replica {
-        self.nodes[index]
-            .replica
-            .as_ref()
+        self.try_replica(index)
             .unwrap_or_else(|| panic!("node {index} is crashed"))
+    }
+
+    /// Node `index`'s replica, or `None` if the node is crashed.
+    pub fn try_replica(&self, index: usize) -> Option<&Replica> {
+        self.nodes[index].replica.as_ref()
     }
 
     fn replica_mut(&mut self, index: usize) -> &mut Replica {
@@ -196,19 +364,45 @@ impl Cluster {
         self.traffic
     }
 
-    /// True if node `index` is running.
+    /// True if node `index` is running (paused counts as running).
     pub fn is_up(&self, index: usize) -> bool {
         self.nodes[index].replica.is_some()
     }
 
-    /// The highest acknowledgement node `index` has given `write`.
+    /// True if node `index` is paused.
+    pub fn is_paused(&self, index: usize) -> bool {
+        self.nodes[index].paused
+    }
+
+    /// The highest acknowledgement node `index`'s current incarnation has
+    /// given `write`.
     pub fn ack(&self, index: usize, write: WriteId) -> Option<AckLevel> {
         self.nodes[index].acks.get(&write).copied()
     }
 
+    /// Starts (or stops) recording a [`TraceEntry`] for everything that
+    /// happens; [`Cluster::take_trace`] hands them over.
+    pub fn record_trace(&mut self, on: bool) {
+        self.trace = on.then(Vec::new);
+    }
+
+    /// The trace entries recorded since the last call.
+    pub fn take_trace(&mut self) -> Vec<TraceEntry> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn record(&mut self, event: WorldEvent) {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(TraceEntry {
+                time: self.now,
+                event,
+            });
+        }
+    }
+
     /// Creates a document on node `index`.
     pub fn create_document(&mut self, index: usize) -> DocumentId {
-        let now = self.now;
+        let now = self.local_now(index);
         let doc = self.replica_mut(index).create_document(now);
         self.drain(index);
         doc
@@ -221,14 +415,25 @@ impl Cluster {
         doc: DocumentId,
         change: impl FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
     ) -> WriteId {
-        let now = self.now;
-        let write = self
-            .replica_mut(index)
-            .handle_local_change(now, doc, change)
+        self.try_change(index, doc, change)
             .unwrap_or_else(|e| panic!("change on node {index} failed: {e}"))
-            .write;
+            .write
+    }
+
+    /// Applies a local change on node `index` (which must be running),
+    /// stamped with its clock, and returns what the replica returned.
+    pub fn try_change<O>(
+        &mut self,
+        index: usize,
+        doc: DocumentId,
+        change: impl FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
+    ) -> Result<LocalWrite<O>, ReplicaError> {
+        let now = self.local_now(index);
+        let result = self
+            .replica_mut(index)
+            .handle_local_change(now, doc, change);
         self.drain(index);
-        write
+        result
     }
 
     /// Cuts the links between every node of `side_a` and every node of
@@ -237,7 +442,7 @@ impl Cluster {
         for &a in side_a {
             for &b in side_b {
                 if a != b {
-                    self.cut.insert((a.min(b), a.max(b)));
+                    self.cut.insert(pair(a, b));
                 }
             }
         }
@@ -250,53 +455,101 @@ impl Cluster {
         self.partition(&[index], &others);
     }
 
-    /// Restores every link.
-    pub fn heal(&mut self) {
-        self.cut.clear();
+    /// Drops every message from `from` to `to` from now on (those in flight
+    /// included), while the connection stays up and the other direction
+    /// works: a one-way partition.
+    pub fn block(&mut self, from: usize, to: usize) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Replaces every cut link and blocked direction at once: afterwards
+    /// exactly the unordered pairs in `cut` are cut and the (from, to)
+    /// directions in `blocked` are blocked.
+    pub fn set_links(
+        &mut self,
+        cut: impl IntoIterator<Item = (usize, usize)>,
+        blocked: impl IntoIterator<Item = (usize, usize)>,
+    ) {
+        self.cut = cut.into_iter().map(|(a, b)| pair(a, b)).collect();
+        self.blocked = blocked.into_iter().collect();
         self.refresh_connections();
+    }
+
+    /// Restores every link and unblocks every direction.
+    pub fn heal(&mut self) {
+        self.set_links([], []);
     }
 
     /// Crashes node `index`: its replica is dropped, its store loses what
     /// was not flushed, its connections close.
     pub fn crash(&mut self, index: usize) {
-        self.nodes[index].replica = None;
-        self.nodes[index].store.crash();
+        self.crash_keeping(index, 0);
+    }
+
+    /// Crashes node `index` like [`Cluster::crash`], except that the oldest
+    /// `keep` unflushed batches survive (a background flusher wrote them).
+    pub fn crash_keeping(&mut self, index: usize, keep: usize) {
+        let node = &mut self.nodes[index];
+        node.replica = None;
+        node.store.crash_keeping(keep);
+        // Acknowledgements belong to an incarnation: write ids start again.
+        node.acks.clear();
+        node.wake_at = None;
+        node.paused = false;
+        node.held.clear();
         self.refresh_connections();
     }
 
     /// Restarts a crashed node from its store.
     pub fn restart(&mut self, index: usize) {
+        let now = self.local_now(index);
         let node = &mut self.nodes[index];
         assert!(node.replica.is_none(), "node {index} is running");
-        let replica = Replica::open(node.config.clone(), Box::new(node.store.clone()), self.now)
+        let replica = Replica::open(node.config.clone(), Box::new(node.store.clone()), now)
             .unwrap_or_else(|e| panic!("node {index} does not reopen: {e}"));
         node.replica = Some(replica);
+        self.drain(index);
         self.refresh_connections();
+    }
+
+    /// Pauses node `index`: it receives nothing (messages to it wait) and
+    /// its timers do not fire until [`Cluster::resume`]. Its connections
+    /// stay open, but no new one opens.
+    pub fn pause(&mut self, index: usize) {
+        if self.nodes[index].replica.is_some() {
+            self.nodes[index].paused = true;
+        }
+    }
+
+    /// Resumes a paused node: the messages that waited arrive now, in the
+    /// order they came, and overdue timers fire.
+    pub fn resume(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        if !node.paused {
+            return;
+        }
+        node.paused = false;
+        let held = std::mem::take(&mut node.held);
+        for message in held {
+            self.sent += 1;
+            self.in_flight.insert((self.now, self.sent), message);
+        }
+        self.refresh_connections();
+    }
+
+    /// Sets node `index`'s clock to virtual time plus `offset_ms` (which
+    /// may be negative): a clock jump. Timers already armed keep their
+    /// virtual deadline, as a monotonic sleep would.
+    pub fn set_clock_offset(&mut self, index: usize, offset_ms: i64) {
+        self.nodes[index].clock_offset_ms = offset_ms;
     }
 
     /// Brings every connection in line with which nodes are up and which
     /// links are cut, telling each replica of peers that came and went.
     fn refresh_connections(&mut self) {
-        let now = self.now;
         for a in 0..self.nodes.len() {
-            for b in 0..self.nodes.len() {
-                if a == b {
-                    continue;
-                }
-                let should = self.nodes[a].replica.is_some()
-                    && self.nodes[b].replica.is_some()
-                    && !self.cut.contains(&(a.min(b), a.max(b)));
-                let is = self.nodes[a].connected.contains(&b);
-                let peer = self.nodes[b].id;
-                if should && !is {
-                    self.nodes[a].connected.insert(b);
-                    self.replica_mut(a).handle_peer_up(now, peer);
-                } else if !should && is {
-                    self.nodes[a].connected.remove(&b);
-                    if let Some(replica) = self.nodes[a].replica.as_mut() {
-                        replica.handle_peer_down(now, peer);
-                    }
-                }
+            for b in a + 1..self.nodes.len() {
+                self.refresh_link(a, b);
             }
         }
         for index in 0..self.nodes.len() {
@@ -304,9 +557,37 @@ impl Cluster {
         }
     }
 
+    fn refresh_link(&mut self, a: usize, b: usize) {
+        let is = self.links.contains_key(&(a, b));
+        let (node_a, node_b) = (&self.nodes[a], &self.nodes[b]);
+        let both_up = node_a.replica.is_some() && node_b.replica.is_some();
+        // A paused node keeps its connections but accepts no new one.
+        let can_open = is || (!node_a.paused && !node_b.paused);
+        let should = both_up && can_open && !self.cut.contains(&(a, b));
+        if should && !is {
+            self.generations += 1;
+            self.links.insert((a, b), self.generations);
+            self.record(WorldEvent::Connected { a, b });
+            let (id_a, id_b) = (self.nodes[a].id, self.nodes[b].id);
+            let (now_a, now_b) = (self.local_now(a), self.local_now(b));
+            self.replica_mut(a).handle_peer_up(now_a, id_b);
+            self.replica_mut(b).handle_peer_up(now_b, id_a);
+        } else if !should && is {
+            self.links.remove(&(a, b));
+            self.record(WorldEvent::Disconnected { a, b });
+            for (me, other) in [(a, b), (b, a)] {
+                let (now, peer) = (self.local_now(me), self.nodes[other].id);
+                if let Some(replica) = self.nodes[me].replica.as_mut() {
+                    replica.handle_peer_down(now, peer);
+                }
+            }
+        }
+    }
+
     /// Takes node `index`'s outputs: messages onto the wire, events into
-    /// the acknowledgement log.
+    /// the acknowledgement log; then arms its timer.
     fn drain(&mut self, index: usize) {
+        let local_now = self.local_now(index);
         let node = &mut self.nodes[index];
         let Some(replica) = node.replica.as_mut() else {
             return;
@@ -315,11 +596,23 @@ impl Cluster {
         while let Some(transmit) = replica.poll_transmit() {
             transmits.push(transmit);
         }
+        let mut acks = Vec::new();
         while let Some(event) = replica.poll_event() {
-            if let Event::Acknowledged { write, level, .. } = event {
+            if let Event::Acknowledged { write, doc, level } = event {
                 let entry = node.acks.entry(write).or_insert(level);
                 *entry = (*entry).max(level);
+                acks.push((write, doc, level));
             }
+        }
+        let delay = replica.poll_timeout().since(local_now);
+        node.wake_at = Some(self.now.add(delay));
+        for (write, doc, level) in acks {
+            self.record(WorldEvent::Acknowledged {
+                node: index,
+                write,
+                doc,
+                level,
+            });
         }
         for transmit in transmits {
             let Some(to) = self.nodes.iter().position(|n| n.id == transmit.to) else {
@@ -327,15 +620,19 @@ impl Cluster {
             };
             let frame = encode_frame(&transmit.message)
                 .unwrap_or_else(|e| panic!("replica produced an unencodable message: {e}"));
-            self.send(index, to, frame);
+            self.send(index, to, message_kind(&transmit.message), frame);
         }
     }
 
-    fn send(&mut self, from: usize, to: usize, frame: Vec<u8>) {
+    fn send(&mut self, from: usize, to: usize, kind: &'static str, frame: Vec<u8>) {
         self.traffic.messages += 1;
         self.traffic.bytes += frame.len() as u64;
+        let Some(&generation) = self.links.get(&pair(from, to)) else {
+            self.drop_message(from, to, kind, frame.len(), DropReason::Closed);
+            return;
+        };
         if self.rng.gen_bool(self.network.loss.clamp(0.0, 1.0)) {
-            self.traffic.dropped += 1;
+            self.drop_message(from, to, kind, frame.len(), DropReason::Loss);
             return;
         }
         let copies = if self.rng.gen_bool(self.network.duplicate.clamp(0.0, 1.0)) {
@@ -351,42 +648,74 @@ impl Cluster {
                 InFlight {
                     from,
                     to,
+                    generation,
+                    kind,
                     frame: frame.clone(),
                 },
             );
         }
     }
 
+    fn drop_message(
+        &mut self,
+        from: usize,
+        to: usize,
+        kind: &'static str,
+        bytes: usize,
+        reason: DropReason,
+    ) {
+        self.traffic.dropped += 1;
+        self.record(WorldEvent::Dropped {
+            from,
+            to,
+            kind,
+            bytes,
+            reason,
+        });
+    }
+
     fn latency(&mut self) -> Duration {
         let min = self.network.latency_min.as_micros() as u64;
         let max = (self.network.latency_max.as_micros() as u64).max(min);
-        Duration::from_micros(self.rng.gen_range(min..=max))
+        let mut micros = self.rng.gen_range(min..=max);
+        if self.network.delay > 0.0 && self.rng.gen_bool(self.network.delay.clamp(0.0, 1.0)) {
+            micros += self
+                .rng
+                .gen_range(0..=self.network.delay_max.as_micros() as u64);
+        }
+        Duration::from_micros(micros)
+    }
+
+    /// The next timer due: (virtual time, node), among running, unpaused
+    /// nodes; the lowest-numbered node first on a tie.
+    fn next_timer(&self) -> Option<(Time, usize)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| node.replica.is_some() && !node.paused)
+            .filter_map(|(index, node)| node.wake_at.map(|at| (at, index)))
+            .min()
     }
 
     /// Moves time to the next delivery or timer and runs it. Returns the
     /// new time.
     pub fn step(&mut self) -> Time {
         let next_delivery = self.in_flight.keys().next().map(|(time, _)| *time);
-        let next_timer = (0..self.nodes.len())
-            .filter_map(|i| {
-                self.nodes[i]
-                    .replica
-                    .as_ref()
-                    .map(|r| (r.poll_timeout(), i))
-            })
-            .min();
-        match (next_delivery, next_timer) {
+        match (next_delivery, self.next_timer()) {
             (Some(delivery), Some((timer, _))) if delivery <= timer => self.deliver_next(),
             (Some(_), None) => self.deliver_next(),
-            (_, Some((timer, index))) => {
-                self.now = self.now.max(timer);
-                let now = self.now;
-                self.replica_mut(index).handle_timeout(now);
-                self.drain(index);
-            }
+            (_, Some((timer, index))) => self.fire_timer(timer, index),
             (None, None) => {}
         }
         self.now
+    }
+
+    fn fire_timer(&mut self, timer: Time, index: usize) {
+        self.now = self.now.max(timer);
+        self.record(WorldEvent::Timer { node: index });
+        let now = self.local_now(index);
+        self.replica_mut(index).handle_timeout(now);
+        self.drain(index);
     }
 
     fn deliver_next(&mut self) {
@@ -394,42 +723,79 @@ impl Cluster {
             return;
         };
         self.now = self.now.max(time);
-        let InFlight { from, to, frame } = message;
+        let (from, to, kind) = (message.from, message.to, message.kind);
         // A message on a connection that has since closed is lost with it.
-        if !self.nodes[to].connected.contains(&from) {
-            self.traffic.dropped += 1;
+        if self.links.get(&pair(from, to)) != Some(&message.generation) {
+            self.drop_message(from, to, kind, message.frame.len(), DropReason::Closed);
             return;
         }
-        let message = decode_frame(&frame)
+        if self.blocked.contains(&(from, to)) {
+            self.drop_message(from, to, kind, message.frame.len(), DropReason::Blocked);
+            return;
+        }
+        if self.nodes[to].paused {
+            self.nodes[to].held.push_back(message);
+            return;
+        }
+        self.deliver(message);
+    }
+
+    fn deliver(&mut self, message: InFlight) {
+        let InFlight {
+            from,
+            to,
+            kind,
+            frame,
+            ..
+        } = message;
+        let decoded = decode_frame(&frame)
             .unwrap_or_else(|e| panic!("a frame we encoded does not decode: {e}"));
-        let (now, sender) = (self.now, self.nodes[from].id);
-        if let Err(error) = self.replica_mut(to).handle_message(now, sender, message) {
+        self.record(WorldEvent::Delivered {
+            from,
+            to,
+            kind,
+            bytes: frame.len(),
+            frame_hash: fnv1a(&frame),
+        });
+        let (now, sender) = (self.local_now(to), self.nodes[from].id);
+        if let Err(error) = self.replica_mut(to).handle_message(now, sender, decoded) {
             tracing::debug!(%error, "replica rejected a message");
             self.traffic.rejected += 1;
+            self.record(WorldEvent::Rejected {
+                from,
+                to,
+                error: error.to_string(),
+            });
         }
         self.drain(to);
     }
 
     /// Runs until virtual time reaches `now + duration`.
     pub fn run_for(&mut self, duration: Duration) {
-        let until = self.now.add(duration);
+        self.run_until(self.now.add(duration));
+    }
+
+    /// Runs every delivery and timer due up to `until`, then sets the time
+    /// to `until` (if it is later than now).
+    pub fn run_until(&mut self, until: Time) {
         while self.next_event_time().is_some_and(|t| t <= until) {
             self.step();
         }
         self.now = self.now.max(until);
     }
 
-    fn next_event_time(&self) -> Option<Time> {
+    /// When the next delivery or timer is due, if anything is.
+    pub fn next_event_time(&self) -> Option<Time> {
         let delivery = self.in_flight.keys().next().map(|(time, _)| *time);
-        let timer = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.replica.as_ref().map(Replica::poll_timeout))
-            .min();
+        let timer = self.next_timer().map(|(time, _)| time);
         match (delivery, timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    fn nothing_in_flight(&self) -> bool {
+        self.in_flight.is_empty() && self.nodes.iter().all(|node| node.held.is_empty())
     }
 
     /// Runs until every running node holds the same documents with the same
@@ -439,7 +805,7 @@ impl Cluster {
         let start = self.now;
         let until = start.add(limit);
         loop {
-            if self.in_flight.is_empty() && self.heads_divergence().is_none() {
+            if self.nothing_in_flight() && self.heads_divergence().is_none() {
                 // Same heads must mean same content; anything else is a bug
                 // in the engine (or in Automerge), not slow convergence.
                 return match self.divergence() {

@@ -32,7 +32,8 @@ impl Time {
         i64::try_from(self.0 / 1000).unwrap_or(i64::MAX)
     }
 
-    /// This time plus `duration`, saturating.
+    /// This time plus `duration`, saturating (also `time + duration`).
+    #[allow(clippy::should_implement_trait)] // it is implemented, below
     pub fn add(self, duration: Duration) -> Self {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         Time(self.0.saturating_add(millis))
@@ -41,6 +42,14 @@ impl Time {
     /// How long after `earlier` this is (zero if it is not after it).
     pub fn since(self, earlier: Time) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl std::ops::Add<Duration> for Time {
+    type Output = Time;
+
+    fn add(self, duration: Duration) -> Time {
+        Time::add(self, duration)
     }
 }
 

@@ -70,8 +70,8 @@ fn five_replicas_converge_under_concurrent_edits_to_same_and_different_documents
     let shared = cluster.create_document(0);
     let own: Vec<DocumentId> = (0..5).map(|node| cluster.create_document(node)).collect();
     for round in 0..20 {
-        for node in 0..5 {
-            cluster.change(node, own[node], |tx| {
+        for (node, doc) in own.iter().enumerate() {
+            cluster.change(node, *doc, |tx| {
                 tx.put(ROOT, format!("k{round}"), round as i64)
             });
         }
@@ -224,10 +224,8 @@ fn offline_writes_then_heal(loss_free_chaos: bool) -> Vec<Vec<automerge::ChangeH
     }
     let docs: Vec<DocumentId> = (0..3).map(|node| cluster.create_document(node)).collect();
     for i in 0..20 {
-        for node in 0..3 {
-            cluster.change(node, docs[node], |tx| {
-                tx.put(ROOT, format!("k{i}"), i as i64)
-            });
+        for (node, doc) in docs.iter().enumerate() {
+            cluster.change(node, *doc, |tx| tx.put(ROOT, format!("k{i}"), i as i64));
         }
     }
     if loss_free_chaos {

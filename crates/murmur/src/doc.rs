@@ -1,0 +1,131 @@
+//! Handles to documents.
+
+use std::any::Any;
+
+use automerge::transaction::Transaction;
+use automerge::{Automerge, AutomergeError, ChangeHash};
+use murmur_core::{AckLevel, DocumentId};
+use murmur_net::driver::{Command, DocumentChange, DriverHandle};
+use tokio::sync::broadcast;
+
+use crate::Error;
+
+/// One document on a node. Cheap to clone; every clone talks to the same
+/// node.
+#[derive(Clone)]
+pub struct DocHandle {
+    id: DocumentId,
+    handle: DriverHandle,
+}
+
+/// What an acknowledged change returns.
+#[derive(Debug)]
+pub struct Receipt<R> {
+    /// The Automerge change made, or `None` if the function changed nothing.
+    pub change: Option<ChangeHash>,
+    /// What the change function returned.
+    pub output: R,
+}
+
+impl DocHandle {
+    pub(crate) fn new(id: DocumentId, handle: DriverHandle) -> Self {
+        DocHandle { id, handle }
+    }
+
+    /// The document's id.
+    pub fn id(&self) -> DocumentId {
+        self.id
+    }
+
+    /// Changes the document in one transaction and returns once the change
+    /// is durable (flushed to disk). If `f` fails, nothing changes.
+    pub async fn change<R, F>(&self, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError> + Send + 'static,
+    {
+        Ok(self.change_with(AckLevel::Durable, f).await?.output)
+    }
+
+    /// Like [`DocHandle::change`], returning once the change reaches `ack`.
+    pub async fn change_with<R, F>(&self, ack: AckLevel, f: F) -> Result<Receipt<R>, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError> + Send + 'static,
+    {
+        let change = Box::new(move |tx: &mut Transaction<'_>| {
+            f(tx).map(|output| Box::new(output) as Box<dyn Any + Send>)
+        });
+        let doc = self.id;
+        let receipt = self
+            .handle
+            .request(|reply| Command::Change {
+                doc,
+                change,
+                ack,
+                reply,
+            })
+            .await??;
+        Ok(Receipt {
+            change: receipt.change,
+            output: downcast(receipt.output),
+        })
+    }
+
+    /// Reads the document.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Automerge) -> R + Send + 'static,
+    {
+        let read = Box::new(move |doc: &Automerge| Box::new(f(doc)) as Box<dyn Any + Send>);
+        let doc = self.id;
+        let output = self
+            .handle
+            .request(|reply| Command::Read { doc, read, reply })
+            .await??;
+        Ok(downcast(output))
+    }
+
+    /// The document's heads.
+    pub async fn heads(&self) -> Result<Vec<ChangeHash>, Error> {
+        self.read(|doc| doc.get_heads()).await
+    }
+
+    /// A stream of this document's changes (local and from peers), from now
+    /// on, each with the patches that describe it.
+    pub async fn changes(&self) -> Result<ChangeStream, Error> {
+        let doc = self.id;
+        let receiver = self
+            .handle
+            .request(|reply| Command::Subscribe { doc, reply })
+            .await??;
+        Ok(ChangeStream { receiver })
+    }
+}
+
+/// The driver hands back exactly the type the closure produced; a mismatch
+/// is a bug in this crate, not an input error.
+fn downcast<R: 'static>(value: Box<dyn Any + Send>) -> R {
+    match value.downcast::<R>() {
+        Ok(value) => *value,
+        Err(_) => unreachable!("the driver returned another type than the closure made"),
+    }
+}
+
+/// Changes to one document, in order. Bounded: a subscriber that falls too
+/// far behind gets [`Error::Lagged`] once and then the newer changes.
+pub struct ChangeStream {
+    receiver: broadcast::Receiver<DocumentChange>,
+}
+
+impl ChangeStream {
+    /// The next change; `None` once the node has shut down.
+    pub async fn next(&mut self) -> Option<Result<DocumentChange, Error>> {
+        match self.receiver.recv().await {
+            Ok(change) => Some(Ok(change)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Err(Error::Lagged(missed))),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Murmur: a peer replication engine for Automerge documents.
+//!
+//! A [`Node`] keeps documents in a data directory (sled) and replicates
+//! them to its peers; a [`DocHandle`] edits, reads and watches one
+//! document. Every edit is one Automerge change, acknowledged at the level
+//! you ask for: [`Ack::Applied`] (in memory) or [`Ack::Durable`] (flushed to
+//! disk, the default).
+//!
+//! ```
+//! use murmur::{automerge::{transaction::Transactable, ReadDoc, ROOT}, Node};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), murmur::Error> {
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let node = Node::builder().data_dir(dir.path()).start().await?;
+//!
+//! let doc = node.create_doc().await?;
+//! let mut changes = doc.changes().await?;
+//! doc.change(|tx| tx.put(ROOT, "title", "Shopping")).await?; // durable on return
+//!
+//! let title = doc
+//!     .read(|d| d.get(ROOT, "title").ok().flatten().map(|(v, _)| v.to_string()))
+//!     .await?;
+//! assert_eq!(title.as_deref(), Some("\"Shopping\""));
+//! let change = changes.next().await.expect("a change")?;
+//! assert_eq!(change.patches.len(), 1);
+//!
+//! let id = doc.id();
+//! node.shutdown().await?;
+//!
+//! // Everything acknowledged Durable is there after a restart.
+//! let node = Node::builder().data_dir(dir.path()).start().await?;
+//! let doc = node.doc(id).await?;
+//! assert!(doc.read(|d| d.get(ROOT, "title").ok().flatten().is_some()).await?);
+//! # node.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Crate map
+//!
+//! | crate | what it owns |
+//! |---|---|
+//! | `murmur` (this) | the public API: [`Node`], [`NodeBuilder`], [`DocHandle`] |
+//! | `murmur-net` | the driver running the engine with a real clock and sled; node identity |
+//! | `murmur-core` | the replication engine, with no I/O |
+//! | `murmur-store` | the `Storage` trait, sled and in-memory stores, the key layout |
+//! | `murmur-wire` | every message on the network, framed and bounded |
+
+mod doc;
+mod node;
+
+pub use doc::{ChangeStream, DocHandle, Receipt};
+pub use node::{Node, NodeBuilder};
+
+pub use automerge;
+pub use murmur_core::{AckLevel as Ack, Origin};
+pub use murmur_net::driver::{DocumentChange, Status};
+pub use murmur_wire::{DocumentId, NodeId};
+
+/// What can go wrong using a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] murmur_store::StoreError),
+    /// The node identity could not be read or created.
+    #[error(transparent)]
+    Identity(#[from] murmur_net::IdentityError),
+    /// The engine refused the request (unknown document, rolled-back
+    /// change, ...).
+    #[error(transparent)]
+    Replica(#[from] murmur_core::ReplicaError),
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The node has shut down.
+    #[error("the node has shut down")]
+    Closed,
+    /// A subscriber fell more than this many changes behind and missed
+    /// them; read the document to catch up.
+    #[error("fell behind and missed {0} document changes")]
+    Lagged(u64),
+}
+
+impl From<murmur_net::DriverClosed> for Error {
+    fn from(_: murmur_net::DriverClosed) -> Self {
+        Error::Closed
+    }
+}

@@ -1,0 +1,171 @@
+//! Opening, running and stopping a node.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use murmur_core::{Config, DocumentId, NodeId, Replica};
+use murmur_net::driver::{self, Command, DriverHandle, Status};
+use murmur_net::Identity;
+use murmur_store::{MemStore, SledStore, Storage};
+use tokio::task::JoinHandle;
+
+use crate::{DocHandle, Error};
+
+/// Where a node keeps its data.
+#[derive(Debug, Clone)]
+enum Location {
+    Directory(PathBuf),
+    Memory,
+}
+
+/// Configures and starts a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    location: Location,
+    anti_entropy_interval: Option<Duration>,
+    group_commit_delay: Option<Duration>,
+}
+
+impl NodeBuilder {
+    /// Keeps the node's data (identity and sled database) in `dir`,
+    /// creating it if needed. This is the default, in `./murmur-data`.
+    pub fn data_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.location = Location::Directory(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Keeps everything in memory (a fresh identity, nothing survives the
+    /// process). For tests and examples.
+    pub fn in_memory(mut self) -> Self {
+        self.location = Location::Memory;
+        self
+    }
+
+    /// How often the node reconciles with a peer.
+    pub fn anti_entropy_interval(mut self, interval: Duration) -> Self {
+        self.anti_entropy_interval = Some(interval);
+        self
+    }
+
+    /// How long writes may wait so that more share one flush (default:
+    /// none beyond the writes already queued together).
+    pub fn group_commit_delay(mut self, delay: Duration) -> Self {
+        self.group_commit_delay = Some(delay);
+        self
+    }
+
+    /// Opens the store, loads the identity (creating it on first start) and
+    /// starts the node's task on the current tokio runtime.
+    pub async fn start(self) -> Result<Node, Error> {
+        let (identity, store) = match &self.location {
+            Location::Directory(dir) => open_directory(dir.clone()).await?,
+            Location::Memory => {
+                let store: Box<dyn Storage> = Box::new(MemStore::new());
+                (Identity::generate()?, store)
+            }
+        };
+        let node_id = identity.node_id();
+        let mut config = Config::new(node_id);
+        if let Some(interval) = self.anti_entropy_interval {
+            config.anti_entropy_interval = interval;
+        }
+        if let Some(delay) = self.group_commit_delay {
+            config.group_commit_delay = delay;
+        }
+        let replica = Replica::open(config, store, driver::wall_clock())?;
+        let (handle, task) = driver::spawn(replica);
+        tracing::info!(node = %node_id, "node started");
+        Ok(Node {
+            node_id,
+            handle,
+            task,
+        })
+    }
+}
+
+/// Opens (creating if needed) a data directory: its identity and its store.
+async fn open_directory(dir: PathBuf) -> Result<(Identity, Box<dyn Storage>), Error> {
+    // Opening sled reads and may recover its log: keep it off the runtime's
+    // worker threads.
+    let opened = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        std::fs::create_dir_all(&dir).map_err(|source| Error::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let (identity, created) = Identity::load_or_create(&dir)?;
+        if created {
+            tracing::info!(node = %identity.node_id(), dir = %dir.display(), "created node identity");
+        }
+        let store: Box<dyn Storage> = Box::new(SledStore::open(dir.join("db"))?);
+        Ok((identity, store))
+    })
+    .await;
+    opened.map_err(|_| Error::Closed)?
+}
+
+/// A running Murmur node.
+///
+/// Dropping every handle to a node stops it after flushing; prefer
+/// [`Node::shutdown`], which waits for that flush.
+pub struct Node {
+    node_id: NodeId,
+    handle: DriverHandle,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    /// A builder with the defaults: data in `./murmur-data`.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder {
+            location: Location::Directory(PathBuf::from("murmur-data")),
+            anti_entropy_interval: None,
+            group_commit_delay: None,
+        }
+    }
+
+    /// This node's id (its public key).
+    pub fn id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Creates a new, empty document.
+    pub async fn create_doc(&self) -> Result<DocHandle, Error> {
+        let id = self
+            .handle
+            .request(|reply| Command::CreateDocument { reply })
+            .await?;
+        Ok(DocHandle::new(id, self.handle.clone()))
+    }
+
+    /// A handle to document `id`, which this node must hold.
+    pub async fn doc(&self, id: DocumentId) -> Result<DocHandle, Error> {
+        let handle = DocHandle::new(id, self.handle.clone());
+        handle.read(|_| ()).await?;
+        Ok(handle)
+    }
+
+    /// The ids of every document the node holds.
+    pub async fn documents(&self) -> Result<Vec<DocumentId>, Error> {
+        Ok(self
+            .handle
+            .request(|reply| Command::ListDocuments { reply })
+            .await?)
+    }
+
+    /// The node's state and counters.
+    pub async fn status(&self) -> Result<Status, Error> {
+        Ok(self
+            .handle
+            .request(|reply| Command::Status { reply })
+            .await?)
+    }
+
+    /// Flushes everything and stops the node.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.handle
+            .request(|reply| Command::Shutdown { reply })
+            .await?;
+        let _ = tokio::time::timeout(driver::SHUTDOWN_TIMEOUT, self.task).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! A node on a real sled directory, through the public API.
+
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::{ReadDoc, ROOT};
+use murmur::{Ack, DocumentId, Error, Node, Origin};
+
+async fn read_int(doc: &murmur::DocHandle, key: &'static str) -> Option<i64> {
+    doc.read(move |d| {
+        d.get(ROOT, key)
+            .ok()
+            .flatten()
+            .and_then(|(v, _)| v.as_i64())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn durable_changes_survive_a_restart_of_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::builder().data_dir(dir.path()).start().await.unwrap();
+    let first_id = node.id();
+    let doc = node.create_doc().await.unwrap();
+    for i in 0..50_i64 {
+        doc.change(move |tx| tx.put(ROOT, format!("k{i}"), i))
+            .await
+            .unwrap();
+    }
+    let id = doc.id();
+    node.shutdown().await.unwrap();
+
+    let node = Node::builder().data_dir(dir.path()).start().await.unwrap();
+    assert_eq!(
+        node.id(),
+        first_id,
+        "the identity is kept in the data directory"
+    );
+    assert_eq!(node.documents().await.unwrap(), vec![id]);
+    let doc = node.doc(id).await.unwrap();
+    assert_eq!(doc.read(|d| d.length(ROOT)).await.unwrap(), 50);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_node_flushes_applied_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let node = Node::builder().data_dir(dir.path()).start().await.unwrap();
+        let doc = node.create_doc().await.unwrap();
+        id = doc.id();
+        doc.change_with(Ack::Applied, |tx| tx.put(ROOT, "x", 1_i64))
+            .await
+            .unwrap();
+        drop(doc);
+        drop(node);
+    }
+    // The driver task flushes once its last handle is gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let node = Node::builder().data_dir(dir.path()).start().await.unwrap();
+    let doc = node.doc(id).await.unwrap();
+    assert_eq!(read_int(&doc, "x").await, Some(1));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::builder().data_dir(dir.path()).start().await.unwrap();
+    let doc = node.create_doc().await.unwrap();
+    let before = node.status().await.unwrap().metrics.flushes;
+    let writers: Vec<_> = (0..200_i64)
+        .map(|i| {
+            let doc = doc.clone();
+            tokio::spawn(
+                async move { doc.change(move |tx| tx.put(ROOT, format!("k{i}"), i)).await },
+            )
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    let flushes = node.status().await.unwrap().metrics.flushes - before;
+    assert!(flushes < 200, "200 durable writes took {flushes} flushes");
+    assert_eq!(doc.read(|d| d.length(ROOT)).await.unwrap(), 200);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn subscribers_see_each_change_with_its_patches() {
+    let node = Node::builder().in_memory().start().await.unwrap();
+    let doc = node.create_doc().await.unwrap();
+    let mut changes = doc.changes().await.unwrap();
+    doc.change(|tx| tx.put(ROOT, "a", 1_i64)).await.unwrap();
+    doc.change(|tx| {
+        tx.put(ROOT, "b", 2_i64)?;
+        tx.put(ROOT, "c", 3_i64)
+    })
+    .await
+    .unwrap();
+    let first = changes.next().await.unwrap().unwrap();
+    let second = changes.next().await.unwrap().unwrap();
+    assert_eq!(first.origin, Origin::Local);
+    assert_eq!((first.patches.len(), second.patches.len()), (1, 2));
+    assert_eq!(second.heads, doc.heads().await.unwrap());
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_change_rolls_back_and_says_why() {
+    let node = Node::builder().in_memory().start().await.unwrap();
+    let doc = node.create_doc().await.unwrap();
+    let result = doc
+        .change(|tx| {
+            tx.put(ROOT, "half", 1_i64)?;
+            // Inserting into a map is an error: the whole change rolls back.
+            tx.insert(ROOT, 0, "nope")
+        })
+        .await;
+    assert!(matches!(result, Err(Error::Replica(_))), "{result:?}");
+    assert_eq!(read_int(&doc, "half").await, None);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_document_is_a_typed_error() {
+    let node = Node::builder().in_memory().start().await.unwrap();
+    let missing = DocumentId::from_bytes([9; 16]);
+    assert!(matches!(node.doc(missing).await, Err(Error::Replica(_))));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_data_dir_that_is_a_file_is_a_clear_error() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let error = Node::builder()
+        .data_dir(file.path())
+        .start()
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::DataDir { .. }), "{error}");
+}
