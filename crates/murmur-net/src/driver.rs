@@ -14,10 +14,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash, Patch};
 use murmur_core::{
-    AckLevel, DocumentId, Event, Metrics, NodeId, Origin, Replica, ReplicaError, Time, WriteId,
+    AckLevel, DocumentId, Event, Metrics, NodeId, Origin, Replica, ReplicaError, Time, Transmit,
+    WriteId,
 };
+use murmur_wire::encode_frame;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::transport::{Link, NetEvent, Network, SendOutcome};
 
 /// A change function, type-erased to cross the channel.
 pub type ChangeFn =
@@ -55,15 +59,49 @@ pub struct DocumentChange {
     pub patches: Vec<Patch>,
 }
 
+/// A connected peer, as the driver sees it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Its id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// The round-trip time estimate.
+    pub rtt: Duration,
+}
+
+/// Traffic the driver has carried.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Traffic {
+    /// Messages sent to peers.
+    pub messages_out: u64,
+    /// Frame bytes sent to peers.
+    pub bytes_out: u64,
+    /// Messages received from peers.
+    pub messages_in: u64,
+    /// Frame bytes received from peers.
+    pub bytes_in: u64,
+    /// Messages dropped because a connection's queue was full.
+    pub dropped_full: u64,
+    /// Messages from peers the replica rejected.
+    pub rejected: u64,
+}
+
 /// A snapshot of the node's state.
 #[derive(Debug, Clone)]
 pub struct Status {
     /// This node.
     pub node_id: NodeId,
+    /// The UDP address the node listens on, if it is networked.
+    pub listen: Option<std::net::SocketAddr>,
     /// Documents held in memory.
     pub documents: usize,
     /// Connected peers.
-    pub peers: Vec<NodeId>,
+    pub peers: Vec<PeerInfo>,
+    /// Node ids allowed to connect.
+    pub allowed: Vec<NodeId>,
+    /// Network traffic.
+    pub traffic: Traffic,
     /// Local writes not yet durable.
     pub writes_awaiting_flush: usize,
     /// Messages waiting to be sent.
@@ -115,6 +153,22 @@ pub enum Command {
     Status {
         /// Gets the status.
         reply: oneshot::Sender<Status>,
+    },
+    /// Allow a peer and keep a connection to it.
+    AddPeer {
+        /// Its id.
+        peer: NodeId,
+        /// Its address.
+        addr: std::net::SocketAddr,
+        /// Answered with whether the node is networked.
+        reply: oneshot::Sender<bool>,
+    },
+    /// Stop allowing a peer and close any connection to it.
+    RemovePeer {
+        /// Its id.
+        peer: NodeId,
+        /// Answered with whether the node is networked.
+        reply: oneshot::Sender<bool>,
     },
     /// Flush and stop.
     Shutdown {
@@ -178,18 +232,33 @@ struct Subscription {
 struct Driver {
     replica: Replica,
     commands: mpsc::Receiver<Command>,
+    network: Option<Network>,
+    net_events: Option<mpsc::Receiver<NetEvent>>,
+    links: BTreeMap<NodeId, Link>,
+    traffic: Traffic,
     pending: BTreeMap<WriteId, PendingWrite>,
     subscriptions: BTreeMap<DocumentId, Subscription>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
-/// Starts the driver task for `replica`; it runs until a shutdown command
-/// or until every handle is dropped.
-pub fn spawn(replica: Replica) -> (DriverHandle, JoinHandle<()>) {
+/// Starts the driver task for `replica`, on `network` if given; it runs
+/// until a shutdown command or until every handle is dropped.
+pub fn spawn(
+    replica: Replica,
+    network: Option<(Network, mpsc::Receiver<NetEvent>)>,
+) -> (DriverHandle, JoinHandle<()>) {
     let (sender, commands) = mpsc::channel(COMMAND_QUEUE);
+    let (network, net_events) = match network {
+        Some((network, events)) => (Some(network), Some(events)),
+        None => (None, None),
+    };
     let driver = Driver {
         replica,
         commands,
+        network,
+        net_events,
+        links: BTreeMap::new(),
+        traffic: Traffic::default(),
         pending: BTreeMap::new(),
         subscriptions: BTreeMap::new(),
         shutdown: None,
@@ -213,6 +282,7 @@ impl Driver {
                     None => break,
                 },
                 () = tokio::time::sleep(wait) => {}
+                Some(event) = next_net_event(&mut self.net_events) => self.handle_net_events(event),
             }
             let now = wall_clock();
             // Commands arriving without pause must not starve the timers
@@ -225,7 +295,109 @@ impl Driver {
                 break;
             }
         }
-        self.stop();
+        self.stop().await;
+    }
+
+    /// Handles `first` and whatever other network events are already
+    /// queued, up to a bound.
+    fn handle_net_events(&mut self, first: NetEvent) {
+        self.handle_net(first);
+        for _ in 1..COMMAND_BATCH {
+            let Some(events) = self.net_events.as_mut() else {
+                return;
+            };
+            match events.try_recv() {
+                Ok(event) => self.handle_net(event),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn handle_net(&mut self, event: NetEvent) {
+        let now = wall_clock();
+        match event {
+            NetEvent::Up { peer, link } => self.link_up(now, peer, link),
+            NetEvent::Down { peer, link, reason } => {
+                if self.is_current(peer, link) {
+                    self.links.remove(&peer);
+                    self.replica.handle_peer_down(now, peer);
+                    self.publish_connected();
+                    tracing::info!(peer = %peer.short(), %reason, "peer disconnected");
+                }
+            }
+            NetEvent::Message {
+                peer,
+                link,
+                message,
+                bytes,
+            } => {
+                if !self.is_current(peer, link) {
+                    return; // from a connection already replaced
+                }
+                self.traffic.messages_in += 1;
+                self.traffic.bytes_in += bytes as u64;
+                if let Err(error) = self.replica.handle_message(now, peer, message) {
+                    self.traffic.rejected += 1;
+                    tracing::warn!(peer = %peer.short(), %error, "rejected a message from a peer");
+                }
+            }
+        }
+    }
+
+    /// True if `link` is the connection in use for `peer`.
+    fn is_current(&self, peer: NodeId, link: u64) -> bool {
+        self.links.get(&peer).is_some_and(|l| l.id == link)
+    }
+
+    /// A new connection to `peer`. Two connections to one peer (both sides
+    /// dialed at once) resolve the same way on both ends: the one dialed by
+    /// the smaller node id stays.
+    fn link_up(&mut self, now: Time, peer: NodeId, link: Link) {
+        let me = self.replica.node_id();
+        let preferred = |l: &Link| l.dialed_by == me.min(peer);
+        if let Some(existing) = self.links.get(&peer) {
+            if preferred(existing) && !preferred(&link) {
+                link.close_duplicate();
+                return;
+            }
+            existing.close_duplicate();
+            self.replica.handle_peer_down(now, peer);
+        }
+        tracing::info!(peer = %peer.short(), addr = %link.remote_address(), "peer connected");
+        self.links.insert(peer, link);
+        self.replica.handle_peer_up(now, peer);
+        self.publish_connected();
+    }
+
+    fn publish_connected(&self) {
+        if let Some(network) = &self.network {
+            network.set_connected(self.links.keys().copied().collect());
+        }
+    }
+
+    fn transmit(&mut self, transmit: Transmit) {
+        let Some(link) = self.links.get(&transmit.to) else {
+            return;
+        };
+        let frame = match encode_frame(&transmit.message) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::error!(peer = %transmit.to.short(), kind = transmit.message.kind(), %error, "message does not fit a frame; dropped");
+                return;
+            }
+        };
+        let bytes = frame.len() as u64;
+        match link.send(frame) {
+            SendOutcome::Queued => {
+                self.traffic.messages_out += 1;
+                self.traffic.bytes_out += bytes;
+            }
+            SendOutcome::Full => {
+                self.traffic.dropped_full += 1;
+                tracing::debug!(peer = %transmit.to.short(), "connection queue full; message dropped, anti-entropy will repair");
+            }
+            SendOutcome::Closed => {}
+        }
     }
 
     /// Handles `first` and whatever else is already queued, up to a bound,
@@ -263,6 +435,23 @@ impl Driver {
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Command::AddPeer { peer, addr, reply } => {
+                if let Some(network) = &self.network {
+                    network.add_peer(peer, addr);
+                }
+                let _ = reply.send(self.network.is_some());
+            }
+            Command::RemovePeer { peer, reply } => {
+                if let Some(network) = &self.network {
+                    network.remove_peer(&peer);
+                }
+                if let Some(link) = self.links.remove(&peer) {
+                    link.close_removed();
+                    self.replica.handle_peer_down(now, peer);
+                    self.publish_connected();
+                }
+                let _ = reply.send(self.network.is_some());
             }
             Command::Shutdown { reply } => self.shutdown = Some(reply),
         }
@@ -312,8 +501,23 @@ impl Driver {
     fn status(&self) -> Status {
         Status {
             node_id: self.replica.node_id(),
+            listen: self.network.as_ref().and_then(Network::local_addr),
             documents: self.replica.document_ids().count(),
-            peers: self.replica.connected_peers().collect(),
+            peers: self
+                .links
+                .iter()
+                .map(|(id, link)| PeerInfo {
+                    id: *id,
+                    addr: link.remote_address(),
+                    rtt: link.rtt(),
+                })
+                .collect(),
+            allowed: self
+                .network
+                .as_ref()
+                .map(|n| n.allowed().to_vec())
+                .unwrap_or_default(),
+            traffic: self.traffic,
             writes_awaiting_flush: self.replica.writes_awaiting_flush(),
             outbox: self.replica.outbox_len(),
             metrics: self.replica.metrics().clone(),
@@ -322,8 +526,9 @@ impl Driver {
 
     /// Carries out the replica's outputs.
     fn drain(&mut self) {
-        // No network yet: a replica with no connected peers sends nothing.
-        while self.replica.poll_transmit().is_some() {}
+        while let Some(transmit) = self.replica.poll_transmit() {
+            self.transmit(transmit);
+        }
         while let Some(event) = self.replica.poll_event() {
             match event {
                 Event::Acknowledged { write, level, .. } => self.acknowledge(write, level),
@@ -364,14 +569,25 @@ impl Driver {
         });
     }
 
-    /// Flushes what is left and answers the shutdown.
-    fn stop(mut self) {
+    /// Flushes what is left, closes the network and answers the shutdown.
+    async fn stop(mut self) {
         self.replica.flush_now(wall_clock());
         self.drain();
+        if let Some(network) = &self.network {
+            network.shutdown().await;
+        }
         tracing::info!(unacknowledged = self.pending.len(), "node stopped");
         if let Some(reply) = self.shutdown.take() {
             let _ = reply.send(());
         }
+    }
+}
+
+/// The next network event, or never if the node has no network.
+async fn next_net_event(events: &mut Option<mpsc::Receiver<NetEvent>>) -> Option<NetEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

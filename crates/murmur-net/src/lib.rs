@@ -5,12 +5,15 @@
 //! * [`driver`]: the tokio task that owns the replica, feeds it commands
 //!   and timer expiries with the wall clock, and carries out its outputs.
 //!
-//! The QUIC transport (quinn, rustls with pinned peer keys) plugs into the
-//! driver's loop next; until then a node replicates nothing and is a local
-//! store of documents.
+//! * [`tls`]: TLS 1.3 with pinned peer keys: a self-signed certificate per
+//!   node, accepted only if its key is on the allow-list.
+//! * [`transport`]: QUIC (quinn): one connection per peer, frames on one
+//!   stream each way, reconnects with backoff and jitter.
 
 pub mod driver;
 pub mod identity;
+pub mod tls;
+pub mod transport;
 
 pub use driver::{spawn, Command, DriverClosed, DriverHandle};
 pub use identity::{Identity, IdentityError};

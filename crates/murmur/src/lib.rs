@@ -55,7 +55,8 @@ pub use node::{Node, NodeBuilder};
 
 pub use automerge;
 pub use murmur_core::{AckLevel as Ack, Origin};
-pub use murmur_net::driver::{DocumentChange, Status};
+pub use murmur_net::driver::{DocumentChange, PeerInfo, Status, Traffic};
+pub use murmur_net::Identity;
 pub use murmur_wire::{DocumentId, NodeId};
 
 /// What can go wrong using a node.
@@ -80,6 +81,13 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The network could not start (address in use, TLS set-up, ...).
+    #[error(transparent)]
+    Network(#[from] murmur_net::transport::NetError),
+    /// The node was started without a listen address, so it has no
+    /// network to add peers to.
+    #[error("the node is not networked: start it with a listen address")]
+    NotNetworked,
     /// The node has shut down.
     #[error("the node has shut down")]
     Closed,

@@ -1,10 +1,12 @@
 //! Opening, running and stopping a node.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use murmur_core::{Config, DocumentId, NodeId, Replica};
-use murmur_net::driver::{self, Command, DriverHandle, Status};
+use murmur_net::driver::{self, Command, DriverHandle, PeerInfo, Status};
+use murmur_net::transport::{Network, NetworkConfig};
 use murmur_net::Identity;
 use murmur_store::{MemStore, SledStore, Storage};
 use tokio::task::JoinHandle;
@@ -24,6 +26,10 @@ pub struct NodeBuilder {
     location: Location,
     anti_entropy_interval: Option<Duration>,
     group_commit_delay: Option<Duration>,
+    listen: Option<SocketAddr>,
+    peers: Vec<(NodeId, SocketAddr)>,
+    allowed: Vec<NodeId>,
+    identity: Option<std::sync::Arc<Identity>>,
 }
 
 impl NodeBuilder {
@@ -38,6 +44,39 @@ impl NodeBuilder {
     /// process). For tests and examples.
     pub fn in_memory(mut self) -> Self {
         self.location = Location::Memory;
+        self
+    }
+
+    /// Listens for peers on this UDP address (QUIC). Without it the node is
+    /// local only: it replicates nothing.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// Dials `id` at `addr` (and keeps redialing it). `id` is allowed to
+    /// connect. Needs [`NodeBuilder::listen`].
+    pub fn peer(mut self, id: NodeId, addr: SocketAddr) -> Self {
+        self.peers.push((id, addr));
+        self
+    }
+
+    /// Dials every `(id, addr)` of `peers`; see [`NodeBuilder::peer`].
+    pub fn peers(mut self, peers: impl IntoIterator<Item = (NodeId, SocketAddr)>) -> Self {
+        self.peers.extend(peers);
+        self
+    }
+
+    /// Lets `id` connect without dialing it (its address is not known).
+    pub fn allow(mut self, id: NodeId) -> Self {
+        self.allowed.push(id);
+        self
+    }
+
+    /// Uses `identity` instead of the one in the data directory (for
+    /// in-memory nodes that must keep one id across restarts).
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(std::sync::Arc::new(identity));
         self
     }
 
@@ -61,9 +100,10 @@ impl NodeBuilder {
             Location::Directory(dir) => open_directory(dir.clone()).await?,
             Location::Memory => {
                 let store: Box<dyn Storage> = Box::new(MemStore::new());
-                (Identity::generate()?, store)
+                (std::sync::Arc::new(Identity::generate()?), store)
             }
         };
+        let identity = self.identity.clone().unwrap_or(identity);
         let node_id = identity.node_id();
         let mut config = Config::new(node_id);
         if let Some(interval) = self.anti_entropy_interval {
@@ -73,7 +113,16 @@ impl NodeBuilder {
             config.group_commit_delay = delay;
         }
         let replica = Replica::open(config, store, driver::wall_clock())?;
-        let (handle, task) = driver::spawn(replica);
+        let network = match self.listen {
+            Some(listen) => {
+                let mut network = NetworkConfig::new(listen);
+                network.peers = self.peers.clone();
+                network.allowed = self.allowed.clone();
+                Some(Network::start(&identity, network)?)
+            }
+            None => None,
+        };
+        let (handle, task) = driver::spawn(replica, network);
         tracing::info!(node = %node_id, "node started");
         Ok(Node {
             node_id,
@@ -84,7 +133,9 @@ impl NodeBuilder {
 }
 
 /// Opens (creating if needed) a data directory: its identity and its store.
-async fn open_directory(dir: PathBuf) -> Result<(Identity, Box<dyn Storage>), Error> {
+async fn open_directory(
+    dir: PathBuf,
+) -> Result<(std::sync::Arc<Identity>, Box<dyn Storage>), Error> {
     // Opening sled reads and may recover its log: keep it off the runtime's
     // worker threads.
     let opened = tokio::task::spawn_blocking(move || -> Result<_, Error> {
@@ -97,7 +148,7 @@ async fn open_directory(dir: PathBuf) -> Result<(Identity, Box<dyn Storage>), Er
             tracing::info!(node = %identity.node_id(), dir = %dir.display(), "created node identity");
         }
         let store: Box<dyn Storage> = Box::new(SledStore::open(dir.join("db"))?);
-        Ok((identity, store))
+        Ok((std::sync::Arc::new(identity), store))
     })
     .await;
     opened.map_err(|_| Error::Closed)?
@@ -120,6 +171,10 @@ impl Node {
             location: Location::Directory(PathBuf::from("murmur-data")),
             anti_entropy_interval: None,
             group_commit_delay: None,
+            listen: None,
+            peers: Vec::new(),
+            allowed: Vec::new(),
+            identity: None,
         }
     }
 
@@ -150,6 +205,46 @@ impl Node {
             .handle
             .request(|reply| Command::ListDocuments { reply })
             .await?)
+    }
+
+    /// Allows `peer` and keeps a connection to it at `addr`. Fails with
+    /// [`Error::NotNetworked`] on a node started without
+    /// [`NodeBuilder::listen`].
+    pub async fn add_peer(&self, peer: NodeId, addr: SocketAddr) -> Result<(), Error> {
+        let networked = self
+            .handle
+            .request(|reply| Command::AddPeer { peer, addr, reply })
+            .await?;
+        if networked {
+            Ok(())
+        } else {
+            Err(Error::NotNetworked)
+        }
+    }
+
+    /// Stops allowing `peer` and closes any connection to it: it can no
+    /// longer connect, read or write, until [`Node::add_peer`] again.
+    pub async fn remove_peer(&self, peer: NodeId) -> Result<(), Error> {
+        let networked = self
+            .handle
+            .request(|reply| Command::RemovePeer { peer, reply })
+            .await?;
+        if networked {
+            Ok(())
+        } else {
+            Err(Error::NotNetworked)
+        }
+    }
+
+    /// The peers connected now.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        Ok(self.status().await?.peers)
+    }
+
+    /// The UDP address the node listens on (useful after listening on port
+    /// 0), if it is networked.
+    pub async fn local_addr(&self) -> Result<Option<SocketAddr>, Error> {
+        Ok(self.status().await?.listen)
     }
 
     /// The node's state and counters.

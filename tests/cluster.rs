@@ -1,0 +1,259 @@
+//! Nodes over real QUIC on 127.0.0.1 and real sled in temporary
+//! directories.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::{ReadDoc, ROOT};
+use murmur::{Ack, DocumentId, Identity, Node, NodeId};
+
+const ANY_PORT: &str = "127.0.0.1:0";
+/// How long convergence may take before a test fails (a bound against
+/// hanging, not a performance target).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct TestNode {
+    node: Node,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+async fn start(dir: tempfile::TempDir, allow: &[NodeId]) -> TestNode {
+    let mut builder = Node::builder()
+        .data_dir(dir.path())
+        .listen(ANY_PORT.parse().unwrap())
+        .anti_entropy_interval(Duration::from_millis(200));
+    for id in allow {
+        builder = builder.allow(*id);
+    }
+    let node = builder.start().await.unwrap();
+    let addr = node.local_addr().await.unwrap().unwrap();
+    TestNode { node, addr, dir }
+}
+
+/// A data directory whose identity exists already, so its id is known.
+fn prepared_dir() -> (tempfile::TempDir, NodeId) {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, _) = Identity::load_or_create(dir.path()).unwrap();
+    (dir, identity.node_id())
+}
+
+/// Starts `count` nodes that allow each other and dial each other.
+async fn cluster(count: usize) -> Vec<TestNode> {
+    let prepared: Vec<_> = (0..count).map(|_| prepared_dir()).collect();
+    let ids: Vec<NodeId> = prepared.iter().map(|(_, id)| *id).collect();
+    let mut nodes = Vec::new();
+    for (dir, _) in prepared {
+        nodes.push(start(dir, &ids).await);
+    }
+    connect_all(&nodes).await;
+    nodes
+}
+
+async fn connect_all(nodes: &[TestNode]) {
+    for a in nodes {
+        for b in nodes {
+            if a.node.id() != b.node.id() {
+                a.node.add_peer(b.node.id(), b.addr).await.unwrap();
+            }
+        }
+    }
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn heads_everywhere(nodes: &[&Node], doc: DocumentId) -> bool {
+    let mut all = Vec::new();
+    for node in nodes {
+        match node.doc(doc).await {
+            Ok(handle) => all.push(handle.heads().await.unwrap()),
+            Err(_) => return false,
+        }
+    }
+    all.windows(2).all(|pair| pair[0] == pair[1])
+}
+
+async fn key_count(node: &Node, doc: DocumentId) -> usize {
+    node.doc(doc)
+        .await
+        .unwrap()
+        .read(|d| d.length(ROOT))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_under_concurrent_edits() {
+    let nodes = cluster(3).await;
+    wait_for("full mesh", async || {
+        for n in &nodes {
+            if n.node.peers().await.unwrap().len() != 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let doc = nodes[0].node.create_doc().await.unwrap().id();
+    let refs: Vec<&Node> = nodes.iter().map(|n| &n.node).collect();
+    wait_for("the document to reach every node", async || {
+        heads_everywhere(&refs, doc).await
+    })
+    .await;
+
+    let mut writers = Vec::new();
+    for (index, n) in nodes.iter().enumerate() {
+        let handle = n.node.doc(doc).await.unwrap();
+        writers.push(tokio::spawn(async move {
+            for i in 0..50_i64 {
+                handle
+                    .change(move |tx| {
+                        tx.put(ROOT, format!("n{index}-{i}"), i)?;
+                        tx.put(ROOT, "contended", index as i64)
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait_for("convergence", async || heads_everywhere(&refs, doc).await).await;
+    for n in &nodes {
+        assert_eq!(key_count(&n.node, doc).await, 151);
+    }
+    for n in nodes {
+        n.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_catches_up_after_a_restart() {
+    let mut nodes = cluster(3).await;
+    let doc = nodes[0].node.create_doc().await.unwrap().id();
+    {
+        let refs: Vec<&Node> = nodes.iter().map(|n| &n.node).collect();
+        wait_for("the document everywhere", async || {
+            heads_everywhere(&refs, doc).await
+        })
+        .await;
+    }
+    let stopped = nodes.pop().unwrap();
+    let stopped_id = stopped.node.id();
+    stopped.node.shutdown().await.unwrap();
+
+    let handle = nodes[0].node.doc(doc).await.unwrap();
+    for i in 0..100_i64 {
+        handle
+            .change(move |tx| tx.put(ROOT, format!("while-down-{i}"), i))
+            .await
+            .unwrap();
+    }
+    // Restart on the same directory (same identity, same data), new port.
+    let ids: Vec<NodeId> = nodes.iter().map(|n| n.node.id()).collect();
+    let restarted = start(stopped.dir, &ids).await;
+    assert_eq!(restarted.node.id(), stopped_id);
+    nodes.push(restarted);
+    connect_all(&nodes).await;
+    let refs: Vec<&Node> = nodes.iter().map(|n| &n.node).collect();
+    wait_for("the restarted node to catch up", async || {
+        heads_everywhere(&refs, doc).await
+    })
+    .await;
+    assert_eq!(key_count(&nodes[2].node, doc).await, 100);
+    for n in nodes {
+        n.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_off_the_allow_list_can_neither_connect_nor_read_nor_write() {
+    let (member_dir, member_id) = prepared_dir();
+    let (intruder_dir, intruder_id) = prepared_dir();
+    // The member allows nobody; the intruder allows the member and dials it.
+    let member = start(member_dir, &[]).await;
+    let intruder = start(intruder_dir, &[member_id]).await;
+    let secret = member.node.create_doc().await.unwrap();
+    secret
+        .change(|tx| tx.put(ROOT, "secret", "42"))
+        .await
+        .unwrap();
+    let planted = intruder.node.create_doc().await.unwrap();
+    planted
+        .change(|tx| tx.put(ROOT, "planted", 1_i64))
+        .await
+        .unwrap();
+    intruder
+        .node
+        .add_peer(member_id, member.addr)
+        .await
+        .unwrap();
+    // The member also tries to reach the intruder, whose key it does not
+    // allow: its dialer must refuse the intruder's certificate.
+    member
+        .node
+        .add_peer(NodeId([0; 32]), intruder.addr)
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(member.node.peers().await.unwrap().is_empty());
+    assert!(intruder.node.peers().await.unwrap().is_empty());
+    assert_eq!(member.node.documents().await.unwrap(), vec![secret.id()]);
+    assert_eq!(intruder.node.documents().await.unwrap(), vec![planted.id()]);
+    let status = member.node.status().await.unwrap();
+    assert_eq!(status.traffic.messages_in, 0);
+    assert!(!status.allowed.contains(&intruder_id));
+    member.node.shutdown().await.unwrap();
+    intruder.node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_no_reachable_peer_keeps_writing_and_syncs_later() {
+    let (lonely_dir, lonely_id) = prepared_dir();
+    let (late_dir, late_id) = prepared_dir();
+    let lonely = start(lonely_dir, &[late_id]).await;
+    // Reserve an address for the late node, then free it.
+    let late_addr = {
+        let socket = std::net::UdpSocket::bind(ANY_PORT).unwrap();
+        socket.local_addr().unwrap()
+    };
+    lonely.node.add_peer(late_id, late_addr).await.unwrap();
+    let doc = lonely.node.create_doc().await.unwrap();
+    for i in 0..20_i64 {
+        let receipt = doc
+            .change_with(Ack::Durable, move |tx| tx.put(ROOT, format!("k{i}"), i))
+            .await
+            .unwrap();
+        assert!(receipt.change.is_some());
+    }
+    assert!(lonely.node.peers().await.unwrap().is_empty());
+
+    let late = Node::builder()
+        .data_dir(late_dir.path())
+        .listen(late_addr)
+        .allow(lonely_id)
+        .anti_entropy_interval(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let refs = [&lonely.node, &late];
+    wait_for("the late node to sync", async || {
+        heads_everywhere(&refs, doc.id()).await
+    })
+    .await;
+    assert_eq!(key_count(&late, doc.id()).await, 20);
+    lonely.node.shutdown().await.unwrap();
+    late.shutdown().await.unwrap();
+}
