@@ -133,6 +133,21 @@ async fn three_nodes_converge_under_concurrent_edits() {
     for n in &nodes {
         assert_eq!(key_count(&n.node, doc).await, 151);
     }
+    // A write acknowledged Replicated(2) is durable on all three nodes.
+    let receipt = nodes[1]
+        .node
+        .doc(doc)
+        .await
+        .unwrap()
+        .change_with(Ack::Replicated(2), |tx| tx.put(ROOT, "everywhere", true))
+        .await
+        .unwrap();
+    assert!(receipt.change.is_some());
+    for n in &nodes {
+        let handle = n.node.doc(doc).await.unwrap();
+        let held = handle.read(|d| d.get(ROOT, "everywhere").unwrap().is_some());
+        assert!(held.await.unwrap());
+    }
     for n in nodes {
         n.node.shutdown().await.unwrap();
     }

@@ -34,6 +34,9 @@ pub struct Config {
     pub compaction_min_bytes: usize,
     /// ... or once there are more chunks than this.
     pub compaction_max_chunks: usize,
+    /// Most local writes whose copies on peers are counted at once (for
+    /// `Replicated(k)` acknowledgements); past it the oldest is forgotten.
+    pub max_tracked_replications: usize,
     /// A deliberate bug, for tests that check the simulator catches it.
     /// Always [`FaultInjection::None`] outside such tests.
     pub fault_injection: FaultInjection,
@@ -76,6 +79,7 @@ impl Config {
             max_outbox_bytes_per_peer: 8 * 1024 * 1024,
             compaction_min_bytes: 16 * 1024,
             compaction_max_chunks: 512,
+            max_tracked_replications: 65_536,
             fault_injection: FaultInjection::None,
         }
     }

@@ -26,6 +26,23 @@ pub(crate) struct Document {
     stale_keys: Vec<Vec<u8>>,
     /// Sync state with each peer that ever synced this document.
     pub(crate) sync: BTreeMap<NodeId, sync::State>,
+    /// Per peer, (our heads, their heads) when a sync conversation with it
+    /// last stalled and was answered with a resend (see
+    /// [`Document::after_sync_message`]).
+    stalls: BTreeMap<NodeId, (Vec<ChangeHash>, Vec<ChangeHash>)>,
+}
+
+/// How to answer a sync message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncReply {
+    /// As Automerge says (often: nothing).
+    Continue,
+    /// The conversation stalled; what was sent in it was forgotten, so the
+    /// answer sends again whatever the peer still lacks.
+    Resend,
+    /// It stalled again in the same place after a resend: say nothing and
+    /// leave it to anti-entropy.
+    Quiet,
 }
 
 /// What a pending write of a document will do to it once it is applied.
@@ -47,6 +64,7 @@ impl Document {
             unindexed: true,
             stale_keys: Vec::new(),
             sync: BTreeMap::new(),
+            stalls: BTreeMap::new(),
         }
     }
 
@@ -84,6 +102,7 @@ impl Document {
             unindexed: false,
             stale_keys: log.stale_keys,
             sync,
+            stalls: BTreeMap::new(),
         })
     }
 
@@ -123,6 +142,59 @@ impl Document {
             self.chunk_bytes += bytes;
             self.chunk_count += 1;
         }
+    }
+
+    /// Decides how to answer a sync message from `peer` that has just been
+    /// received; `heads_before` and `their_before` are our heads and the
+    /// peer's (as the sync state knew them) before it.
+    ///
+    /// A message that moved neither side, while the two still differ, means
+    /// the conversation is stuck: typically a message carrying changes was
+    /// lost, and Automerge will not send those changes again because it
+    /// remembers having sent them (automerge #1284). Answering as usual
+    /// ping-pongs empty messages as fast as the network carries them, and
+    /// every duplicated message starts another such loop: an exponential
+    /// storm (the simulator found it). So the first stall in a given place
+    /// forgets what was sent, and the answer sends it again; a second stall
+    /// in the same place gets no answer, and anti-entropy (which restarts
+    /// the conversation) retries later.
+    pub(crate) fn after_sync_message(
+        &mut self,
+        peer: NodeId,
+        heads_before: &[ChangeHash],
+        their_before: Option<&[ChangeHash]>,
+    ) -> SyncReply {
+        if std::env::var("NOGUARD").is_ok() {
+            return SyncReply::Continue;
+        }
+        let ours = self.doc.get_heads();
+        let Some(state) = self.sync.get_mut(&peer) else {
+            return SyncReply::Continue;
+        };
+        let theirs = state.their_heads.clone();
+        if theirs.as_deref() == Some(ours.as_slice()) {
+            self.stalls.remove(&peer);
+            return SyncReply::Continue;
+        }
+        let moved = heads_before != ours.as_slice() || their_before != theirs.as_deref();
+        let place = (ours, theirs.unwrap_or_default());
+        if self.stalls.get(&peer) == Some(&place) {
+            return SyncReply::Quiet;
+        }
+        if moved {
+            return SyncReply::Continue;
+        }
+        state.sent_hashes.clear();
+        state.in_flight = false;
+        self.stalls.insert(peer, place);
+        SyncReply::Resend
+    }
+
+    /// Starts the sync conversation with `peer` afresh: drops its in-flight
+    /// part (see [`reset_in_flight`]) and any record of it stalling.
+    pub(crate) fn restart_sync(&mut self, peer: NodeId) {
+        reset_in_flight(self.sync.entry(peer).or_default());
+        self.stalls.remove(&peer);
     }
 
     /// True when the chunks have outgrown the snapshot.

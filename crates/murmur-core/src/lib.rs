@@ -99,6 +99,7 @@ mod config;
 mod document;
 mod error;
 mod replica;
+mod replication;
 pub mod testkit;
 mod time;
 
@@ -133,6 +134,9 @@ pub struct Metrics {
     pub missing_dependency_syncs: u64,
     /// Anti-entropy rounds run.
     pub anti_entropy_rounds: u64,
+    /// Sync conversations restarted because they stopped making progress
+    /// (a lost message).
+    pub sync_restarts: u64,
     /// Successful flushes.
     pub flushes: u64,
     /// Failed flushes.

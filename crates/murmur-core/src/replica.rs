@@ -11,7 +11,8 @@ use murmur_wire::{DocumentId, Message, NodeId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::document::{self, Document, LoadError};
+use crate::document::{self, Document, LoadError, SyncReply};
+use crate::replication::Replication;
 use crate::{Config, FaultInjection, Metrics, ReplicaError, Time};
 
 /// Identifies one local write, for matching its acknowledgements.
@@ -25,6 +26,9 @@ pub enum AckLevel {
     Applied,
     /// Written to storage and flushed: it survives a crash.
     Durable,
+    /// Durable here, and held by this many peers (each confirmed it after
+    /// its own flush).
+    Replicated(u32),
 }
 
 /// Where a change to a document came from.
@@ -103,6 +107,7 @@ pub struct Replica {
     awaiting_flush: Vec<(WriteId, DocumentId)>,
     dirty_docs: BTreeSet<DocumentId>,
     dirty_sync: BTreeSet<(DocumentId, NodeId)>,
+    replication: Replication,
     flush_at: Option<Time>,
     anti_entropy_at: Time,
     metrics: Metrics,
@@ -128,6 +133,7 @@ impl Replica {
             awaiting_flush: Vec::new(),
             dirty_docs: BTreeSet::new(),
             dirty_sync: BTreeSet::new(),
+            replication: Replication::default(),
             flush_at: None,
             anti_entropy_at: now,
             metrics: Metrics::default(),
@@ -224,6 +230,8 @@ impl Replica {
         self.metrics.local_changes += 1;
         self.push_to_all(doc, raw_change);
         self.awaiting_flush.push((write, doc));
+        self.replication
+            .track(write, doc, hash, self.config.max_tracked_replications);
         self.events.push_back(Event::Acknowledged {
             write,
             doc,
@@ -292,7 +300,12 @@ impl Replica {
             Message::Sync { doc, message } => self.receive_sync(now, from, doc, &message),
             // Connection set-up is the driver's business, and nothing reads
             // a peer's advertised heads yet.
-            Message::Hello(_) | Message::Heads { .. } => Ok(()),
+            Message::Heads { doc, heads } => {
+                self.receive_heads(from, doc, &heads);
+                Ok(())
+            }
+            // Connection set-up is the driver's business.
+            Message::Hello(_) => Ok(()),
         }
     }
 
@@ -327,6 +340,7 @@ impl Replica {
         self.metrics.changes_received += count as u64;
         if before != after {
             self.changed(now, doc, Origin::Remote(from));
+            self.replication.owe(doc, from);
         }
         if missing {
             // Keep the change (Automerge queues it) and fetch what it needs.
@@ -357,18 +371,31 @@ impl Replica {
         let document = self.document_or_new(now, doc)?;
         let before = document.heads();
         let state = document.sync.entry(from).or_default();
+        let their_before = state.their_heads.clone();
         // Automerge may have applied part of the message before failing; the
         // heads comparison below still records what changed.
         let result =
             automerge::sync::SyncDoc::receive_sync_message(&mut document.doc, state, message);
         let after = document.heads();
+        let reply = document.after_sync_message(from, &before, their_before.as_deref());
         self.dirty_sync.insert((doc, from));
         self.metrics.sync_messages_received += 1;
         if before != after {
             self.changed(now, doc, Origin::Remote(from));
+            self.replication.owe(doc, from);
         }
         result.map_err(|error| invalid(error.to_string()))?;
-        self.sync_with(doc, from, false);
+        match reply {
+            SyncReply::Continue => self.sync_with(doc, from, false),
+            SyncReply::Resend => {
+                tracing::debug!(peer = %from.short(), doc = %doc, "sync stalled; sending again what may have been lost");
+                self.metrics.sync_restarts += 1;
+                self.sync_with(doc, from, false);
+            }
+            SyncReply::Quiet => {
+                tracing::debug!(peer = %from.short(), doc = %doc, "sync stalled again; leaving it to anti-entropy");
+            }
+        }
         Ok(())
     }
 
@@ -622,10 +649,10 @@ impl Replica {
         let Some(document) = self.docs.get_mut(&doc) else {
             return;
         };
-        let state = document.sync.entry(peer).or_default();
         if reset {
-            document::reset_in_flight(state);
+            document.restart_sync(peer);
         }
+        let state = document.sync.entry(peer).or_default();
         if let Some(bytes) = document::next_sync_message(&document.doc, state) {
             self.dirty_sync.insert((doc, peer));
             if self.enqueue(
@@ -694,14 +721,70 @@ impl Replica {
                 flushed.push(id);
             }
         }
-        for (write, doc) in self.awaiting_flush.drain(..) {
+        for (write, doc) in std::mem::take(&mut self.awaiting_flush) {
             self.events.push_back(Event::Acknowledged {
                 write,
                 doc,
                 level: AckLevel::Durable,
             });
+            let copies = self.replication.made_durable(write);
+            if copies > 0 {
+                self.acknowledge_replicated(write, doc, copies);
+            }
         }
+        self.send_owed_heads();
         self.compact_grown_documents(&flushed);
+    }
+
+    /// Tells each peer whose changes were just made durable what this node
+    /// now holds, so it can count copies of its writes.
+    fn send_owed_heads(&mut self) {
+        for (doc, peer) in self.replication.take_owed() {
+            let Some(document) = self.docs.get(&doc) else {
+                continue;
+            };
+            let mut heads = document.heads();
+            heads.truncate(murmur_wire::MAX_HEADS);
+            let heads = heads
+                .into_iter()
+                .map(|hash| murmur_wire::ChangeHash(hash.0))
+                .collect();
+            self.enqueue(peer, Message::Heads { doc, heads });
+        }
+    }
+
+    /// `peer` holds `doc` up to `heads`: count it as a copy of every write
+    /// those heads include.
+    fn receive_heads(&mut self, peer: NodeId, doc: DocumentId, heads: &[murmur_wire::ChangeHash]) {
+        if !self.replication.waits_for(doc, peer) {
+            return;
+        }
+        let Some(document) = self.docs.get(&doc) else {
+            return;
+        };
+        let heads: Vec<ChangeHash> = heads.iter().map(|hash| ChangeHash(hash.0)).collect();
+        // Changes not among the heads' ancestors (heads this node does not
+        // know are ignored, which can only undercount until the next report).
+        let not_held: BTreeSet<ChangeHash> = document
+            .doc
+            .get_changes_meta(&heads)
+            .into_iter()
+            .map(|meta| meta.hash)
+            .collect();
+        let grown = self.replication.confirm(doc, peer, |hash| {
+            document.doc.get_change_meta_by_hash(hash).is_some() && !not_held.contains(hash)
+        });
+        for (write, copies) in grown {
+            self.acknowledge_replicated(write, doc, copies);
+        }
+    }
+
+    fn acknowledge_replicated(&mut self, write: WriteId, doc: DocumentId, copies: usize) {
+        self.events.push_back(Event::Acknowledged {
+            write,
+            doc,
+            level: AckLevel::Replicated(u32::try_from(copies).unwrap_or(u32::MAX)),
+        });
     }
 
     /// Compacts those of `ids` whose chunks outgrew their snapshot.

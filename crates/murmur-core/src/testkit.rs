@@ -794,8 +794,13 @@ impl Cluster {
         }
     }
 
+    /// Messages on the wire or waiting for a paused node.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len() + self.nodes.iter().map(|node| node.held.len()).sum::<usize>()
+    }
+
     fn nothing_in_flight(&self) -> bool {
-        self.in_flight.is_empty() && self.nodes.iter().all(|node| node.held.is_empty())
+        self.in_flight() == 0
     }
 
     /// Runs until every running node holds the same documents with the same

@@ -45,6 +45,30 @@ pub struct ChangeReceipt {
     pub output: Box<dyn Any + Send>,
 }
 
+/// Why a change was not acknowledged at the level asked for.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeFailed {
+    /// The engine refused it; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] ReplicaError),
+    /// The change was made, but not enough peers confirmed it within
+    /// [`REPLICATION_TIMEOUT`]. It stays and keeps replicating.
+    #[error(
+        "the change reached {reached:?} but not {wanted:?} in time; it stays and keeps replicating"
+    )]
+    NotReplicated {
+        /// The level asked for.
+        wanted: AckLevel,
+        /// The level reached.
+        reached: AckLevel,
+    },
+}
+
+/// How long a change waits for `Replicated(k)` before the caller is told
+/// how far it got.
+pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A change to a document, as subscribers see it.
 #[derive(Debug, Clone)]
 pub struct DocumentChange {
@@ -126,7 +150,7 @@ pub enum Command {
         /// The acknowledgement level to wait for.
         ack: AckLevel,
         /// Gets the receipt or the error.
-        reply: oneshot::Sender<Result<ChangeReceipt, ReplicaError>>,
+        reply: oneshot::Sender<Result<ChangeReceipt, ChangeFailed>>,
     },
     /// Read a document.
     Read {
@@ -218,9 +242,10 @@ pub fn wall_clock() -> Time {
 
 struct PendingWrite {
     wanted: AckLevel,
+    reached: AckLevel,
     change: Option<ChangeHash>,
     output: Box<dyn Any + Send>,
-    reply: oneshot::Sender<Result<ChangeReceipt, ReplicaError>>,
+    reply: oneshot::Sender<Result<ChangeReceipt, ChangeFailed>>,
 }
 
 struct Subscription {
@@ -237,6 +262,8 @@ struct Driver {
     links: BTreeMap<NodeId, Link>,
     traffic: Traffic,
     pending: BTreeMap<WriteId, PendingWrite>,
+    /// When waits for `Replicated(k)` give up, soonest first.
+    replication_deadlines: std::collections::BTreeSet<(tokio::time::Instant, WriteId)>,
     subscriptions: BTreeMap<DocumentId, Subscription>,
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -260,6 +287,7 @@ pub fn spawn(
         links: BTreeMap::new(),
         traffic: Traffic::default(),
         pending: BTreeMap::new(),
+        replication_deadlines: std::collections::BTreeSet::new(),
         subscriptions: BTreeMap::new(),
         shutdown: None,
     };
@@ -275,7 +303,10 @@ impl Driver {
     async fn run(mut self) {
         loop {
             let now = wall_clock();
-            let wait = self.replica.poll_timeout().since(now);
+            let mut wait = self.replica.poll_timeout().since(now);
+            if let Some((deadline, _)) = self.replication_deadlines.first() {
+                wait = wait.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            }
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle_commands(command),
@@ -290,6 +321,7 @@ impl Driver {
             if self.replica.poll_timeout() <= now {
                 self.replica.handle_timeout(now);
             }
+            self.expire_replication_waits();
             self.drain();
             if self.shutdown.is_some() {
                 break;
@@ -463,24 +495,37 @@ impl Driver {
         doc: DocumentId,
         change: ChangeFn,
         wanted: AckLevel,
-        reply: oneshot::Sender<Result<ChangeReceipt, ReplicaError>>,
+        reply: oneshot::Sender<Result<ChangeReceipt, ChangeFailed>>,
     ) {
-        match self.replica.handle_local_change(now, doc, change) {
-            Ok(write) => {
-                self.pending.insert(
-                    write.write,
-                    PendingWrite {
-                        wanted,
-                        change: write.change,
-                        output: write.output,
-                        reply,
-                    },
-                );
-            }
+        let write = match self.replica.handle_local_change(now, doc, change) {
+            Ok(write) => write,
             Err(error) => {
-                let _ = reply.send(Err(error));
+                let _ = reply.send(Err(error.into()));
+                return;
             }
+        };
+        if write.change.is_none() {
+            // Nothing changed: there is nothing to wait for at any level.
+            let _ = reply.send(Ok(ChangeReceipt {
+                change: None,
+                output: write.output,
+            }));
+            return;
         }
+        if matches!(wanted, AckLevel::Replicated(_)) {
+            let deadline = tokio::time::Instant::now() + REPLICATION_TIMEOUT;
+            self.replication_deadlines.insert((deadline, write.write));
+        }
+        self.pending.insert(
+            write.write,
+            PendingWrite {
+                wanted,
+                reached: AckLevel::Applied,
+                change: write.change,
+                output: write.output,
+                reply,
+            },
+        );
     }
 
     fn subscribe(
@@ -538,11 +583,34 @@ impl Driver {
     }
 
     fn acknowledge(&mut self, write: WriteId, level: AckLevel) {
-        if self.pending.get(&write).is_some_and(|p| level >= p.wanted) {
+        let Some(pending) = self.pending.get_mut(&write) else {
+            return;
+        };
+        pending.reached = pending.reached.max(level);
+        if level < pending.wanted {
+            return;
+        }
+        if let Some(pending) = self.pending.remove(&write) {
+            let _ = pending.reply.send(Ok(ChangeReceipt {
+                change: pending.change,
+                output: pending.output,
+            }));
+        }
+    }
+
+    /// Answers the `Replicated(k)` waits whose time is up with how far
+    /// their change got.
+    fn expire_replication_waits(&mut self) {
+        let now = tokio::time::Instant::now();
+        while let Some(&(deadline, write)) = self.replication_deadlines.first() {
+            if deadline > now {
+                return;
+            }
+            self.replication_deadlines.pop_first();
             if let Some(pending) = self.pending.remove(&write) {
-                let _ = pending.reply.send(Ok(ChangeReceipt {
-                    change: pending.change,
-                    output: pending.output,
+                let _ = pending.reply.send(Err(ChangeFailed::NotReplicated {
+                    wanted: pending.wanted,
+                    reached: pending.reached,
                 }));
             }
         }

@@ -5,7 +5,7 @@ use std::any::Any;
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash};
 use murmur_core::{AckLevel, DocumentId};
-use murmur_net::driver::{Command, DocumentChange, DriverHandle};
+use murmur_net::driver::{ChangeFailed, Command, DocumentChange, DriverHandle};
 use tokio::sync::broadcast;
 
 use crate::Error;
@@ -39,6 +39,11 @@ impl DocHandle {
 
     /// Changes the document in one transaction and returns once the change
     /// is durable (flushed to disk). If `f` fails, nothing changes.
+    ///
+    /// With [`Ack::Replicated(k)`](crate::Ack::Replicated) (through
+    /// [`DocHandle::change_with`]) it returns once k peers hold the change
+    /// durably too, or fails with [`Error::NotReplicated`] after 30 s: the
+    /// change then stays and keeps replicating.
     pub async fn change<R, F>(&self, f: F) -> Result<R, Error>
     where
         R: Send + 'static,
@@ -65,7 +70,14 @@ impl DocHandle {
                 ack,
                 reply,
             })
-            .await??;
+            .await?
+            .map_err(|failed| match failed {
+                ChangeFailed::Rejected(error) => Error::Replica(error),
+                ChangeFailed::NotReplicated { wanted, reached } => {
+                    Error::NotReplicated { wanted, reached }
+                }
+                other => Error::Change(other.to_string()),
+            })?;
         Ok(Receipt {
             change: receipt.change,
             output: downcast(receipt.output),

@@ -3,8 +3,9 @@
 //! A [`Node`] keeps documents in a data directory (sled) and replicates
 //! them to its peers; a [`DocHandle`] edits, reads and watches one
 //! document. Every edit is one Automerge change, acknowledged at the level
-//! you ask for: [`Ack::Applied`] (in memory) or [`Ack::Durable`] (flushed to
-//! disk, the default).
+//! you ask for: [`Ack::Applied`] (in memory), [`Ack::Durable`] (flushed to
+//! disk, the default) or [`Ack::Replicated(k)`](Ack::Replicated) (durable
+//! here and on k peers).
 //!
 //! ```
 //! use murmur::{automerge::{transaction::Transactable, ReadDoc, ROOT}, Node};
@@ -88,6 +89,18 @@ pub enum Error {
     /// network to add peers to.
     #[error("the node is not networked: start it with a listen address")]
     NotNetworked,
+    /// The change was made but not confirmed by enough peers in time; it
+    /// stays and keeps replicating.
+    #[error("the change reached {reached:?} but not {wanted:?} in time; it stays and keeps replicating")]
+    NotReplicated {
+        /// The level asked for.
+        wanted: Ack,
+        /// The level reached.
+        reached: Ack,
+    },
+    /// The change failed in a way this version does not know.
+    #[error("the change failed: {0}")]
+    Change(String),
     /// The node has shut down.
     #[error("the node has shut down")]
     Closed,

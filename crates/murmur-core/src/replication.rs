@@ -1,0 +1,106 @@
+//! Counting which peers hold each local write, for `Replicated(k)`
+//! acknowledgements.
+//!
+//! A peer that applies changes from us (pushed or synced) answers, after
+//! its own flush, with its heads for that document. A write is held by a
+//! peer once the peer's heads include it. Only writes that are durable here
+//! are acknowledged `Replicated`, so `Replicated(k)` means k + 1 durable
+//! copies.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::ChangeHash;
+use murmur_wire::{DocumentId, NodeId};
+
+use crate::WriteId;
+
+struct Tracked {
+    doc: DocumentId,
+    hash: ChangeHash,
+    durable: bool,
+    peers: BTreeSet<NodeId>,
+}
+
+/// The writes waiting for more copies, and the heads reports this node
+/// owes its peers.
+#[derive(Default)]
+pub(crate) struct Replication {
+    tracked: BTreeMap<WriteId, Tracked>,
+    /// (document, peer) pairs whose changes this node applied and must
+    /// confirm with its heads after the next flush.
+    owed: BTreeSet<(DocumentId, NodeId)>,
+}
+
+impl Replication {
+    /// Starts counting copies of `write`. Past `limit` tracked writes the
+    /// oldest is forgotten (its waiter, if any, times out in the driver).
+    pub(crate) fn track(
+        &mut self,
+        write: WriteId,
+        doc: DocumentId,
+        hash: ChangeHash,
+        limit: usize,
+    ) {
+        self.tracked.insert(
+            write,
+            Tracked {
+                doc,
+                hash,
+                durable: false,
+                peers: BTreeSet::new(),
+            },
+        );
+        while self.tracked.len() > limit.max(1) {
+            self.tracked.pop_first();
+        }
+    }
+
+    /// `write` is durable here; returns how many peers already hold it.
+    pub(crate) fn made_durable(&mut self, write: WriteId) -> usize {
+        match self.tracked.get_mut(&write) {
+            Some(tracked) => {
+                tracked.durable = true;
+                tracked.peers.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// True if some write of `doc` still waits for `peer`.
+    pub(crate) fn waits_for(&self, doc: DocumentId, peer: NodeId) -> bool {
+        self.tracked
+            .values()
+            .any(|t| t.doc == doc && !t.peers.contains(&peer))
+    }
+
+    /// `peer` reported heads for `doc`; `is_held` says whether a change is
+    /// among them or their ancestors. Returns the durable writes whose copy
+    /// count grew, with the new count.
+    pub(crate) fn confirm(
+        &mut self,
+        doc: DocumentId,
+        peer: NodeId,
+        is_held: impl Fn(&ChangeHash) -> bool,
+    ) -> Vec<(WriteId, usize)> {
+        let mut grown = Vec::new();
+        for (write, tracked) in self.tracked.iter_mut() {
+            if tracked.doc == doc && !tracked.peers.contains(&peer) && is_held(&tracked.hash) {
+                tracked.peers.insert(peer);
+                if tracked.durable {
+                    grown.push((*write, tracked.peers.len()));
+                }
+            }
+        }
+        grown
+    }
+
+    /// This node applied changes of `doc` from `peer`.
+    pub(crate) fn owe(&mut self, doc: DocumentId, peer: NodeId) {
+        self.owed.insert((doc, peer));
+    }
+
+    /// The heads reports due now that a flush succeeded.
+    pub(crate) fn take_owed(&mut self) -> BTreeSet<(DocumentId, NodeId)> {
+        std::mem::take(&mut self.owed)
+    }
+}

@@ -1,0 +1,41 @@
+//! Acknowledgement levels: Applied, Durable, Replicated(k).
+
+use std::time::Duration;
+
+use automerge::transaction::Transactable;
+use automerge::ROOT;
+use murmur_core::testkit::Cluster;
+use murmur_core::AckLevel;
+
+#[test]
+fn a_write_is_acknowledged_replicated_once_each_peer_has_flushed_it() {
+    let mut cluster = Cluster::new(3, 21);
+    let doc = cluster.create_document(0);
+    cluster
+        .run_until_converged(Duration::from_secs(10))
+        .unwrap();
+    let write = cluster.change(0, doc, |tx| tx.put(ROOT, "x", 1_i64));
+    assert_eq!(cluster.ack(0, write), Some(AckLevel::Applied));
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.ack(0, write), Some(AckLevel::Replicated(2)));
+}
+
+#[test]
+fn a_write_is_not_acknowledged_replicated_while_its_peers_are_cut_off() {
+    let mut cluster = Cluster::new(3, 22);
+    let doc = cluster.create_document(0);
+    cluster
+        .run_until_converged(Duration::from_secs(10))
+        .unwrap();
+    cluster.partition(&[0], &[2]);
+    let write = cluster.change(0, doc, |tx| tx.put(ROOT, "x", 1_i64));
+    cluster.run_for(Duration::from_millis(100));
+    // Node 1 holds it; node 2 cannot (and node 1 does not forward pushes).
+    assert_eq!(cluster.ack(0, write), Some(AckLevel::Replicated(1)));
+    cluster.heal();
+    cluster
+        .run_until_converged(Duration::from_secs(10))
+        .unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.ack(0, write), Some(AckLevel::Replicated(2)));
+}
