@@ -272,3 +272,32 @@ async fn a_node_with_no_reachable_peer_keeps_writing_and_syncs_later() {
     lonely.node.shutdown().await.unwrap();
     late.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_know_only_a_seed_find_each_other_through_membership() {
+    let prepared: Vec<_> = (0..3).map(|_| prepared_dir()).collect();
+    let ids: Vec<NodeId> = prepared.iter().map(|(_, id)| *id).collect();
+    let mut nodes = Vec::new();
+    for (dir, _) in prepared {
+        nodes.push(start(dir, &ids).await);
+    }
+    // Node 0 is the seed: 1 and 2 know only its address.
+    let seed = (nodes[0].node.id(), nodes[0].addr);
+    nodes[1].node.add_peer(seed.0, seed.1).await.unwrap();
+    nodes[2].node.add_peer(seed.0, seed.1).await.unwrap();
+    let (one, two) = (nodes[1].node.id(), nodes[2].node.id());
+    wait_for("nodes 1 and 2 to connect through membership", async || {
+        let peers = nodes[2].node.peers().await.unwrap();
+        peers.iter().any(|p| p.id == one)
+    })
+    .await;
+    let status = nodes[1].node.status().await.unwrap();
+    let members: Vec<NodeId> = status.members.iter().map(|(id, _)| *id).collect();
+    assert!(
+        members.contains(&two) && members.contains(&seed.0),
+        "{members:?}"
+    );
+    for n in nodes {
+        n.node.shutdown().await.unwrap();
+    }
+}

@@ -37,6 +37,9 @@ pub struct Config {
     /// Most local writes whose copies on peers are counted at once (for
     /// `Replicated(k)` acknowledgements); past it the oldest is forgotten.
     pub max_tracked_replications: usize,
+    /// Runs SWIM membership (foca), advertising this address to peers.
+    /// `None` turns membership off.
+    pub membership_addr: Option<String>,
     /// A deliberate bug, for tests that check the simulator catches it.
     /// Always [`FaultInjection::None`] outside such tests.
     pub fault_injection: FaultInjection,
@@ -80,6 +83,7 @@ impl Config {
             compaction_min_bytes: 16 * 1024,
             compaction_max_chunks: 512,
             max_tracked_replications: 65_536,
+            membership_addr: None,
             fault_injection: FaultInjection::None,
         }
     }

@@ -40,6 +40,15 @@ pub enum ReplicaError {
         /// The decoder's words.
         reason: String,
     },
+    /// A peer sent a membership packet that does not decode. Membership
+    /// state may have taken what preceded the fault; nothing else changed.
+    #[error("peer {peer:?} sent an invalid membership packet: {reason}")]
+    InvalidMembership {
+        /// The peer.
+        peer: NodeId,
+        /// foca's words.
+        reason: String,
+    },
     /// The application's change function failed; the transaction was rolled
     /// back and nothing changed.
     #[error("the change was rolled back: {0}")]

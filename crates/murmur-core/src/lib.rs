@@ -98,6 +98,7 @@
 mod config;
 mod document;
 mod error;
+mod membership;
 mod replica;
 mod replication;
 pub mod testkit;
@@ -105,6 +106,7 @@ mod time;
 
 pub use config::{Config, FaultInjection};
 pub use error::ReplicaError;
+pub use membership::Member;
 pub use replica::{AckLevel, Event, LocalWrite, Origin, Replica, Transmit, WriteId};
 pub use time::Time;
 

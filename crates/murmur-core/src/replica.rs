@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::document::{self, Document, LoadError, SyncReply};
+use crate::membership::{Member, Membership, MembershipEvent};
 use crate::replication::Replication;
 use crate::{Config, FaultInjection, Metrics, ReplicaError, Time};
 
@@ -61,6 +62,19 @@ pub enum Event {
         /// How far it got.
         level: AckLevel,
     },
+    /// Membership (SWIM) believes `node` is alive and reachable at `addr`:
+    /// the driver may connect to it.
+    MemberUp {
+        /// The node.
+        node: NodeId,
+        /// Where it says it can be reached.
+        addr: String,
+    },
+    /// Membership declared `node` down (it failed its probes).
+    MemberDown {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// A message for the driver to deliver.
@@ -108,6 +122,7 @@ pub struct Replica {
     dirty_docs: BTreeSet<DocumentId>,
     dirty_sync: BTreeSet<(DocumentId, NodeId)>,
     replication: Replication,
+    membership: Option<Membership>,
     flush_at: Option<Time>,
     anti_entropy_at: Time,
     metrics: Metrics,
@@ -119,9 +134,16 @@ impl Replica {
     /// reported by [`Replica::quarantined`]; the others load.
     pub fn open(config: Config, store: Box<dyn Storage>, now: Time) -> Result<Self, ReplicaError> {
         layout::ensure_schema(&*store)?;
-        let actor = ActorId::from(&config.node_id.0[..16]);
+        let incarnation = next_incarnation(&*store)?;
+        let actor = incarnation_actor(&config.node_id, incarnation);
         let mut replica = Replica {
-            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            // Each incarnation draws afresh: a restarted node must not make
+            // the document ids it made before a crash again.
+            rng: ChaCha8Rng::seed_from_u64(
+                config
+                    .seed
+                    .wrapping_add(incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            ),
             actor,
             store,
             docs: BTreeMap::new(),
@@ -134,12 +156,22 @@ impl Replica {
             dirty_docs: BTreeSet::new(),
             dirty_sync: BTreeSet::new(),
             replication: Replication::default(),
+            membership: None,
             flush_at: None,
             anti_entropy_at: now,
             metrics: Metrics::default(),
             config,
         };
         replica.anti_entropy_at = now.add(replica.next_anti_entropy_interval());
+        if let Some(addr) = replica.config.membership_addr.clone() {
+            let me = Member {
+                node: replica.config.node_id,
+                addr,
+                bump: u32::try_from(now.as_millis() / 1000).unwrap_or(u32::MAX),
+            };
+            let seed = replica.rng.gen();
+            replica.membership = Some(Membership::new(me, seed));
+        }
         for key in layout::list_documents(&*replica.store)? {
             replica.load_document(DocumentId::from_bytes(key))?;
         }
@@ -259,6 +291,12 @@ impl Replica {
         let _span = tracing::debug_span!("peer_up", peer = %peer.short()).entered();
         self.observe_clock(now);
         self.peers.entry(peer).or_default();
+        if let Some(membership) = self.membership.as_mut() {
+            if let Err(error) = membership.announce(peer) {
+                tracing::debug!(peer = %peer.short(), %error, "membership announce failed");
+            }
+            self.drain_membership(now);
+        }
         let ids: Vec<DocumentId> = self.docs.keys().copied().collect();
         for id in ids {
             self.sync_with(id, peer, true);
@@ -304,6 +342,7 @@ impl Replica {
                 self.receive_heads(from, doc, &heads);
                 Ok(())
             }
+            Message::Membership { data } => self.receive_membership(now, from, &data),
             // Connection set-up is the driver's business.
             Message::Hello(_) => Ok(()),
         }
@@ -403,6 +442,10 @@ impl Replica {
     /// anti-entropy with one peer.
     pub fn handle_timeout(&mut self, now: Time) {
         self.observe_clock(now);
+        if let Some(membership) = self.membership.as_mut() {
+            membership.handle_timeout(now);
+            self.drain_membership(now);
+        }
         if self.flush_at.is_some_and(|at| at <= now) {
             self.flush(now);
         }
@@ -423,6 +466,9 @@ impl Replica {
     /// Re-arms timers that a clock jumping backwards has pushed further
     /// away than their own interval, so a jump delays nothing for long.
     fn observe_clock(&mut self, now: Time) {
+        if let Some(membership) = self.membership.as_mut() {
+            membership.observe_clock(now);
+        }
         let latest_anti_entropy =
             now.add(self.config.anti_entropy_interval + self.config.anti_entropy_jitter);
         if self.anti_entropy_at > latest_anti_entropy {
@@ -461,10 +507,11 @@ impl Replica {
 
     /// When [`Replica::handle_timeout`] must next run.
     pub fn poll_timeout(&self) -> Time {
-        match self.flush_at {
-            Some(flush) => flush.min(self.anti_entropy_at),
-            None => self.anti_entropy_at,
-        }
+        let membership = self.membership.as_ref().and_then(Membership::poll_timeout);
+        [self.flush_at, membership]
+            .into_iter()
+            .flatten()
+            .fold(self.anti_entropy_at, Time::min)
     }
 
     // ----- getters ------------------------------------------------------
@@ -501,6 +548,15 @@ impl Replica {
     /// The peers currently connected, in order.
     pub fn connected_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.peers.keys().copied()
+    }
+
+    /// The members SWIM believes alive (this node excluded), with their
+    /// addresses, in order. Empty when membership is off.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        self.membership
+            .as_ref()
+            .map(|m| m.members().into_iter().map(|m| (m.node, m.addr)).collect())
+            .unwrap_or_default()
     }
 
     /// Counters since the replica opened.
@@ -736,6 +792,51 @@ impl Replica {
         self.compact_grown_documents(&flushed);
     }
 
+    fn receive_membership(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        data: &[u8],
+    ) -> Result<(), ReplicaError> {
+        let Some(membership) = self.membership.as_mut() else {
+            return Ok(()); // membership is off here: ignore it
+        };
+        let result = membership.handle_data(data);
+        self.drain_membership(now);
+        result.map_err(|error| ReplicaError::InvalidMembership {
+            peer: from,
+            reason: error.to_string(),
+        })
+    }
+
+    /// Sends what membership wants sent and reports what it learned.
+    fn drain_membership(&mut self, now: Time) {
+        let Some(membership) = self.membership.as_mut() else {
+            return;
+        };
+        let (sends, events) = membership.drain(now);
+        for (to, data) in sends {
+            // Only over connections that exist: an unreachable member fails
+            // its probe, which is the truth.
+            self.enqueue(to, Message::Membership { data });
+        }
+        for event in events {
+            self.events.push_back(match event {
+                MembershipEvent::Up(member) => {
+                    tracing::info!(peer = %member.node.short(), addr = %member.addr, "member up");
+                    Event::MemberUp {
+                        node: member.node,
+                        addr: member.addr,
+                    }
+                }
+                MembershipEvent::Down(member) => {
+                    tracing::info!(peer = %member.node.short(), "member down");
+                    Event::MemberDown { node: member.node }
+                }
+            });
+        }
+    }
+
     /// Tells each peer whose changes were just made durable what this node
     /// now holds, so it can count copies of its writes.
     fn send_owed_heads(&mut self) {
@@ -810,6 +911,45 @@ impl Replica {
     }
 }
 
+/// Counts this opening of the store as a new incarnation of the node
+/// (written and flushed before anything else happens) and returns its
+/// number: 0 for the first.
+fn next_incarnation(store: &dyn Storage) -> Result<u64, ReplicaError> {
+    let key = layout::node_key("incarnation");
+    let incarnation = match store.get(&key)? {
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| murmur_store::StoreError::corrupt(&key, "incarnation is not 8 bytes"))?,
+        // A store from before incarnations were counted may hold changes
+        // of the plain actor that a crash lost: do not reuse it.
+        None if !layout::list_documents(store)?.is_empty() => 1,
+        None => 0,
+    };
+    let mut batch = WriteBatch::new();
+    batch.put(key, (incarnation + 1).to_be_bytes().to_vec());
+    store.apply(batch)?;
+    store.flush()?;
+    Ok(incarnation)
+}
+
+/// The Automerge actor of an incarnation of the node.
+///
+/// A node's changes are pushed to its peers before the group commit makes
+/// them durable. If the node crashes in between, it restarts without them,
+/// and with a stable actor its next change would reuse the lost change's
+/// sequence number: every peer holding the lost one then rejects it
+/// ("duplicate seq"), forever, and the replicas never converge again (the
+/// simulator found this). So each incarnation writes as its own actor: the
+/// node id's first 16 bytes, then, from the second incarnation on, the
+/// incarnation number. One actor per restart, never per edit.
+fn incarnation_actor(node: &NodeId, incarnation: u64) -> ActorId {
+    let mut actor = node.0[..16].to_vec();
+    if incarnation > 0 {
+        actor.extend_from_slice(&incarnation.to_be_bytes());
+    }
+    ActorId::from(actor)
+}
+
 /// A message's size for queue accounting: its variable-length payload.
 fn message_bytes(message: &Message) -> usize {
     const OVERHEAD: usize = 64;
@@ -818,6 +958,7 @@ fn message_bytes(message: &Message) -> usize {
             Message::Changes { changes, .. } => changes.iter().map(Vec::len).sum(),
             Message::Sync { message, .. } => message.len(),
             Message::Heads { heads, .. } => heads.len() * 32,
-            _ => 0,
+            Message::Membership { data } => data.len(),
+            Message::Hello(_) => 0,
         }
 }

@@ -230,12 +230,7 @@ pub const EPOCH: Time = Time::from_millis(1_700_000_000_000);
 
 /// The kind of a message, as a trace names it.
 pub fn message_kind(message: &Message) -> &'static str {
-    match message {
-        Message::Hello(_) => "hello",
-        Message::Changes { .. } => "changes",
-        Message::Sync { .. } => "sync",
-        Message::Heads { .. } => "heads",
-    }
+    message.kind()
 }
 
 /// 64-bit FNV-1a: a stable hash, the same on every platform and release.

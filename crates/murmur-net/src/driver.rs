@@ -124,6 +124,8 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     /// Node ids allowed to connect.
     pub allowed: Vec<NodeId>,
+    /// Members SWIM believes alive, with their advertised addresses.
+    pub members: Vec<(NodeId, String)>,
     /// Network traffic.
     pub traffic: Traffic,
     /// Local writes not yet durable.
@@ -562,6 +564,7 @@ impl Driver {
                 .as_ref()
                 .map(|n| n.allowed().to_vec())
                 .unwrap_or_default(),
+            members: self.replica.members(),
             traffic: self.traffic,
             writes_awaiting_flush: self.replica.writes_awaiting_flush(),
             outbox: self.replica.outbox_len(),
@@ -578,6 +581,28 @@ impl Driver {
             match event {
                 Event::Acknowledged { write, level, .. } => self.acknowledge(write, level),
                 Event::DocumentChanged { doc, heads, origin } => self.notify(doc, heads, origin),
+                Event::MemberUp { node, addr } => self.member_up(node, &addr),
+                Event::MemberDown { node } => {
+                    tracing::info!(peer = %node.short(), "membership declared the peer down");
+                }
+            }
+        }
+    }
+
+    /// Membership found `node` at `addr`: keep a connection to it if it is
+    /// allowed (membership spreads addresses, never permission).
+    fn member_up(&mut self, node: NodeId, addr: &str) {
+        let Some(network) = &self.network else {
+            return;
+        };
+        match addr.parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                if !network.dial_if_allowed(node, addr) {
+                    tracing::debug!(peer = %node.short(), %addr, "member is not on the allow-list; not dialing");
+                }
+            }
+            Err(_) => {
+                tracing::warn!(peer = %node.short(), addr, "member advertises an address that does not parse")
             }
         }
     }

@@ -255,6 +255,20 @@ impl Network {
     /// known peer again updates its address.
     pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
         self.allowed.insert(peer);
+        self.dial(peer, addr);
+    }
+
+    /// Keeps a connection to `peer` at `addr` if it is on the allow-list
+    /// (membership found it); returns whether it is.
+    pub fn dial_if_allowed(&self, peer: NodeId, addr: SocketAddr) -> bool {
+        if !self.allowed.allows(&peer) {
+            return false;
+        }
+        self.dial(peer, addr);
+        true
+    }
+
+    fn dial(&self, peer: NodeId, addr: SocketAddr) {
         if peer == self.shared.me {
             return;
         }
@@ -447,7 +461,7 @@ async fn run_connection(
     let greeted = tokio::time::timeout(HELLO_TIMEOUT, hello(&shared, &connection, peer))
         .await
         .unwrap_or_else(|_| Err("hello timed out".into()));
-    let (send, recv) = match greeted {
+    let (send, recv, decoder) = match greeted {
         Ok(streams) => streams,
         Err(reason) => {
             tracing::info!(peer = %peer.short(), %reason, "connection refused");
@@ -471,7 +485,7 @@ async fn run_connection(
     {
         return;
     }
-    let reason = read_frames(&shared, recv, peer, link_id).await;
+    let reason = read_frames(&shared, recv, decoder, peer, link_id).await;
     connection.close(close::PROTOCOL.into(), reason.as_bytes());
     let _ = shared
         .events
@@ -484,11 +498,13 @@ async fn run_connection(
 }
 
 /// Opens our stream and sends Hello; accepts theirs and checks their Hello.
+/// Returns the streams and the decoder, which may already hold the frames
+/// the peer sent right after its Hello.
 async fn hello(
     shared: &Shared,
     connection: &quinn::Connection,
     peer: NodeId,
-) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+) -> Result<(quinn::SendStream, quinn::RecvStream, FrameDecoder), String> {
     let mut send = connection.open_uni().await.map_err(|e| e.to_string())?;
     let frame = encode_frame(&Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -510,12 +526,7 @@ async fn hello(
                 Message::Hello(hello) if hello.node_id != peer => {
                     Err("hello names another node than the certificate".into())
                 }
-                Message::Hello(_) => {
-                    if decoder.buffered() > 0 {
-                        return Err("data before the hello was answered".into());
-                    }
-                    Ok((send, recv))
-                }
+                Message::Hello(_) => Ok((send, recv, decoder)),
                 other => Err(format!("expected hello, got {}", other.kind())),
             };
         }
@@ -540,10 +551,10 @@ async fn write_frames(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec
 async fn read_frames(
     shared: &Shared,
     mut recv: quinn::RecvStream,
+    mut decoder: FrameDecoder,
     peer: NodeId,
     link: u64,
 ) -> String {
-    let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0; READ_CHUNK];
     loop {
         loop {

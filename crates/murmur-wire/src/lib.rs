@@ -82,5 +82,9 @@ pub const MAX_CHANGES_PER_PUSH: usize = 1024;
 /// Most change hashes any one message may carry.
 pub const MAX_HEADS: usize = 1024;
 
+/// Largest [`Message::Membership`] packet, in bytes (SWIM packets are
+/// small: foca keeps them under a UDP datagram).
+pub const MAX_MEMBERSHIP_BYTES: usize = 64 * 1024;
+
 // The length prefix is a u32.
 const _: () = assert!(MAX_FRAME_BYTES <= u32::MAX as usize);

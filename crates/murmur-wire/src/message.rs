@@ -4,7 +4,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChangeHash, DocumentId, NodeId, WireError, MAX_CHANGES_PER_PUSH, MAX_HEADS};
+use crate::{
+    ChangeHash, DocumentId, NodeId, WireError, MAX_CHANGES_PER_PUSH, MAX_HEADS,
+    MAX_MEMBERSHIP_BYTES,
+};
 
 /// Why a message breaks a limit. These are also raised *while* decoding (see
 /// [`bounded`]), and [`crate::decode_payload`] maps them back to
@@ -13,6 +16,7 @@ pub(crate) const TOO_MANY_CHANGES: &str = "too many changes in one push";
 pub(crate) const EMPTY_CHANGE: &str = "empty change";
 pub(crate) const EMPTY_SYNC_MESSAGE: &str = "empty sync message";
 pub(crate) const TOO_MANY_HEADS: &str = "too many heads in one message";
+pub(crate) const BAD_MEMBERSHIP_SIZE: &str = "membership message empty or over its size limit";
 
 /// Limit violations that the decoder can report through bincode's error type.
 pub(crate) const LIMIT_ERRORS: [&str; 2] = [TOO_MANY_CHANGES, TOO_MANY_HEADS];
@@ -30,7 +34,7 @@ pub struct Hello {
 ///
 /// **Variant order is part of the wire format**: a variant is encoded as its
 /// index. Never reorder or remove variants; new variants go only at the end
-/// (document-set reconciliation and SWIM membership are planned), and changing
+/// (document-set reconciliation is planned), and changing
 /// the meaning of an existing one needs a new
 /// [`WIRE_FORMAT_VERSION`](crate::WIRE_FORMAT_VERSION).
 ///
@@ -68,24 +72,32 @@ pub enum Message {
         #[serde(deserialize_with = "bounded::heads")]
         heads: Vec<ChangeHash>,
     },
+    /// One SWIM membership packet (foca's encoding), opaque to the wire
+    /// layer. Never empty; at most [`MAX_MEMBERSHIP_BYTES`].
+    Membership {
+        /// The packet.
+        #[serde(with = "bounded::bytes")]
+        data: Vec<u8>,
+    },
 }
 
 impl Message {
     /// A short static name for the variant, for metrics and logs:
-    /// `"hello"`, `"changes"`, `"sync"` or `"heads"`.
+    /// `"hello"`, `"changes"`, `"sync"`, `"heads"` or `"membership"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello(_) => "hello",
             Message::Changes { .. } => "changes",
             Message::Sync { .. } => "sync",
             Message::Heads { .. } => "heads",
+            Message::Membership { .. } => "membership",
         }
     }
 
     /// The document this message is about, if any.
     pub fn doc(&self) -> Option<DocumentId> {
         match self {
-            Message::Hello(_) => None,
+            Message::Hello(_) | Message::Membership { .. } => None,
             Message::Changes { doc, .. }
             | Message::Sync { doc, .. }
             | Message::Heads { doc, .. } => Some(*doc),
@@ -116,6 +128,12 @@ impl Message {
                 Err(WireError::Invalid(TOO_MANY_HEADS))
             }
             Message::Heads { .. } => Ok(()),
+            Message::Membership { data }
+                if data.is_empty() || data.len() > MAX_MEMBERSHIP_BYTES =>
+            {
+                Err(WireError::Invalid(BAD_MEMBERSHIP_SIZE))
+            }
+            Message::Membership { .. } => Ok(()),
         }
     }
 }
@@ -140,6 +158,10 @@ impl fmt::Debug for Message {
                 .debug_struct("Heads")
                 .field("doc", doc)
                 .field("heads", heads)
+                .finish(),
+            Message::Membership { data } => f
+                .debug_struct("Membership")
+                .field("bytes", &data.len())
                 .finish(),
         }
     }

@@ -31,6 +31,7 @@ fn message() -> impl Strategy<Value = Message> {
             vec(any::<[u8; 32]>().prop_map(ChangeHash), 0..300)
         )
             .prop_map(|(doc, heads)| Message::Heads { doc, heads }),
+        vec(any::<u8>(), 1..2000).prop_map(|data| Message::Membership { data }),
     ]
 }
 
@@ -193,6 +194,7 @@ fn kind_and_doc_describe_the_message() {
             Some(doc),
         ),
         (Message::Heads { doc, heads: vec![] }, "heads", Some(doc)),
+        (Message::Membership { data: vec![1] }, "membership", None),
     ];
     for (msg, kind, expected_doc) in cases {
         assert_eq!(msg.kind(), kind);

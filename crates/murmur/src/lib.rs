@@ -91,7 +91,9 @@ pub enum Error {
     NotNetworked,
     /// The change was made but not confirmed by enough peers in time; it
     /// stays and keeps replicating.
-    #[error("the change reached {reached:?} but not {wanted:?} in time; it stays and keeps replicating")]
+    #[error(
+        "the change reached {reached:?} but not {wanted:?} in time; it stays and keeps replicating"
+    )]
     NotReplicated {
         /// The level asked for.
         wanted: Ack,

@@ -112,16 +112,20 @@ impl NodeBuilder {
         if let Some(delay) = self.group_commit_delay {
             config.group_commit_delay = delay;
         }
-        let replica = Replica::open(config, store, driver::wall_clock())?;
         let network = match self.listen {
             Some(listen) => {
                 let mut network = NetworkConfig::new(listen);
                 network.peers = self.peers.clone();
                 network.allowed = self.allowed.clone();
-                Some(Network::start(&identity, network)?)
+                let (network, events) = Network::start(&identity, network)?;
+                // Membership advertises the bound address (the real port
+                // when asked for port 0).
+                config.membership_addr = network.local_addr().map(|addr| addr.to_string());
+                Some((network, events))
             }
             None => None,
         };
+        let replica = Replica::open(config, store, driver::wall_clock())?;
         let (handle, task) = driver::spawn(replica, network);
         tracing::info!(node = %node_id, "node started");
         Ok(Node {
