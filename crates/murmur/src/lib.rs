@@ -49,6 +49,7 @@
 //! | `murmur-wire` | every message on the network, framed and bounded |
 
 mod doc;
+pub mod json;
 mod node;
 
 pub use doc::{ChangeStream, DocHandle, Receipt};

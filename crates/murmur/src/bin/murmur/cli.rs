@@ -1,0 +1,152 @@
+//! The command line: what `murmur --help` shows.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The default data directory of `init` (and of `run`'s config path).
+pub const DEFAULT_DIR: &str = "murmur-data";
+/// The default HTTP API a client subcommand talks to.
+pub const DEFAULT_NODE_URL: &str = "http://127.0.0.1:7401";
+
+/// Murmur: a peer replication engine for Automerge documents.
+///
+/// Start with `murmur demo`. To run your own node: `murmur init`, then
+/// `murmur run`; local applications use its HTTP API (or the `doc`,
+/// `peers` and `status` subcommands).
+#[derive(Debug, Parser)]
+#[command(name = "murmur", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data directory: the node identity and a config.toml.
+    Init(InitArgs),
+    /// Run a node (QUIC replication and the HTTP API) until Ctrl-C.
+    Run(RunArgs),
+    /// Start three nodes on loopback, write on all of them, cut one off,
+    /// heal, and show that they converge.
+    Demo(DemoArgs),
+    /// Documents on a running node.
+    #[command(subcommand)]
+    Doc(DocCommand),
+    /// The peers a running node is connected to.
+    Peers(ClientArgs),
+    /// A running node's status and counters, as JSON.
+    Status(ClientArgs),
+}
+
+/// `murmur init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The data directory to create (identity, database, config.toml).
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+    /// The UDP address for QUIC replication.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// The TCP address of the HTTP API. Anything but a loopback address
+    /// needs a token (one is generated unless --token is given).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub http: SocketAddr,
+    /// The bearer token HTTP clients must send.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// A peer to connect to, as NODE_ID@HOST:PORT (repeatable).
+    #[arg(long = "peer", value_name = "ID@ADDR")]
+    pub peers: Vec<String>,
+    /// A node allowed to connect without being dialed (repeatable).
+    #[arg(long = "allow", value_name = "ID")]
+    pub allow: Vec<String>,
+    /// Overwrite an existing config.toml (the identity is always kept).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `murmur run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file written by `murmur init`.
+    #[arg(long, default_value = "murmur-data/config.toml")]
+    pub config: PathBuf,
+}
+
+/// `murmur demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Seconds of writing before node C is cut off (and again before the
+    /// heal).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub phase_secs: u64,
+    /// Keep the temporary data directories (their path is printed).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Where a client subcommand finds the node.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The node's HTTP API.
+    #[arg(long, env = "MURMUR_NODE", default_value = DEFAULT_NODE_URL)]
+    pub node: String,
+    /// The node's bearer token, if it has one.
+    #[arg(long, env = "MURMUR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `murmur doc ...`.
+#[derive(Debug, Subcommand)]
+pub enum DocCommand {
+    /// Create an empty document and print its id.
+    Create(ClientArgs),
+    /// List the documents the node holds.
+    List(ClientArgs),
+    /// Print a document's content as JSON.
+    Get {
+        /// The document id.
+        doc: String,
+        /// Print the id and heads as well: {"id", "heads", "content"}.
+        #[arg(long)]
+        full: bool,
+        /// Where the node is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a document, in one transaction.
+    ///
+    /// Shorthand: `path=text` puts a string, `path:=json` puts any JSON
+    /// value (number, true, null, [..], {..}). A path is keys and list
+    /// indexes joined by dots: `title`, `items.0.done`. Anything else
+    /// (insert, delete, counters, text) goes in --json as a list of ops;
+    /// see the README.
+    Put {
+        /// The document id.
+        doc: String,
+        /// `path=string` or `path:=json`.
+        #[arg(value_name = "PATH=VALUE")]
+        assignments: Vec<String>,
+        /// Ops as a JSON array, applied after the shorthand ones.
+        #[arg(long, value_name = "OPS")]
+        json: Option<String>,
+        /// When to return: applied, durable or replicated:K.
+        #[arg(long, default_value = "durable")]
+        ack: String,
+        /// Where the node is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the document's changes as they happen, one JSON line each.
+    Watch {
+        /// The document id.
+        doc: String,
+        /// Where the node is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}

@@ -1,0 +1,297 @@
+//! The client subcommands (`doc`, `peers`, `status`): small HTTP calls to
+//! a running node's API.
+//!
+//! The client is hyper-util's: axum already brings hyper, hyper-util and
+//! http-body-util into the build, so it costs two features and no new
+//! crates, and plain HTTP is all a loopback API needs.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value as Json};
+
+use crate::cli::{ClientArgs, DocCommand};
+
+/// A connection to one node's HTTP API.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    /// A client for the node at `args.node`.
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let base = args.node.trim_end_matches('/').to_owned();
+        let uri: Uri = base
+            .parse()
+            .with_context(|| format!("--node {base} is not a URL"))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            bail!("--node {base}: expected http://HOST:PORT (the API speaks plain HTTP)");
+        }
+        Ok(Client {
+            base,
+            token: args.token.clone(),
+            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<&Json>,
+    ) -> anyhow::Result<Response<Incoming>> {
+        let uri: Uri = format!("{}{path}", self.base)
+            .parse()
+            .with_context(|| format!("bad request path {path}"))?;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(ACCEPT, accept);
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(json) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(json.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        self.http
+            .request(request.body(body)?)
+            .await
+            .map_err(|error| {
+                anyhow::Error::new(error).context(format!(
+                    "cannot reach the node at {} (is `murmur run` running? set --node or MURMUR_NODE)",
+                    self.base
+                ))
+            })
+    }
+
+    /// Sends a request and returns the JSON answer, or the API's error
+    /// message as an error.
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Json>,
+    ) -> anyhow::Result<Json> {
+        let response = self.send(method, path, "application/json", body).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("the node answered {status}: {}", error_message(&bytes));
+        }
+        serde_json::from_slice(&bytes).context("the node answered with invalid JSON")
+    }
+}
+
+/// The `error` field of an error body, or the body itself.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<Json>(body)
+        .ok()
+        .and_then(|json| json.get("error").and_then(Json::as_str).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
+}
+
+fn print_json(value: &Json) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `murmur doc ...`.
+pub async fn doc(command: DocCommand) -> anyhow::Result<()> {
+    match command {
+        DocCommand::Create(args) => {
+            let created = Client::new(&args)?
+                .json(Method::POST, "/docs", None)
+                .await?;
+            println!("{}", created["id"].as_str().unwrap_or_default());
+        }
+        DocCommand::List(args) => {
+            let listed = Client::new(&args)?.json(Method::GET, "/docs", None).await?;
+            for id in listed["documents"].as_array().into_iter().flatten() {
+                println!("{}", id.as_str().unwrap_or_default());
+            }
+        }
+        DocCommand::Get { doc, full, client } => {
+            let got = Client::new(&client)?
+                .json(Method::GET, &format!("/docs/{doc}"), None)
+                .await?;
+            print_json(if full { &got } else { &got["content"] })?;
+        }
+        DocCommand::Put {
+            doc,
+            assignments,
+            json,
+            ack,
+            client,
+        } => {
+            let ops = put_ops(&assignments, json.as_deref())?;
+            let body = json!({ "ops": ops, "ack": ack });
+            let done = Client::new(&client)?
+                .json(Method::POST, &format!("/docs/{doc}/changes"), Some(&body))
+                .await?;
+            println!("{done}");
+        }
+        DocCommand::Watch { doc, client } => watch(&Client::new(&client)?, &doc).await?,
+    }
+    Ok(())
+}
+
+/// The ops of `murmur doc put`: the shorthand assignments, then `--json`.
+fn put_ops(assignments: &[String], json: Option<&str>) -> anyhow::Result<Vec<Json>> {
+    let mut ops = assignments
+        .iter()
+        .map(|assignment| shorthand_op(assignment))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(json) = json {
+        let extra: Json = serde_json::from_str(json).context("--json is not valid JSON")?;
+        match extra {
+            Json::Array(extra) => ops.extend(extra),
+            Json::Object(_) => ops.push(extra),
+            _ => bail!("--json must be an op object or an array of ops"),
+        }
+    }
+    if ops.is_empty() {
+        bail!("nothing to change: give PATH=VALUE, PATH:=JSON or --json OPS");
+    }
+    Ok(ops)
+}
+
+/// `path=text` puts a string; `path:=json` puts a JSON value.
+fn shorthand_op(assignment: &str) -> anyhow::Result<Json> {
+    let Some((path, value)) = assignment.split_once('=') else {
+        bail!("`{assignment}`: expected PATH=TEXT or PATH:=JSON");
+    };
+    let (path, value) = match path.strip_suffix(':') {
+        Some(path) => {
+            let value: Json = serde_json::from_str(value).with_context(|| {
+                format!("`{assignment}`: the value after := must be JSON (quote strings, or use =)")
+            })?;
+            (path, value)
+        }
+        None => (path, Json::String(value.to_owned())),
+    };
+    Ok(json!({"op": "put", "path": shorthand_path(path)?, "value": value}))
+}
+
+/// `items.0.done` → `["items", 0, "done"]`.
+fn shorthand_path(path: &str) -> anyhow::Result<Vec<Json>> {
+    path.split('.')
+        .map(|segment| {
+            if segment.is_empty() {
+                bail!("`{path}`: empty path segment (segments are joined by single dots)");
+            }
+            Ok(match segment.parse::<u64>() {
+                Ok(index) if segment.bytes().all(|b| b.is_ascii_digit()) => json!(index),
+                _ => json!(segment),
+            })
+        })
+        .collect()
+}
+
+/// Prints the `data` of every event of `GET /docs/{doc}/events`, one line
+/// each, until the node ends the stream.
+async fn watch(client: &Client, doc: &str) -> anyhow::Result<()> {
+    let path = format!("/docs/{doc}/events");
+    let response = client
+        .send(Method::GET, &path, "text/event-stream", None)
+        .await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let bytes = body.collect().await?.to_bytes();
+        bail!("the node answered {status}: {}", error_message(&bytes));
+    }
+    let mut buffer = String::new();
+    let mut stdout = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the event stream broke")?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if !data.is_empty() {
+                writeln!(stdout, "{}", data.join("\n"))?;
+                stdout.flush()?;
+            }
+        }
+    }
+    eprintln!("murmur: the node closed the event stream");
+    Ok(())
+}
+
+/// `murmur peers`.
+pub async fn peers(args: ClientArgs) -> anyhow::Result<()> {
+    let answer = Client::new(&args)?
+        .json(Method::GET, "/peers", None)
+        .await?;
+    let peers = answer["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        println!("no peers connected");
+        return Ok(());
+    }
+    println!("{:<50}  {:<22}  {:>9}", "PEER", "ADDRESS", "RTT");
+    for peer in peers {
+        println!(
+            "{:<50}  {:<22}  {:>6.1} ms",
+            peer["id"].as_str().unwrap_or("?"),
+            peer["addr"].as_str().unwrap_or("?"),
+            peer["rtt_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
+/// `murmur status`.
+pub async fn status(args: ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args)?;
+    let status = client.json(Method::GET, "/status", None).await?;
+    print_json(&status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorthand_puts_strings_and_json() {
+        assert_eq!(
+            shorthand_op("title=Hello = world").unwrap(),
+            json!({"op": "put", "path": ["title"], "value": "Hello = world"})
+        );
+        assert_eq!(
+            shorthand_op("items.0.done:=true").unwrap(),
+            json!({"op": "put", "path": ["items", 0, "done"], "value": true})
+        );
+        assert!(shorthand_op("n:=hello").is_err());
+        assert!(shorthand_op("a..b=1").is_err());
+        assert!(shorthand_op("novalue").is_err());
+    }
+
+    #[test]
+    fn json_ops_follow_the_shorthand_ones() {
+        let ops = put_ops(&["a=1".to_owned()], Some(r#"{"op":"delete","path":["b"]}"#)).unwrap();
+        assert_eq!(ops.len(), 2);
+        assert!(put_ops(&[], None).is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! `config.toml`: what `murmur init` writes and `murmur run` reads.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use murmur::NodeId;
+use serde::{Deserialize, Deserializer};
+
+/// The file name `init` writes in the data directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The shortest anti-entropy interval a config may ask for.
+const ANTI_ENTROPY_MS_MIN: u64 = 10;
+
+/// A node's configuration, as written in `config.toml`. Unknown keys are
+/// an error, so a misspelt setting is never silently ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The data directory (identity and database), relative to the config
+    /// file's directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The UDP address for QUIC replication.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The TCP address of the HTTP API.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+    /// The bearer token HTTP clients must send; required unless `http` is a
+    /// loopback address.
+    #[serde(default)]
+    pub http_token: Option<String>,
+    /// A `tracing` filter (`info`, `murmur=debug,info`, ...); `RUST_LOG`
+    /// overrides it.
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// How often, in milliseconds, the node reconciles with a peer.
+    #[serde(default)]
+    pub anti_entropy_ms: Option<u64>,
+    /// Peers to dial (and allow).
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+    /// Nodes allowed to connect without being dialed.
+    #[serde(default)]
+    pub allow: Vec<Id>,
+}
+
+/// One `[[peers]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    /// The peer's node id.
+    pub id: Id,
+    /// Its QUIC address, `host:port`.
+    pub addr: String,
+}
+
+/// A node id read from a string, with the parse error as a TOML error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Id(pub NodeId);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_node_id(&text)
+            .map(Id)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a node id, saying what a node id looks like when it is not one.
+pub fn parse_node_id(text: &str) -> Result<NodeId, String> {
+    NodeId::from_str(text.trim()).map_err(|e| {
+        format!("`{text}` is not a node id ({e}); `murmur init` and `murmur status` print them")
+    })
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".")
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7400))
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7401))
+}
+fn default_log() -> String {
+    "info".to_owned()
+}
+
+/// A config checked and ready to start a node with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The data directory, resolved against the config file's directory.
+    pub data_dir: PathBuf,
+    /// QUIC address.
+    pub listen: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// The HTTP bearer token, if any.
+    pub http_token: Option<String>,
+    /// The log filter.
+    pub log: String,
+    /// The anti-entropy interval, if set.
+    pub anti_entropy: Option<Duration>,
+    /// Peers with resolved addresses.
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Nodes allowed to connect.
+    pub allow: Vec<NodeId>,
+}
+
+/// Reads and checks the config file at `path`.
+pub fn load(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the config file {} (create one with `murmur init`)",
+            path.display()
+        )
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base).with_context(|| format!("in {}", path.display()))
+}
+
+/// Parses and checks config text; relative paths are taken from `base`.
+pub fn parse(text: &str, base: &Path) -> anyhow::Result<Settings> {
+    let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e))?;
+    check(config, base)
+}
+
+fn check(config: Config, base: &Path) -> anyhow::Result<Settings> {
+    check_token(config.http, config.http_token.as_deref())?;
+    tracing_subscriber::EnvFilter::try_new(&config.log)
+        .map_err(|e| anyhow::anyhow!("log = {:?} is not a valid filter: {e}", config.log))?;
+    let anti_entropy = match config.anti_entropy_ms {
+        Some(ms) if ms < ANTI_ENTROPY_MS_MIN => {
+            bail!("anti_entropy_ms = {ms} is too small (at least {ANTI_ENTROPY_MS_MIN})")
+        }
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => None,
+    };
+    let peers = config
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, peer)| {
+            let addr = resolve(&peer.addr).with_context(|| format!("peers[{i}].addr"))?;
+            Ok((peer.id.0, addr))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Settings {
+        data_dir: base.join(&config.data_dir),
+        listen: config.listen,
+        http: config.http,
+        http_token: config.http_token,
+        log: config.log,
+        anti_entropy,
+        peers,
+        allow: config.allow.iter().map(|id| id.0).collect(),
+    })
+}
+
+/// Refuses an HTTP API reachable from other machines without a token.
+pub fn check_token(http: SocketAddr, token: Option<&str>) -> anyhow::Result<()> {
+    match token {
+        Some(token) if token.trim().is_empty() => bail!("http_token is empty"),
+        Some(_) => Ok(()),
+        None if http.ip().is_loopback() => Ok(()),
+        None => bail!(
+            "http = \"{http}\" is not a loopback address, so http_token is required \
+             (clients then send `Authorization: Bearer <token>`); \
+             or bind the API to 127.0.0.1"
+        ),
+    }
+}
+
+/// Resolves `host:port` to one socket address.
+pub fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    let mut found = addr
+        .to_socket_addrs()
+        .with_context(|| format!("`{addr}` is not a reachable host:port"))?;
+    found
+        .next()
+        .with_context(|| format!("`{addr}` resolves to no address"))
+}
+
+/// Parses `ID@HOST:PORT`, as `init --peer` takes it.
+pub fn parse_peer(text: &str) -> anyhow::Result<(NodeId, String)> {
+    let Some((id, addr)) = text.split_once('@') else {
+        bail!("--peer {text}: expected NODE_ID@HOST:PORT");
+    };
+    let id = parse_node_id(id).map_err(|e| anyhow::anyhow!("--peer {text}: {e}"))?;
+    resolve(addr).with_context(|| format!("--peer {text}"))?;
+    Ok((id, addr.to_owned()))
+}
+
+/// What `murmur init` writes.
+pub struct InitConfig<'a> {
+    /// QUIC address.
+    pub listen: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// HTTP token.
+    pub token: Option<&'a str>,
+    /// Peers, with addresses as given.
+    pub peers: &'a [(NodeId, String)],
+    /// Allowed nodes.
+    pub allow: &'a [NodeId],
+}
+
+impl fmt::Display for InitConfig<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        writeln!(f, "# Murmur node configuration (written by `murmur init`).")?;
+        writeln!(
+            f,
+            "# Unknown keys are an error. Paths are relative to this file."
+        )?;
+        writeln!(f)?;
+        writeln!(f, "# Identity (node.key) and database (db/).")?;
+        writeln!(f, "data_dir = \".\"")?;
+        writeln!(f, "# UDP address for QUIC replication between nodes.")?;
+        writeln!(f, "listen = {}", quote(&self.listen.to_string()))?;
+        writeln!(f, "# TCP address of the HTTP API for local applications.")?;
+        writeln!(f, "http = {}", quote(&self.http.to_string()))?;
+        writeln!(
+            f,
+            "# Bearer token for the HTTP API; required when `http` is"
+        )?;
+        writeln!(f, "# not a loopback address.")?;
+        match self.token {
+            Some(token) => writeln!(f, "http_token = {}", quote(token))?,
+            None => writeln!(f, "# http_token = \"...\"")?,
+        }
+        writeln!(
+            f,
+            "# Log filter (tracing EnvFilter syntax); RUST_LOG overrides it."
+        )?;
+        writeln!(f, "log = \"info\"")?;
+        writeln!(f, "# How often to reconcile with a peer, in milliseconds.")?;
+        writeln!(f, "anti_entropy_ms = 1000")?;
+        writeln!(f, "# Nodes allowed to connect without being dialed.")?;
+        let allow: Vec<String> = self.allow.iter().map(|id| quote(&id.to_string())).collect();
+        writeln!(f, "allow = [{}]", allow.join(", "))?;
+        writeln!(f)?;
+        writeln!(f, "# Peers to dial (and allow), one table each:")?;
+        writeln!(f, "# [[peers]]")?;
+        writeln!(f, "# id = \"NODE_ID\"")?;
+        writeln!(f, "# addr = \"127.0.0.1:7410\"")?;
+        for (id, addr) in self.peers {
+            writeln!(f)?;
+            writeln!(f, "[[peers]]")?;
+            writeln!(f, "id = {}", quote(&id.to_string()))?;
+            writeln!(f, "addr = {}", quote(addr))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> NodeId {
+        murmur::Identity::generate().unwrap().node_id()
+    }
+
+    #[test]
+    fn an_empty_config_takes_the_defaults() {
+        let settings = parse("", Path::new("/data")).unwrap();
+        assert_eq!(settings.data_dir, Path::new("/data/."));
+        assert_eq!(settings.listen, default_listen());
+        assert_eq!(settings.http, default_http());
+        assert_eq!(settings.log, "info");
+    }
+
+    #[test]
+    fn what_init_writes_parses_back() {
+        let peer = id();
+        let allowed = id();
+        let text = InitConfig {
+            listen: "127.0.0.1:7410".parse().unwrap(),
+            http: "0.0.0.0:7411".parse().unwrap(),
+            token: Some("s3cret \"quoted\""),
+            peers: &[(peer, "127.0.0.1:7400".to_owned())],
+            allow: &[allowed],
+        }
+        .to_string();
+        let settings = parse(&text, Path::new(".")).unwrap();
+        assert_eq!(
+            settings.peers,
+            vec![(peer, "127.0.0.1:7400".parse().unwrap())]
+        );
+        assert_eq!(settings.allow, vec![allowed]);
+        assert_eq!(settings.http_token.as_deref(), Some("s3cret \"quoted\""));
+        assert_eq!(settings.anti_entropy, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let error = parse(
+            "listen = \"127.0.0.1:1\"\nlisten_port = 3\n",
+            Path::new("."),
+        );
+        let message = format!("{:#}", error.unwrap_err());
+        assert!(message.contains("unknown field `listen_port`"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+    }
+
+    #[test]
+    fn a_public_http_address_needs_a_token() {
+        let error = parse("http = \"0.0.0.0:7401\"\n", Path::new("."));
+        let message = format!("{:#}", error.unwrap_err());
+        assert!(message.contains("http_token is required"), "{message}");
+        parse(
+            "http = \"0.0.0.0:7401\"\nhttp_token = \"t\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_values_say_what_is_wrong() {
+        let cases = [
+            (
+                "[[peers]]\nid = \"nope\"\naddr = \"127.0.0.1:1\"\n",
+                "`nope` is not a node id",
+            ),
+            ("listen = \"localhost\"\n", "invalid socket address"),
+            ("anti_entropy_ms = 1\n", "anti_entropy_ms = 1 is too small"),
+            ("log = \"[[\"\n", "not a valid filter"),
+            ("http_token = \"\"\n", "http_token is empty"),
+        ];
+        for (text, expected) in cases {
+            let message = format!("{:#}", parse(text, Path::new(".")).unwrap_err());
+            assert!(
+                message.contains(expected),
+                "{message} should say {expected}"
+            );
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! The HTTP API: documents as JSON, change events as Server-Sent Events,
+//! status and Prometheus metrics.
+//!
+//! Every error is a 4xx or 5xx with a JSON body `{"error": "..."}` that
+//! says what is wrong.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json as JsonBody, Router};
+use futures_util::Stream;
+use murmur::json::{self, ApplyError, OpError};
+use murmur::{Ack, DocHandle, DocumentChange, DocumentId, Node, Origin, Status};
+use murmur_core::ReplicaError;
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::metrics;
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The routes, for the 404 message.
+const ROUTES: &str = "GET /docs, POST /docs, GET /docs/{id}, POST /docs/{id}/changes, \
+                      GET /docs/{id}/events, GET /status, GET /peers, GET /metrics";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    node: Arc<Node>,
+    token: Option<Arc<str>>,
+    shutdown: watch::Receiver<bool>,
+    started: Instant,
+}
+
+impl AppState {
+    /// State for serving `node`. With a `token`, every request must carry
+    /// it; `shutdown` turning true ends the event streams.
+    pub fn new(node: Arc<Node>, token: Option<String>, shutdown: watch::Receiver<bool>) -> Self {
+        AppState {
+            node,
+            token: token.map(Arc::from),
+            shutdown,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The API's routes and middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/docs", get(list_docs).post(create_doc))
+        .route("/docs/{id}", get(get_doc))
+        .route("/docs/{id}/changes", post(post_changes))
+        .route("/docs/{id}/events", get(doc_events))
+        .route("/status", get(status))
+        .route("/peers", get(peers))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn(trace))
+        .with_state(state)
+}
+
+/// An error response: a status and a message, sent as `{"error": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, JsonBody(json!({"error": self.message}))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<murmur::Error> for ApiError {
+    fn from(error: murmur::Error) -> Self {
+        match error {
+            murmur::Error::Replica(ReplicaError::UnknownDocument(id)) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no document {id} on this node"),
+            ),
+            murmur::Error::NotReplicated { wanted, reached } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the change was made and reached {reached:?}, but not {wanted:?} in time; \
+                     it stays and keeps replicating (do not send it again)"
+                ),
+            ),
+            murmur::Error::Closed => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn trace(request: Request, next: Next) -> Response {
+    let span =
+        tracing::info_span!("http", method = %request.method(), path = %request.uri().path());
+    async move {
+        let started = Instant::now();
+        let response = next.run(request).await;
+        let status = response.status().as_u16();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if response.status().is_server_error() {
+            tracing::warn!(status, ms, "request");
+        } else {
+            tracing::debug!(status, ms, "request");
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.token {
+        let refusal = match bearer_token(request.headers()) {
+            None => Some("missing bearer token: send `Authorization: Bearer <token>`"),
+            Some(given) if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
+                Some("wrong bearer token")
+            }
+            Some(_) => None,
+        };
+        if let Some(message) = refusal {
+            return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {method} {}; the routes are {ROUTES}", uri.path()),
+    )
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {}; the routes are {ROUTES}",
+            uri.path()
+        ),
+    )
+}
+
+fn parse_doc_id(text: &str) -> ApiResult<DocumentId> {
+    text.parse()
+        .map_err(|e| ApiError::bad_request(format!("`{text}` is not a document id: {e}")))
+}
+
+async fn doc_handle(state: &AppState, id: &str) -> ApiResult<DocHandle> {
+    Ok(state.node.doc(parse_doc_id(id)?).await?)
+}
+
+async fn list_docs(State(state): State<AppState>) -> ApiResult<JsonBody<Json>> {
+    let ids: Vec<String> = state
+        .node
+        .documents()
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(JsonBody(json!({ "documents": ids })))
+}
+
+async fn create_doc(State(state): State<AppState>) -> ApiResult<Response> {
+    let doc = state.node.create_doc().await?;
+    tracing::info!(doc = %doc.id(), "created document");
+    let location = format!("/docs/{}", doc.id());
+    let mut response = (
+        StatusCode::CREATED,
+        JsonBody(json!({ "id": doc.id().to_string() })),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+async fn get_doc(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<JsonBody<Json>> {
+    let doc = doc_handle(&state, &id).await?;
+    let (heads, content) = doc
+        .read(|d| (hex_heads(&d.get_heads()), json::document_to_json(d)))
+        .await?;
+    Ok(JsonBody(
+        json!({ "id": doc.id().to_string(), "heads": heads, "content": content }),
+    ))
+}
+
+/// The body of `POST /docs/{id}/changes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeRequest {
+    ops: Json,
+    #[serde(default)]
+    ack: Option<String>,
+}
+
+async fn post_changes(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<JsonBody<Json>> {
+    let request = parse_change_request(&body_bytes(body)?)?;
+    let ack = parse_ack(request.ack.as_deref().unwrap_or("durable"))?;
+    let ops = json::parse_ops(request.ops).map_err(op_error)?;
+    if ops.is_empty() {
+        return Err(ApiError::bad_request("ops is empty: send at least one op"));
+    }
+    let doc = doc_handle(&state, &id).await?;
+    let span = tracing::info_span!("change", doc = %doc.id(), ops = ops.len());
+    let receipt =
+        json::apply(&doc, ops, ack)
+            .instrument(span)
+            .await
+            .map_err(|error| match error {
+                ApplyError::Op(error) => op_error(error),
+                ApplyError::Node(error) => error.into(),
+            })?;
+    let heads = doc.read(|d| hex_heads(&d.get_heads())).await?;
+    Ok(JsonBody(json!({
+        "change": receipt.change.map(|hash| hash.to_string()),
+        "heads": heads,
+    })))
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(rejection.status(), rejection.body_text())
+        }
+    })
+}
+
+/// A change request is `{"ops": [...], "ack": "..."}` or just the array of
+/// ops.
+fn parse_change_request(body: &[u8]) -> ApiResult<ChangeRequest> {
+    let value: Json = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    match value {
+        Json::Array(_) => Ok(ChangeRequest {
+            ops: value,
+            ack: None,
+        }),
+        Json::Object(_) => ChangeRequest::deserialize(value).map_err(|e| {
+            ApiError::bad_request(format!(
+                "expected {{\"ops\": [...], \"ack\": \"durable\"}}: {e}"
+            ))
+        }),
+        _ => Err(ApiError::bad_request(
+            "expected {\"ops\": [...], \"ack\": \"durable\"} or an array of ops",
+        )),
+    }
+}
+
+fn op_error(error: OpError) -> ApiError {
+    let status = match error {
+        OpError::Malformed { .. } => StatusCode::BAD_REQUEST,
+        OpError::DoesNotApply { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError::new(status, error.to_string())
+}
+
+/// Parses `applied`, `durable` or `replicated:K`.
+pub fn parse_ack(text: &str) -> ApiResult<Ack> {
+    match text {
+        "applied" => Ok(Ack::Applied),
+        "durable" => Ok(Ack::Durable),
+        _ => match text.strip_prefix("replicated:").map(str::parse::<u32>) {
+            Some(Ok(peers)) => Ok(Ack::Replicated(peers)),
+            _ => Err(ApiError::bad_request(format!(
+                "ack `{text}` is not one of applied, durable, replicated:K (K a number of peers)"
+            ))),
+        },
+    }
+}
+
+fn hex_heads(heads: &[murmur::automerge::ChangeHash]) -> Vec<String> {
+    heads.iter().map(ToString::to_string).collect()
+}
+
+async fn doc_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let doc = doc_handle(&state, &id).await?;
+    // Subscribe before reading the heads, so no change falls between them.
+    let changes = doc.changes().await?;
+    let heads = doc.heads().await?;
+    tracing::debug!(doc = %doc.id(), "event stream opened");
+    let ready = event_json(
+        "ready",
+        json!({"event": "ready", "doc": doc.id().to_string(), "heads": hex_heads(&heads)}),
+    );
+    let stream = futures_util::stream::unfold(
+        (Some(ready), changes, state.shutdown.clone()),
+        |(mut first, mut changes, mut shutdown)| async move {
+            if let Some(event) = first.take() {
+                return Some((Ok(event), (None, changes, shutdown)));
+            }
+            let event = next_event(&mut changes, &mut shutdown).await?;
+            Some((Ok(event), (None, changes, shutdown)))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The next event for a stream, or `None` when it should end (the node or
+/// the server is shutting down).
+async fn next_event(
+    changes: &mut murmur::ChangeStream,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Event> {
+    if *shutdown.borrow() {
+        return None;
+    }
+    tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => None,
+        next = changes.next() => match next? {
+            Ok(change) => Some(change_event(&change)),
+            Err(murmur::Error::Lagged(missed)) => Some(event_json(
+                "lagged",
+                json!({"event": "lagged", "missed": missed}),
+            )),
+            Err(_) => None,
+        },
+    }
+}
+
+/// A change as JSON: the `data` of a `change` event.
+pub fn change_json(change: &DocumentChange) -> Json {
+    let mut data = json!({
+        "event": "change",
+        "doc": change.doc.to_string(),
+        "heads": hex_heads(&change.heads),
+        "origin": "local",
+        "patches": change.patches.iter().map(json::patch_to_json).collect::<Vec<_>>(),
+    });
+    if let Origin::Remote(peer) = change.origin {
+        data["origin"] = json!("remote");
+        data["peer"] = json!(peer.to_string());
+    }
+    data
+}
+
+fn change_event(change: &DocumentChange) -> Event {
+    event_json("change", change_json(change))
+}
+
+fn event_json(name: &str, data: Json) -> Event {
+    Event::default().event(name).data(data.to_string())
+}
+
+async fn status(State(state): State<AppState>) -> ApiResult<JsonBody<Json>> {
+    let status = state.node.status().await?;
+    Ok(JsonBody(status_json(
+        &status,
+        state.started.elapsed().as_secs(),
+    )))
+}
+
+async fn peers(State(state): State<AppState>) -> ApiResult<JsonBody<Json>> {
+    let status = state.node.status().await?;
+    Ok(JsonBody(json!({ "peers": peers_json(&status) })))
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let status = state.node.status().await?;
+    let body = metrics::render(&status, state.started.elapsed());
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
+}
+
+fn peers_json(status: &Status) -> Vec<Json> {
+    status
+        .peers
+        .iter()
+        .map(|peer| {
+            json!({
+                "id": peer.id.to_string(),
+                "addr": peer.addr.to_string(),
+                "rtt_ms": peer.rtt.as_secs_f64() * 1000.0,
+            })
+        })
+        .collect()
+}
+
+/// The node's status as JSON (`GET /status`).
+pub fn status_json(status: &Status, uptime_secs: u64) -> Json {
+    let t = &status.traffic;
+    let m = &status.metrics;
+    json!({
+        "node_id": status.node_id.to_string(),
+        "listen": status.listen.map(|addr| addr.to_string()),
+        "uptime_secs": uptime_secs,
+        "documents": status.documents,
+        "peers": peers_json(status),
+        "allowed": status.allowed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "members": status
+            .members
+            .iter()
+            .map(|(id, addr)| json!({"id": id.to_string(), "addr": addr}))
+            .collect::<Vec<_>>(),
+        "writes_awaiting_flush": status.writes_awaiting_flush,
+        "outbox": status.outbox,
+        "traffic": {
+            "messages_out": t.messages_out,
+            "bytes_out": t.bytes_out,
+            "messages_in": t.messages_in,
+            "bytes_in": t.bytes_in,
+            "dropped_full": t.dropped_full,
+            "rejected": t.rejected,
+        },
+        "engine": {
+            "local_changes": m.local_changes,
+            "changes_pushed": m.changes_pushed,
+            "changes_received": m.changes_received,
+            "sync_messages_sent": m.sync_messages_sent,
+            "sync_messages_received": m.sync_messages_received,
+            "messages_sent": m.messages_sent,
+            "messages_received": m.messages_received,
+            "messages_dropped_backpressure": m.messages_dropped_backpressure,
+            "missing_dependency_syncs": m.missing_dependency_syncs,
+            "anti_entropy_rounds": m.anti_entropy_rounds,
+            "sync_restarts": m.sync_restarts,
+            "flushes": m.flushes,
+            "flush_failures": m.flush_failures,
+            "bytes_flushed": m.bytes_flushed,
+            "compactions": m.compactions,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_levels_parse_and_bad_ones_are_named() {
+        assert!(matches!(parse_ack("applied"), Ok(Ack::Applied)));
+        assert!(matches!(parse_ack("durable"), Ok(Ack::Durable)));
+        assert!(matches!(parse_ack("replicated:2"), Ok(Ack::Replicated(2))));
+        assert!(parse_ack("replicated:two").is_err());
+        let bad = parse_ack("sometimes").unwrap_err();
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert!(bad.message.contains("`sometimes` is not one of"));
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&headers), None);
+    }
+
+    #[test]
+    fn a_change_request_may_be_a_bare_array() {
+        let request = parse_change_request(br#"[{"op":"delete","path":["a"]}]"#).unwrap();
+        assert!(request.ack.is_none());
+        let bad = parse_change_request(b"{\"ops\": [], \"acks\": 1}")
+            .err()
+            .unwrap();
+        assert!(
+            bad.message.contains("unknown field `acks`"),
+            "{}",
+            bad.message
+        );
+        let bad = parse_change_request(b"{\"ops\": [").err().unwrap();
+        assert!(
+            bad.message.starts_with("the body is not valid JSON"),
+            "{}",
+            bad.message
+        );
+    }
+}

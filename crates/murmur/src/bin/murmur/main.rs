@@ -1,0 +1,85 @@
+//! The `murmur` binary: run a node with its loopback HTTP API, talk to a
+//! running node, or watch a three-node demo converge.
+
+mod cli;
+mod client;
+mod config;
+mod demo;
+mod http;
+mod init;
+mod metrics;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("murmur: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("murmur: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init(args) => {
+            init_logging("warn")?;
+            init::init(args)
+        }
+        Command::Run(args) => run::run(args).await,
+        Command::Demo(args) => {
+            // Cutting a node off makes the nodes log refused connections;
+            // the demo's own output tells that story (RUST_LOG=info shows
+            // the logs).
+            init_logging("error")?;
+            demo::demo(args).await
+        }
+        Command::Doc(command) => {
+            init_logging("warn")?;
+            client::doc(command).await
+        }
+        Command::Peers(args) => {
+            init_logging("warn")?;
+            client::peers(args).await
+        }
+        Command::Status(args) => {
+            init_logging("warn")?;
+            client::status(args).await
+        }
+    }
+}
+
+/// Logs to stderr with `filter` (an EnvFilter string), unless `RUST_LOG`
+/// is set, which wins.
+pub fn init_logging(filter: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.trim().is_empty() => EnvFilter::try_new(&from_env)
+            .map_err(|e| anyhow::anyhow!("RUST_LOG={from_env:?} is not a valid filter: {e}"))?,
+        _ => EnvFilter::try_new(filter)
+            .map_err(|e| anyhow::anyhow!("log filter {filter:?} is not valid: {e}"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}

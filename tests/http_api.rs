@@ -1,0 +1,282 @@
+//! The HTTP API of a real `murmur run` process (real QUIC endpoint, real
+//! sled), end to end.
+
+mod process;
+
+use std::time::Duration;
+
+use process::{call, init, next_event, open, NodeProcess};
+use serde_json::json;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A node in a fresh directory, initialised with `extra` init flags.
+fn node(extra: &[&str]) -> (tempfile::TempDir, NodeProcess) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    init(dir.path(), extra);
+    let node = NodeProcess::start(&dir.path().join("config.toml"));
+    (dir, node)
+}
+
+async fn create_doc(node: &NodeProcess) -> String {
+    let created = call("POST", &node.at("/docs"), None, None).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    created.json()["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn documents_are_created_changed_read_and_listed() {
+    let (_dir, node) = node(&[]);
+    let doc = create_doc(&node).await;
+
+    let change = json!({
+        "ops": [
+            {"op": "put", "path": ["title"], "value": "Shopping"},
+            {"op": "put", "path": ["items"], "value": ["milk"]},
+            {"op": "insert", "path": ["items", 1], "value": {"what": "eggs", "n": 12}},
+            {"op": "put_counter", "path": ["visits"], "value": 1},
+            {"op": "increment", "path": ["visits"], "by": 2},
+            {"op": "put_text", "path": ["notes"], "text": "hi"},
+            {"op": "splice_text", "path": ["notes"], "pos": 2, "text": " there"},
+        ],
+        "ack": "durable",
+    });
+    let url = node.at(&format!("/docs/{doc}/changes"));
+    let applied = call("POST", &url, None, Some(&change.to_string())).await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    let applied = applied.json();
+    let hash = applied["change"].as_str().expect("a change hash");
+    assert_eq!(applied["heads"], json!([hash]));
+
+    let read = call("GET", &node.at(&format!("/docs/{doc}")), None, None).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(
+        read.json(),
+        json!({
+            "id": doc,
+            "heads": [hash],
+            "content": {
+                "title": "Shopping",
+                "items": ["milk", {"what": "eggs", "n": 12}],
+                "visits": 3,
+                "notes": "hi there",
+            },
+        })
+    );
+
+    let bare = json!([{"op": "delete", "path": ["title"]}]).to_string();
+    let deleted = call("POST", &url, None, Some(&bare)).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+
+    let listed = call("GET", &node.at("/docs"), None, None).await;
+    assert_eq!(listed.json(), json!({"documents": [doc]}));
+}
+
+#[tokio::test]
+async fn the_event_stream_delivers_each_change_with_its_patches() {
+    let (_dir, node) = node(&[]);
+    let doc = create_doc(&node).await;
+    let response = open("GET", &node.at(&format!("/docs/{doc}/events")), None, None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut body = response.into_body();
+    let mut buffer = String::new();
+    let ready = next_event(&mut body, &mut buffer, PATIENCE, |_| true).await;
+    assert_eq!(ready["event"], "ready");
+
+    let change = json!({"ops": [{"op": "put", "path": ["greeting"], "value": "hello"}]});
+    let url = node.at(&format!("/docs/{doc}/changes"));
+    let applied = call("POST", &url, None, Some(&change.to_string())).await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+
+    let event = next_event(&mut body, &mut buffer, PATIENCE, |e| e["event"] == "change").await;
+    assert_eq!(event["doc"], json!(doc));
+    assert_eq!(event["origin"], "local");
+    assert_eq!(event["heads"], applied.json()["heads"]);
+    assert_eq!(
+        event["patches"],
+        json!([{"action": "put", "path": ["greeting"], "value": "hello"}])
+    );
+}
+
+#[tokio::test]
+async fn status_peers_and_prometheus_metrics_are_served() {
+    let (_dir, node) = node(&[]);
+    let doc = create_doc(&node).await;
+    let change = json!([{"op": "put", "path": ["n"], "value": 1}]).to_string();
+    call(
+        "POST",
+        &node.at(&format!("/docs/{doc}/changes")),
+        None,
+        Some(&change),
+    )
+    .await;
+
+    let status = call("GET", &node.at("/status"), None, None).await.json();
+    assert_eq!(status["node_id"], json!(node.node_id));
+    assert_eq!(status["documents"], 1);
+    assert_eq!(status["engine"]["local_changes"], 1);
+    let peers = call("GET", &node.at("/peers"), None, None).await.json();
+    assert_eq!(peers, json!({"peers": []}));
+
+    let metrics = call("GET", &node.at("/metrics"), None, None).await;
+    assert_eq!(metrics.status, 200);
+    for line in [
+        "# TYPE murmur_documents gauge",
+        "murmur_documents 1",
+        "murmur_local_changes_total 1",
+        "# TYPE murmur_changes_pushed_total counter",
+        "# HELP murmur_bytes_sent_total",
+        "murmur_bytes_received_total 0",
+        "murmur_sync_messages_sent_total",
+        "murmur_anti_entropy_rounds_total",
+        "murmur_peers_connected 0",
+        "murmur_writes_awaiting_flush 0",
+        "murmur_outbox_messages",
+        "# TYPE murmur_peer_rtt_seconds gauge",
+        "murmur_messages_dropped_total{queue=\"engine\"} 0",
+    ] {
+        assert!(
+            metrics.body.contains(line),
+            "no `{line}` in:\n{}",
+            metrics.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_that_says_what_is_wrong() {
+    let (_dir, node) = node(&[]);
+    let doc = create_doc(&node).await;
+    let changes = node.at(&format!("/docs/{doc}/changes"));
+    let big = format!("[\"{}\"]", "x".repeat(2 * 1024 * 1024));
+    let unknown_doc = murmur::DocumentId::from([7; 16]).to_string(); // valid, but held by no node
+    let cases: Vec<(&str, String, Option<&str>, u16, &str)> = vec![
+        (
+            "POST",
+            changes.clone(),
+            Some("{\"ops\": ["),
+            400,
+            "the body is not valid JSON",
+        ),
+        (
+            "POST",
+            changes.clone(),
+            Some("[{\"op\": \"frob\", \"path\": []}]"),
+            400,
+            "ops[0]: unknown variant `frob`",
+        ),
+        (
+            "POST",
+            changes.clone(),
+            Some("{\"ops\": [], \"ack\": \"durable\"}"),
+            400,
+            "ops is empty",
+        ),
+        (
+            "POST",
+            changes.clone(),
+            Some("{\"ops\": [{\"op\": \"delete\", \"path\": [\"a\"]}], \"ack\": \"often\"}"),
+            400,
+            "ack `often`",
+        ),
+        (
+            "POST",
+            changes.clone(),
+            Some("{\"ops\": [{\"op\": \"delete\", \"path\": [\"a\"]}]}"),
+            422,
+            "no key \\\"a\\\" in the map",
+        ),
+        (
+            "POST",
+            changes.clone(),
+            Some("{\"ops\": [{\"op\": \"put\", \"path\": [\"a\", -1], \"value\": 1}]}"),
+            400,
+            "non-negative integer",
+        ),
+        (
+            "POST",
+            changes.clone(),
+            Some("42"),
+            400,
+            "expected {\\\"ops\\\"",
+        ),
+        (
+            "POST",
+            changes.clone(),
+            Some(big.as_str()),
+            413,
+            "larger than the limit",
+        ),
+        (
+            "GET",
+            node.at("/docs/not-an-id"),
+            None,
+            400,
+            "`not-an-id` is not a document id",
+        ),
+        (
+            "GET",
+            node.at(&format!("/docs/{unknown_doc}")),
+            None,
+            404,
+            "no document",
+        ),
+        (
+            "POST",
+            node.at(&format!("/docs/{unknown_doc}/changes")),
+            Some("[{\"op\":\"put\",\"path\":[\"a\"],\"value\":1}]"),
+            404,
+            "no document",
+        ),
+        (
+            "GET",
+            node.at("/nowhere"),
+            None,
+            404,
+            "no route GET /nowhere",
+        ),
+        (
+            "DELETE",
+            node.at("/docs"),
+            None,
+            405,
+            "DELETE is not allowed on /docs",
+        ),
+    ];
+    for (method, url, body, status, message) in cases {
+        let answer = call(method, &url, None, body).await;
+        assert_eq!(answer.status, status, "{method} {url}: {}", answer.body);
+        assert!(
+            answer.body.contains(message),
+            "{method} {url}: `{}` should say `{message}`",
+            answer.body
+        );
+        assert!(answer.json()["error"].is_string());
+    }
+    // Nothing above changed the document.
+    let read = call("GET", &node.at(&format!("/docs/{doc}")), None, None).await;
+    assert_eq!(read.json()["content"], json!({}));
+}
+
+#[tokio::test]
+async fn a_configured_token_is_required_on_every_route() {
+    let (_dir, node) = node(&["--token", "s3cret"]);
+    for path in ["/status", "/docs", "/metrics"] {
+        let missing = call("GET", &node.at(path), None, None).await;
+        assert_eq!(missing.status, 401, "{path}");
+        assert!(
+            missing.body.contains("missing bearer token"),
+            "{}",
+            missing.body
+        );
+        let wrong = call("GET", &node.at(path), Some("guess"), None).await;
+        assert_eq!(wrong.status, 401, "{path}");
+        assert!(wrong.body.contains("wrong bearer token"), "{}", wrong.body);
+        let right = call("GET", &node.at(path), Some("s3cret"), None).await;
+        assert_eq!(right.status, 200, "{path}: {}", right.body);
+    }
+}

@@ -1,0 +1,243 @@
+//! Running the `murmur` binary in tests: `murmur init` in a temporary
+//! directory, `murmur run` as a child process, and plain HTTP requests to
+//! its API.
+
+#![allow(dead_code)] // each test file uses part of this
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// The binary under test.
+pub const MURMUR: &str = env!("CARGO_BIN_EXE_murmur");
+/// How long a node may take to start (a bound against hanging).
+const START_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Runs `murmur ARGS` to completion.
+pub fn murmur(args: &[&str]) -> Output {
+    Command::new(MURMUR)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("MURMUR_NODE")
+        .env_remove("MURMUR_TOKEN")
+        .output()
+        .expect("run murmur")
+}
+
+/// Runs `murmur init --dir DIR` with `extra` flags, on ephemeral ports
+/// unless `extra` names them; returns the node id it printed.
+pub fn init(dir: &Path, extra: &[&str]) -> String {
+    let dir = dir.to_str().expect("utf-8 path");
+    let mut args = vec!["init", "--dir", dir];
+    for flag in ["--listen", "--http"] {
+        if !extra.contains(&flag) {
+            args.extend([flag, "127.0.0.1:0"]);
+        }
+    }
+    args.extend_from_slice(extra);
+    let output = murmur(&args);
+    assert!(
+        output.status.success(),
+        "init failed: {}",
+        text(&output.stderr)
+    );
+    let stdout = text(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("node id: "))
+        .unwrap_or_else(|| panic!("no node id in {stdout}"))
+        .to_owned()
+}
+
+/// Output bytes as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A `murmur run` child process. Killed when dropped; its log is printed
+/// if the test failed.
+pub struct NodeProcess {
+    /// The process.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its QUIC address.
+    pub quic: String,
+    /// Its node id.
+    pub node_id: String,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    /// Runs `murmur run --config CONFIG` and waits for the line saying
+    /// where it listens.
+    pub fn start(config: &Path) -> NodeProcess {
+        let log = config.with_file_name("run.log");
+        let mut child = Command::new(MURMUR)
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn murmur run");
+        let stdout = child.stdout.take().expect("stdout");
+        let (lines, first) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let line = match first.recv_timeout(START_PATIENCE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("murmur run did not start:\n{log}");
+            }
+        };
+        // "murmur node ID replicating on udp ADDR with HTTP API on http://ADDR"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.len(), 12, "unexpected start line: {line}");
+        NodeProcess {
+            child,
+            url: words[11].to_owned(),
+            quic: words[6].to_owned(),
+            node_id: words[2].to_owned(),
+            log,
+        }
+    }
+
+    /// The full URL of `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(
+            sent.is_ok_and(|status| status.success()),
+            "kill -TERM failed"
+        );
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("murmur run did not stop within 10 s of SIGTERM");
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of node {} ---\n{}", self.node_id, self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response: status code and body.
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The body as text.
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Starts a request and returns the response with its body unread.
+pub async fn open(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> hyper::Response<Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).expect("method"))
+        .uri(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = Full::new(Bytes::from(body.unwrap_or_default().to_owned()));
+    client
+        .request(request.body(body).expect("request"))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+    let response = open(method, url, token, body).await;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("read body")
+        .to_bytes();
+    Answer {
+        status,
+        body: text(&bytes),
+    }
+}
+
+/// Reads Server-Sent Events from `body` until one has `data` for which
+/// `wanted` holds; returns that data. Bounded by `patience`.
+pub async fn next_event(
+    body: &mut Incoming,
+    buffer: &mut String,
+    patience: Duration,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let data: String = event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&data) {
+                if wanted(&json) {
+                    return json;
+                }
+            }
+        }
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("the event stream ended")
+            .expect("the event stream broke");
+        if let Ok(data) = frame.into_data() {
+            buffer.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+}
