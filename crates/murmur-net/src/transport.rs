@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ use crate::Identity;
 
 /// Frames queued for one connection before sends are refused.
 pub const LINK_QUEUE_FRAMES: usize = 256;
+/// Bytes queued for one connection before sends are refused (one frame is
+/// always accepted into an empty queue, whatever its size).
+pub const LINK_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Events (mostly received messages) queued for the driver; readers wait
 /// past it, which slows the sending peer down through QUIC flow control.
 pub const EVENT_QUEUE: usize = 1024;
@@ -104,6 +107,8 @@ pub struct Link {
     /// Who dialed it (for choosing between two connections to one peer).
     pub dialed_by: NodeId,
     frames: mpsc::Sender<Vec<u8>>,
+    /// Bytes in `frames` not yet written to the stream.
+    queued_bytes: Arc<AtomicUsize>,
     connection: quinn::Connection,
 }
 
@@ -119,10 +124,19 @@ pub enum SendOutcome {
 }
 
 impl Link {
-    /// Queues a frame without waiting.
+    /// Queues a frame without waiting; refuses it when the connection's
+    /// queue is full in frames or in bytes.
     pub fn send(&self, frame: Vec<u8>) -> SendOutcome {
+        let len = frame.len();
+        let queued = self.queued_bytes.load(Ordering::Acquire);
+        if queued > 0 && queued + len > LINK_QUEUE_BYTES {
+            return SendOutcome::Full;
+        }
         match self.frames.try_send(frame) {
-            Ok(()) => SendOutcome::Queued,
+            Ok(()) => {
+                self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+                SendOutcome::Queued
+            }
             Err(mpsc::error::TrySendError::Full(_)) => SendOutcome::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => SendOutcome::Closed,
         }
@@ -235,7 +249,8 @@ impl Network {
         });
         let (connected, _) = watch::channel(BTreeSet::new());
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
-        tracing::info!(addr = %config.listen, peers = config.peers.len(), "network started");
+        let bound = endpoint.local_addr().unwrap_or(config.listen);
+        tracing::info!(addr = %bound, peers = config.peers.len(), "network started");
         let network = Network {
             endpoint,
             connected,
@@ -470,11 +485,13 @@ async fn run_connection(
         }
     };
     let (frames, queue) = mpsc::channel(LINK_QUEUE_FRAMES);
-    tokio::spawn(write_frames(send, queue));
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(write_frames(send, queue, queued_bytes.clone()));
     let link = Link {
         id: link_id,
         dialed_by,
         frames,
+        queued_bytes,
         connection: connection.clone(),
     };
     if shared
@@ -538,9 +555,15 @@ async fn hello(
     }
 }
 
-async fn write_frames(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
+async fn write_frames(
+    mut send: quinn::SendStream,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
+) {
     while let Some(frame) = queue.recv().await {
-        if send.write_all(&frame).await.is_err() {
+        let written = send.write_all(&frame).await;
+        queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+        if written.is_err() {
             return;
         }
     }
