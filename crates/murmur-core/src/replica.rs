@@ -783,7 +783,7 @@ impl Replica {
                 doc,
                 level: AckLevel::Durable,
             });
-            let copies = self.replication.made_durable(write);
+            let copies = self.replication.made_durable(write, doc);
             if copies > 0 {
                 self.acknowledge_replicated(write, doc, copies);
             }

@@ -15,7 +15,6 @@ use murmur_wire::{DocumentId, NodeId};
 use crate::WriteId;
 
 struct Tracked {
-    doc: DocumentId,
     hash: ChangeHash,
     durable: bool,
     peers: BTreeSet<NodeId>,
@@ -25,7 +24,11 @@ struct Tracked {
 /// owes its peers.
 #[derive(Default)]
 pub(crate) struct Replication {
-    tracked: BTreeMap<WriteId, Tracked>,
+    /// Every tracked write's document, oldest write first (for eviction).
+    order: BTreeMap<WriteId, DocumentId>,
+    /// The tracked writes of each document: a heads report only looks at
+    /// its own document's writes.
+    by_doc: BTreeMap<DocumentId, BTreeMap<WriteId, Tracked>>,
     /// (document, peer) pairs whose changes this node applied and must
     /// confirm with its heads after the next flush.
     owed: BTreeSet<(DocumentId, NodeId)>,
@@ -41,23 +44,35 @@ impl Replication {
         hash: ChangeHash,
         limit: usize,
     ) {
-        self.tracked.insert(
+        self.order.insert(write, doc);
+        self.by_doc.entry(doc).or_default().insert(
             write,
             Tracked {
-                doc,
                 hash,
                 durable: false,
                 peers: BTreeSet::new(),
             },
         );
-        while self.tracked.len() > limit.max(1) {
-            self.tracked.pop_first();
+        while self.order.len() > limit.max(1) {
+            if let Some((oldest, doc)) = self.order.pop_first() {
+                self.forget(oldest, doc);
+            }
         }
     }
 
-    /// `write` is durable here; returns how many peers already hold it.
-    pub(crate) fn made_durable(&mut self, write: WriteId) -> usize {
-        match self.tracked.get_mut(&write) {
+    fn forget(&mut self, write: WriteId, doc: DocumentId) {
+        if let Some(writes) = self.by_doc.get_mut(&doc) {
+            writes.remove(&write);
+            if writes.is_empty() {
+                self.by_doc.remove(&doc);
+            }
+        }
+    }
+
+    /// `write` of `doc` is durable here; returns how many peers already
+    /// hold it.
+    pub(crate) fn made_durable(&mut self, write: WriteId, doc: DocumentId) -> usize {
+        match self.by_doc.get_mut(&doc).and_then(|w| w.get_mut(&write)) {
             Some(tracked) => {
                 tracked.durable = true;
                 tracked.peers.len()
@@ -68,9 +83,9 @@ impl Replication {
 
     /// True if some write of `doc` still waits for `peer`.
     pub(crate) fn waits_for(&self, doc: DocumentId, peer: NodeId) -> bool {
-        self.tracked
-            .values()
-            .any(|t| t.doc == doc && !t.peers.contains(&peer))
+        self.by_doc
+            .get(&doc)
+            .is_some_and(|writes| writes.values().any(|t| !t.peers.contains(&peer)))
     }
 
     /// `peer` reported heads for `doc`; `is_held` says whether a change is
@@ -83,8 +98,11 @@ impl Replication {
         is_held: impl Fn(&ChangeHash) -> bool,
     ) -> Vec<(WriteId, usize)> {
         let mut grown = Vec::new();
-        for (write, tracked) in self.tracked.iter_mut() {
-            if tracked.doc == doc && !tracked.peers.contains(&peer) && is_held(&tracked.hash) {
+        let Some(writes) = self.by_doc.get_mut(&doc) else {
+            return grown;
+        };
+        for (write, tracked) in writes.iter_mut() {
+            if !tracked.peers.contains(&peer) && is_held(&tracked.hash) {
                 tracked.peers.insert(peer);
                 if tracked.durable {
                     grown.push((*write, tracked.peers.len()));
