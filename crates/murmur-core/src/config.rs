@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use murmur_wire::{NodeId, MAX_CHANGES_PER_PUSH};
+use murmur_wire::{NodeId, MAX_CHANGES_PER_PUSH, MAX_DIGEST_LEAVES};
 
 /// Settings of one [`Replica`](crate::Replica). Every bound the engine
 /// keeps is here.
@@ -34,6 +34,15 @@ pub struct Config {
     pub compaction_min_bytes: usize,
     /// ... or once there are more chunks than this.
     pub compaction_max_chunks: usize,
+    /// Most bytes (estimated) of documents held in memory. Past it, the
+    /// least recently used documents that are fully flushed are evicted;
+    /// they load again from the store on their next use. Documents with
+    /// unflushed state stay, so the bound can be overshot briefly.
+    pub max_cached_document_bytes: usize,
+    /// Most (document, leaf) entries in one reconciliation message; a
+    /// bucket holding more is sent as several id ranges. At most (and by
+    /// default) the wire's limit, [`MAX_DIGEST_LEAVES`].
+    pub max_digest_leaves: usize,
     /// Most local writes whose copies on peers are counted at once (for
     /// `Replicated(k)` acknowledgements); past it the oldest is forgotten.
     pub max_tracked_replications: usize,
@@ -82,6 +91,8 @@ impl Config {
             max_outbox_bytes_per_peer: 8 * 1024 * 1024,
             compaction_min_bytes: 16 * 1024,
             compaction_max_chunks: 512,
+            max_cached_document_bytes: 256 * 1024 * 1024,
+            max_digest_leaves: MAX_DIGEST_LEAVES,
             max_tracked_replications: 65_536,
             membership_addr: None,
             fault_injection: FaultInjection::None,
@@ -92,6 +103,10 @@ impl Config {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
+    }
+
+    pub(crate) fn digest_leaves_per_message(&self) -> usize {
+        self.max_digest_leaves.clamp(1, MAX_DIGEST_LEAVES)
     }
 
     pub(crate) fn push_batch(&self) -> usize {

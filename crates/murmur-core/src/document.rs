@@ -110,6 +110,17 @@ impl Document {
         self.doc.get_heads()
     }
 
+    /// True if the digest leaf as stored may not match the document: it
+    /// was never written, or the heads moved since the last save.
+    pub(crate) fn leaf_outdated(&self) -> bool {
+        self.unindexed || self.doc.get_heads() != self.saved_heads
+    }
+
+    /// Bytes the document takes in the store (snapshot and chunks).
+    pub(crate) fn stored_bytes(&self) -> usize {
+        self.snapshot_bytes + self.chunk_bytes
+    }
+
     /// Adds whatever is not yet stored to `batch`; returns what to record
     /// once the batch is durable.
     pub(crate) fn save_into(&mut self, id: DocumentId, batch: &mut WriteBatch) -> PendingSave {

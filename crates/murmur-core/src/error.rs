@@ -49,6 +49,16 @@ pub enum ReplicaError {
         /// foca's words.
         reason: String,
     },
+    /// A peer sent a reconciliation digest message that breaks the
+    /// protocol (a node outside the trie, a leaf outside its bucket, ...).
+    /// Nothing changed.
+    #[error("peer {peer:?} sent an invalid digest message: {reason}")]
+    InvalidDigest {
+        /// The peer.
+        peer: NodeId,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The application's change function failed; the transaction was rolled
     /// back and nothing changed.
     #[error("the change was rolled back: {0}")]

@@ -1,8 +1,8 @@
 //! Murmur's replication engine: Automerge documents replicated between
 //! peers, with no I/O.
 //!
-//! A [`Replica`] holds every document of one node and all the rules of
-//! replicating them. It owns no socket, thread or clock and reads no global
+//! A [`Replica`] holds the documents of one node (in its store, the ones
+//! in use in memory) and all the rules of replicating them. It owns no socket, thread or clock and reads no global
 //! randomness: time comes in as an argument, randomness from a seed in its
 //! [`Config`], and everything it wants done comes out as data. Two drivers
 //! run the very same engine: `murmur-net` over QUIC with a real clock and
@@ -29,8 +29,19 @@
 //!    - [`Replica::poll_timeout`]: when to call `handle_timeout` next.
 //!
 //! Storage is the one thing the engine touches directly, through the narrow
-//! [`murmur_store::Storage`] trait, and only at two points: when a document
-//! loads, and at a flush.
+//! [`murmur_store::Storage`] trait: when a document loads, when a
+//! reconciliation digest node or bucket is first read, and at a flush.
+//!
+//! # Memory: lazy loading and a bounded cache
+//!
+//! [`Replica::open`] scans nothing and loads nothing. A document loads from
+//! the store on first use (a local change, a peer's message about it, a
+//! reconciliation that finds it differing) and stays in a cache bounded by
+//! [`Config::max_cached_document_bytes`] (estimated bytes); past it, the
+//! least recently used documents that are fully flushed are evicted. So a
+//! node holds a million documents with a few thousand in memory.
+//! [`Replica::read_document`] reads any document, in memory or not;
+//! [`Replica::all_document_ids`] lists every one (an index scan, O(N)).
 //!
 //! # How documents replicate
 //!
@@ -39,11 +50,22 @@
 //!   same peer and document. A receiver applies it directly; one whose
 //!   dependencies are missing is kept (Automerge queues it) and the receiver
 //!   asks for what is missing with the sync protocol.
-//! * **Anti-entropy.** Every [`Config::anti_entropy_interval`] (with
-//!   jitter) the replica runs the Automerge sync protocol for each document
-//!   with one peer picked at random, after resetting the in-flight part of
-//!   the sync state, so a lost message cannot stall it. When a peer
-//!   connects, every document syncs with it the same way.
+//! * **Anti-entropy: document sets first.** Every
+//!   [`Config::anti_entropy_interval`] (with jitter) the replica reconciles
+//!   with one peer picked at random, and when a peer connects. It does not
+//!   sync every document: it first works out which documents differ,
+//!   through a digest kept in the store (a hash trie over document ids,
+//!   fanout 16, five levels; each node the xor of a hash of (id, heads) of
+//!   the documents below and their count). The digest is updated in place
+//!   at each flush, in the same write batch as the documents, and never
+//!   rebuilt by a scan. The root goes to the peer; each side answers the
+//!   nodes that differ from its own with its children of them, down to
+//!   buckets of documents, whose (id, hash) lists are compared. A round in
+//!   which nothing differs is one message; d differing documents among N
+//!   cost O(d log N) bytes and about five round trips. Only the documents
+//!   found to differ then run the Automerge sync protocol, after resetting
+//!   the in-flight part of their sync state, so a lost message cannot
+//!   stall it.
 //! * **Sync state** per (peer, document) is stored, so a reconnect sends
 //!   only what is missing.
 //! * **Acknowledgements.** A local write is [`AckLevel::Applied`] when
@@ -95,7 +117,9 @@
 //! [`testkit`] does this for N replicas with virtual time, seeded delays and
 //! faults.
 
+mod cache;
 mod config;
+mod digest;
 mod document;
 mod error;
 mod membership;
@@ -147,4 +171,20 @@ pub struct Metrics {
     pub bytes_flushed: u64,
     /// Documents compacted.
     pub compactions: u64,
+    /// Documents loaded from the store into memory.
+    pub documents_loaded: u64,
+    /// Documents evicted from memory (clean and cold).
+    pub documents_evicted: u64,
+    /// Documents in memory now (a gauge).
+    pub cached_documents: u64,
+    /// Estimated bytes of the documents in memory now (a gauge).
+    pub cached_document_bytes: u64,
+    /// Document-set reconciliation messages queued (digest nodes and
+    /// leaves).
+    pub digest_messages_sent: u64,
+    /// Document-set reconciliation messages received.
+    pub digest_messages_received: u64,
+    /// Documents that reconciliation found to differ from a peer's and
+    /// synced.
+    pub documents_reconciled: u64,
 }

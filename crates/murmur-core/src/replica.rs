@@ -1,16 +1,19 @@
 //! The replica: every document a node holds and every rule of replicating
 //! them, with no I/O.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, AutomergeError, Change, ChangeHash, ReadDoc};
 use murmur_store::layout;
 use murmur_store::{Storage, WriteBatch};
-use murmur_wire::{DocumentId, Message, NodeId};
+use murmur_wire::{DigestNode, DocumentId, Message, NodeId, MAX_DIGEST_NODES};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::cache::{self, Cache};
+use crate::digest::{self, Digest, LeafUpdate, NodeValue, LEAF_LEVEL};
 use crate::document::{self, Document, LoadError, SyncReply};
 use crate::membership::{Member, Membership, MembershipEvent};
 use crate::replication::Replication;
@@ -111,7 +114,12 @@ pub struct Replica {
     actor: ActorId,
     store: Box<dyn Storage>,
     rng: ChaCha8Rng,
+    /// Documents in memory: loaded on first use, evicted when cold.
     docs: BTreeMap<DocumentId, Document>,
+    /// Use order and size estimates of `docs`.
+    cache: Cache,
+    /// The reconciliation digest's nodes seen so far.
+    digest: Digest,
     quarantined: BTreeMap<DocumentId, String>,
     peers: BTreeMap<NodeId, Peer>,
     outbox: VecDeque<Transmit>,
@@ -130,11 +138,13 @@ pub struct Replica {
 
 impl Replica {
     /// Opens the replica stored in `store` (an empty store gives an empty
-    /// replica). Documents whose data does not load are set aside and
-    /// reported by [`Replica::quarantined`]; the others load.
+    /// replica). Nothing is scanned and no document is loaded: documents
+    /// load on first use. Documents whose data does not load are set aside
+    /// then and reported by [`Replica::quarantined`].
     pub fn open(config: Config, store: Box<dyn Storage>, now: Time) -> Result<Self, ReplicaError> {
         layout::ensure_schema(&*store)?;
         let incarnation = next_incarnation(&*store)?;
+        digest::rebuild_if_missing(&*store)?;
         let actor = incarnation_actor(&config.node_id, incarnation);
         let mut replica = Replica {
             // Each incarnation draws afresh: a restarted node must not make
@@ -147,6 +157,8 @@ impl Replica {
             actor,
             store,
             docs: BTreeMap::new(),
+            cache: Cache::default(),
+            digest: Digest::default(),
             quarantined: BTreeMap::new(),
             peers: BTreeMap::new(),
             outbox: VecDeque::new(),
@@ -172,13 +184,9 @@ impl Replica {
             let seed = replica.rng.gen();
             replica.membership = Some(Membership::new(me, seed));
         }
-        for key in layout::list_documents(&*replica.store)? {
-            replica.load_document(DocumentId::from_bytes(key))?;
-        }
         tracing::info!(
             node = %replica.config.node_id.short(),
-            documents = replica.docs.len(),
-            quarantined = replica.quarantined.len(),
+            incarnation,
             "replica opened"
         );
         Ok(replica)
@@ -187,7 +195,10 @@ impl Replica {
     fn load_document(&mut self, id: DocumentId) -> Result<(), ReplicaError> {
         match Document::load(&*self.store, id, self.actor.clone()) {
             Ok(doc) => {
+                self.cache
+                    .touch(id, cache::estimate_bytes(doc.stored_bytes()));
                 self.docs.insert(id, doc);
+                self.metrics.documents_loaded += 1;
                 Ok(())
             }
             Err(LoadError::Store(error)) => Err(error.into()),
@@ -207,11 +218,15 @@ impl Replica {
         self.observe_clock(now);
         let id = loop {
             let id = DocumentId::from_bytes(self.rng.gen());
-            if !self.docs.contains_key(&id) && !self.quarantined.contains_key(&id) {
+            if !self.docs.contains_key(&id)
+                && !self.quarantined.contains_key(&id)
+                && !layout::document_exists(&*self.store, id.as_bytes()).unwrap_or(false)
+            {
                 break id;
             }
         };
         self.docs.insert(id, Document::new(self.actor.clone()));
+        self.cache.touch(id, cache::estimate_bytes(0));
         self.mark_dirty(now, id);
         // Announce it: a sync message makes every connected peer hold it.
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
@@ -284,8 +299,10 @@ impl Replica {
         })
     }
 
-    /// A connection to `peer` is up (and authenticated). Starts a sync of
-    /// every document with it, from the persisted sync state with its
+    /// A connection to `peer` is up (and authenticated). Starts document-set
+    /// reconciliation with it (one digest message, sent by the side with the
+    /// lower node id); the documents found to
+    /// differ then sync, from their persisted sync states with the
     /// in-flight part reset.
     pub fn handle_peer_up(&mut self, now: Time, peer: NodeId) {
         let _span = tracing::debug_span!("peer_up", peer = %peer.short()).entered();
@@ -297,11 +314,14 @@ impl Replica {
             }
             self.drain_membership(now);
         }
-        let ids: Vec<DocumentId> = self.docs.keys().copied().collect();
-        for id in ids {
-            self.sync_with(id, peer, true);
+        // Reconciliation is symmetric (whichever side finds a document
+        // differing syncs it both ways), so one side starting it is enough:
+        // the one with the lower id. Anti-entropy rounds start it from
+        // either side later, should this message be lost.
+        if self.config.node_id < peer {
+            self.start_reconciliation(peer);
         }
-        tracing::info!(peer = %peer.short(), documents = self.docs.len(), "peer up");
+        tracing::info!(peer = %peer.short(), "peer up");
     }
 
     /// The connection to `peer` is gone. Drops what was queued for it; the
@@ -345,6 +365,9 @@ impl Replica {
             Message::Membership { data } => self.receive_membership(now, from, &data),
             // Connection set-up is the driver's business.
             Message::Hello(_) => Ok(()),
+            Message::DigestNodes { .. } | Message::DigestLeaves { .. } => {
+                self.receive_digest(now, from, message)
+            }
         }
     }
 
@@ -453,6 +476,7 @@ impl Replica {
             self.anti_entropy_at = now.add(self.next_anti_entropy_interval());
             self.anti_entropy_round();
         }
+        self.evict_cold_documents(now);
     }
 
     /// Flushes every pending write now, whatever the group-commit timer
@@ -521,7 +545,10 @@ impl Replica {
         self.config.node_id
     }
 
-    /// The document `doc`, to read (with [`automerge::ReadDoc`]).
+    /// The document `doc`, to read (with [`automerge::ReadDoc`]), if it is
+    /// in memory. Documents load lazily and cold ones are evicted, so a
+    /// document this node holds may not be: [`Replica::read_document`]
+    /// reads any document.
     pub fn document(&self, doc: DocumentId) -> Result<&automerge::Automerge, ReplicaError> {
         match self.docs.get(&doc) {
             Some(document) => Ok(&document.doc),
@@ -529,20 +556,76 @@ impl Replica {
         }
     }
 
-    /// The ids of every document held, in order.
+    /// The document `doc`, to read: borrowed if it is in memory, otherwise
+    /// loaded from the store for this read only (the cache is not changed;
+    /// a document out of memory is always fully stored).
+    pub fn read_document(
+        &self,
+        doc: DocumentId,
+    ) -> Result<Cow<'_, automerge::Automerge>, ReplicaError> {
+        if let Some(document) = self.docs.get(&doc) {
+            return Ok(Cow::Borrowed(&document.doc));
+        }
+        if self.quarantined.contains_key(&doc) {
+            return Err(self.missing(doc));
+        }
+        if !layout::document_exists(&*self.store, doc.as_bytes())? {
+            return Err(ReplicaError::UnknownDocument(doc));
+        }
+        match Document::load(&*self.store, doc, self.actor.clone()) {
+            Ok(document) => Ok(Cow::Owned(document.doc)),
+            Err(LoadError::Store(error)) => Err(error.into()),
+            Err(LoadError::Automerge(error)) => Err(ReplicaError::CorruptDocument {
+                doc,
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    /// The ids of the documents in memory now, in order. Documents load
+    /// lazily, so this is not every document held:
+    /// [`Replica::all_document_ids`] is.
     pub fn document_ids(&self) -> impl Iterator<Item = DocumentId> + '_ {
         self.docs.keys().copied()
     }
 
+    /// The ids of every document this node holds (stored or in memory,
+    /// quarantined ones excluded), in order. Walks the store's document
+    /// index: O(documents), for listing APIs, never for the hot path.
+    pub fn all_document_ids(&self) -> Result<Vec<DocumentId>, ReplicaError> {
+        let mut ids: BTreeSet<DocumentId> = layout::list_documents(&*self.store)?
+            .into_iter()
+            .map(DocumentId::from_bytes)
+            .collect();
+        ids.extend(self.docs.keys().copied());
+        ids.retain(|id| !self.quarantined.contains_key(id));
+        Ok(ids.into_iter().collect())
+    }
+
+    /// A 64-bit fingerprint of `doc`'s heads (the reconciliation digest's
+    /// leaf: a hash of the id and the heads), or `None` if this node does
+    /// not hold `doc`. Cheap, even for a document out of memory; equal
+    /// fingerprints on two nodes mean equal heads.
+    pub fn heads_fingerprint(&self, doc: DocumentId) -> Result<Option<u64>, ReplicaError> {
+        if let Some(document) = self.docs.get(&doc) {
+            return Ok(Some(digest::leaf_value(&doc, &document.heads())));
+        }
+        if self.quarantined.contains_key(&doc) {
+            return Err(self.missing(doc));
+        }
+        Ok(layout::load_leaf(&*self.store, doc.as_bytes())?)
+    }
+
     /// Documents set aside because their stored data does not load, with
-    /// the reason.
+    /// the reason (those found so far: documents load lazily).
     pub fn quarantined(&self) -> &BTreeMap<DocumentId, String> {
         &self.quarantined
     }
 
-    /// The heads of `doc`.
+    /// The heads of `doc` (loading it for this read if it is not in
+    /// memory).
     pub fn heads(&self, doc: DocumentId) -> Result<Vec<ChangeHash>, ReplicaError> {
-        self.document(doc).map(|d| d.get_heads())
+        self.read_document(doc).map(|d| d.get_heads())
     }
 
     /// The peers currently connected, in order.
@@ -586,8 +669,30 @@ impl Replica {
         }
     }
 
+    /// Makes sure `doc` is in memory if this node holds it, loading it from
+    /// the store, and counts a use of it. Returns whether it is in memory.
+    fn load_if_stored(&mut self, doc: DocumentId) -> Result<bool, ReplicaError> {
+        if let Some(document) = self.docs.get(&doc) {
+            self.cache
+                .touch(doc, cache::estimate_bytes(document.stored_bytes()));
+            return Ok(true);
+        }
+        if self.quarantined.contains_key(&doc) {
+            return Err(self.missing(doc));
+        }
+        if !layout::document_exists(&*self.store, doc.as_bytes())? {
+            return Ok(false);
+        }
+        self.load_document(doc)?;
+        if self.docs.contains_key(&doc) {
+            Ok(true)
+        } else {
+            Err(self.missing(doc))
+        }
+    }
+
     fn document_mut(&mut self, doc: DocumentId) -> Result<&mut Document, ReplicaError> {
-        if !self.docs.contains_key(&doc) {
+        if !self.load_if_stored(doc)? {
             return Err(self.missing(doc));
         }
         self.docs
@@ -608,8 +713,9 @@ impl Replica {
                 reason: reason.clone(),
             });
         }
-        if !self.docs.contains_key(&doc) {
+        if !self.load_if_stored(doc)? {
             self.docs.insert(doc, Document::new(self.actor.clone()));
+            self.cache.touch(doc, cache::estimate_bytes(0));
             self.mark_dirty(now, doc);
         }
         self.docs
@@ -702,6 +808,10 @@ impl Replica {
     /// `reset` first drops the in-flight part of the sync state, so a
     /// message is sent even if an earlier one is (or was lost) in flight.
     fn sync_with(&mut self, doc: DocumentId, peer: NodeId, reset: bool) {
+        if let Err(error) = self.load_if_stored(doc) {
+            tracing::debug!(doc = %doc, %error, "document does not load; not syncing it");
+            return;
+        }
         let Some(document) = self.docs.get_mut(&doc) else {
             return;
         };
@@ -723,7 +833,8 @@ impl Replica {
         }
     }
 
-    /// Reconciles every document with one peer picked at random.
+    /// Reconciles the document set with one peer picked at random: sends
+    /// it the digest's root.
     fn anti_entropy_round(&mut self) {
         if self.peers.is_empty() {
             return;
@@ -733,22 +844,31 @@ impl Replica {
             return;
         };
         self.metrics.anti_entropy_rounds += 1;
-        let ids: Vec<DocumentId> = self.docs.keys().copied().collect();
-        for id in ids {
-            self.sync_with(id, peer, true);
-        }
+        self.start_reconciliation(peer);
     }
 
-    /// Group commit: writes every dirty document and sync state in one
-    /// batch, flushes once, then acknowledges every write that waited.
+    /// Group commit: writes every dirty document, its digest leaf and the
+    /// digest nodes above it, and every dirty sync state, in one batch;
+    /// flushes once, then acknowledges every write that waited.
     fn flush(&mut self, now: Time) {
         let mut batch = WriteBatch::new();
         let mut pending = Vec::new();
+        let mut leaves = Vec::new();
         for id in &self.dirty_docs {
             if let Some(document) = self.docs.get_mut(id) {
+                if document.leaf_outdated() {
+                    leaves.push((*id, digest::leaf_value(id, &document.heads())));
+                }
                 pending.push((*id, document.save_into(*id, &mut batch)));
             }
         }
+        let staged = match self.stage_digest(&leaves, &mut batch) {
+            Ok(staged) => staged,
+            Err(error) => {
+                self.flush_failed(now, &error.into());
+                return;
+            }
+        };
         for (doc, peer) in &self.dirty_sync {
             if let Some(state) = self.docs.get(doc).and_then(|d| d.sync.get(peer)) {
                 batch.put(
@@ -760,11 +880,10 @@ impl Replica {
         let bytes = batch.payload_bytes();
         let result = self.store.apply(batch).and_then(|()| self.store.flush());
         if let Err(error) = result {
-            self.metrics.flush_failures += 1;
-            tracing::error!(%error, waiting_writes = self.awaiting_flush.len(), "flush failed; writes stay unacknowledged, retrying");
-            self.flush_at = Some(now.add(self.config.flush_retry_delay));
+            self.flush_failed(now, &error.into());
             return;
         }
+        self.digest.commit(staged);
         self.metrics.flushes += 1;
         self.metrics.bytes_flushed += bytes as u64;
         self.flush_at = None;
@@ -790,6 +909,266 @@ impl Replica {
         }
         self.send_owed_heads();
         self.compact_grown_documents(&flushed);
+        for id in flushed {
+            if let Some(document) = self.docs.get(&id) {
+                self.cache
+                    .resize(id, cache::estimate_bytes(document.stored_bytes()));
+            }
+        }
+        self.evict_cold_documents(now);
+    }
+
+    fn flush_failed(&mut self, now: Time, error: &ReplicaError) {
+        self.metrics.flush_failures += 1;
+        // The store may or may not hold the staged digest nodes: forget the
+        // cached ones, they reload from what the store says.
+        self.digest.invalidate();
+        tracing::error!(%error, waiting_writes = self.awaiting_flush.len(), "flush failed; writes stay unacknowledged, retrying");
+        self.flush_at = Some(now.add(self.config.flush_retry_delay));
+    }
+
+    /// Adds the digest moves of `leaves` (document, new leaf value) to
+    /// `batch`: each document's leaf, and the nodes on the paths of those
+    /// whose leaf changed.
+    fn stage_digest(
+        &mut self,
+        leaves: &[(DocumentId, u64)],
+        batch: &mut WriteBatch,
+    ) -> Result<digest::Staged, murmur_store::StoreError> {
+        let mut updates = Vec::with_capacity(leaves.len());
+        for &(doc, new) in leaves {
+            let old = layout::load_leaf(&*self.store, doc.as_bytes())?;
+            if old != Some(new) {
+                updates.push(LeafUpdate { doc, old, new });
+            }
+        }
+        self.digest.stage(&*self.store, &updates, batch)
+    }
+
+    /// Evicts the least recently used documents that are fully flushed
+    /// (and wait for no dependency) until the cache is within its bound.
+    /// If documents with unflushed sync states keep it over, a flush is
+    /// scheduled so that they can go next time.
+    fn evict_cold_documents(&mut self, now: Time) {
+        let limit = self.config.max_cached_document_bytes;
+        if self.cache.bytes() > limit {
+            let awaiting: BTreeSet<DocumentId> =
+                self.awaiting_flush.iter().map(|(_, doc)| *doc).collect();
+            let syncing: BTreeSet<DocumentId> =
+                self.dirty_sync.iter().map(|(doc, _)| *doc).collect();
+            let mut excess = self.cache.bytes() - limit;
+            let mut victims = Vec::new();
+            for (doc, bytes) in self.cache.coldest() {
+                if excess == 0 {
+                    break;
+                }
+                if self.dirty_docs.contains(&doc)
+                    || awaiting.contains(&doc)
+                    || syncing.contains(&doc)
+                {
+                    continue;
+                }
+                let waits = self
+                    .docs
+                    .get(&doc)
+                    .is_some_and(|d| !d.doc.get_missing_deps(&[]).is_empty());
+                if !waits {
+                    victims.push(doc);
+                    excess = excess.saturating_sub(bytes);
+                }
+            }
+            for doc in victims {
+                self.docs.remove(&doc);
+                self.cache.remove(doc);
+                self.metrics.documents_evicted += 1;
+            }
+            if excess > 0 && !self.dirty_sync.is_empty() && self.flush_at.is_none() {
+                self.flush_at = Some(now.add(self.config.group_commit_delay));
+            }
+        }
+        self.metrics.cached_documents = self.docs.len() as u64;
+        self.metrics.cached_document_bytes = self.cache.bytes() as u64;
+    }
+
+    // ----- document-set reconciliation ----------------------------------
+
+    /// Starts reconciling the document sets with `peer`: sends it the
+    /// digest's root. If the roots match, that one message is all.
+    fn start_reconciliation(&mut self, peer: NodeId) {
+        match self.digest.node(&*self.store, 0, 0) {
+            Ok(root) => self.send_digest(
+                peer,
+                Message::DigestNodes {
+                    nodes: vec![root.at(0, 0)],
+                },
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "digest root does not read; skipping reconciliation")
+            }
+        }
+    }
+
+    fn send_digest(&mut self, peer: NodeId, message: Message) {
+        if self.enqueue(peer, message) {
+            self.metrics.digest_messages_sent += 1;
+        }
+    }
+
+    fn receive_digest(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        message: Message,
+    ) -> Result<(), ReplicaError> {
+        message
+            .validate()
+            .map_err(|error| ReplicaError::InvalidDigest {
+                peer: from,
+                reason: error.to_string(),
+            })?;
+        self.metrics.digest_messages_received += 1;
+        match message {
+            Message::DigestNodes { nodes } => self.receive_digest_nodes(from, &nodes),
+            Message::DigestLeaves {
+                bucket,
+                after,
+                entries,
+                through_end,
+            } => self.receive_digest_leaves(now, from, bucket, after, entries, through_end),
+            _ => Ok(()),
+        }
+    }
+
+    /// For every node of `from`'s digest that differs from ours: our
+    /// children of it (above the buckets) or our leaves of it (a bucket).
+    fn receive_digest_nodes(
+        &mut self,
+        from: NodeId,
+        nodes: &[DigestNode],
+    ) -> Result<(), ReplicaError> {
+        let mut children = Vec::new();
+        let mut buckets = Vec::new();
+        for node in nodes {
+            let mine = self.digest.node(&*self.store, node.level, node.prefix)?;
+            let theirs = NodeValue {
+                xor: node.xor,
+                count: node.count,
+            };
+            if mine == theirs {
+                continue;
+            }
+            if node.level < LEAF_LEVEL {
+                children.extend(
+                    self.digest
+                        .children(&*self.store, node.level, node.prefix)?,
+                );
+            } else if let Ok(bucket) = u16::try_from(node.prefix) {
+                buckets.push(bucket);
+            }
+        }
+        for chunk in children.chunks(MAX_DIGEST_NODES) {
+            self.send_digest(
+                from,
+                Message::DigestNodes {
+                    nodes: chunk.to_vec(),
+                },
+            );
+        }
+        for bucket in buckets {
+            self.send_bucket(from, bucket)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `peer` our leaves of `bucket`, split into id ranges of at most
+    /// [`Config::max_digest_leaves`] (itself at most [`murmur_wire::MAX_DIGEST_LEAVES`]).
+    fn send_bucket(&mut self, peer: NodeId, bucket: u16) -> Result<(), ReplicaError> {
+        let entries: Vec<(DocumentId, u64)> =
+            layout::scan_bucket(&*self.store, bucket.to_be_bytes())?
+                .into_iter()
+                .map(|(doc, leaf)| (DocumentId::from_bytes(doc), leaf))
+                .collect();
+        if entries.is_empty() {
+            self.send_digest(
+                peer,
+                Message::DigestLeaves {
+                    bucket,
+                    after: None,
+                    entries,
+                    through_end: true,
+                },
+            );
+            return Ok(());
+        }
+        let per_message = self.config.digest_leaves_per_message();
+        let parts = entries.len().div_ceil(per_message);
+        let mut after = None;
+        for (index, part) in entries.chunks(per_message).enumerate() {
+            self.send_digest(
+                peer,
+                Message::DigestLeaves {
+                    bucket,
+                    after,
+                    entries: part.to_vec(),
+                    through_end: index + 1 == parts,
+                },
+            );
+            after = part.last().map(|(doc, _)| *doc);
+        }
+        Ok(())
+    }
+
+    /// Compares `from`'s leaves of (a range of) a bucket with ours and
+    /// syncs every document whose leaf differs or that only one side holds.
+    fn receive_digest_leaves(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        bucket: u16,
+        after: Option<DocumentId>,
+        entries: Vec<(DocumentId, u64)>,
+        through_end: bool,
+    ) -> Result<(), ReplicaError> {
+        let last = if through_end {
+            None
+        } else {
+            entries.last().map(|(doc, _)| *doc)
+        };
+        let covered = |doc: &DocumentId| {
+            after.is_none_or(|after| *doc > after) && last.is_none_or(|last| *doc <= last)
+        };
+        let mine: BTreeMap<DocumentId, u64> =
+            layout::scan_bucket(&*self.store, bucket.to_be_bytes())?
+                .into_iter()
+                .map(|(doc, leaf)| (DocumentId::from_bytes(doc), leaf))
+                .filter(|(doc, _)| covered(doc))
+                .collect();
+        let theirs: BTreeMap<DocumentId, u64> = entries.into_iter().collect();
+        let mut differing: BTreeSet<DocumentId> = mine
+            .iter()
+            .filter(|(doc, leaf)| theirs.get(doc) != Some(leaf))
+            .map(|(doc, _)| *doc)
+            .collect();
+        differing.extend(theirs.keys().filter(|doc| !mine.contains_key(doc)));
+        for doc in differing {
+            self.reconcile_document(now, from, doc);
+        }
+        Ok(())
+    }
+
+    /// Syncs one document found to differ from `peer`'s, creating it here
+    /// if only the peer holds it.
+    fn reconcile_document(&mut self, now: Time, peer: NodeId, doc: DocumentId) {
+        if let Err(error) = self.document_or_new(now, doc) {
+            tracing::debug!(doc = %doc, %error, "cannot reconcile document");
+            return;
+        }
+        self.metrics.documents_reconciled += 1;
+        self.sync_with(doc, peer, true);
+        // Its sync state must be flushed before it can be evicted.
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now.add(self.config.group_commit_delay));
+        }
     }
 
     fn receive_membership(
@@ -841,6 +1220,9 @@ impl Replica {
     /// now holds, so it can count copies of its writes.
     fn send_owed_heads(&mut self) {
         for (doc, peer) in self.replication.take_owed() {
+            if self.load_if_stored(doc).is_err() {
+                continue;
+            }
             let Some(document) = self.docs.get(&doc) else {
                 continue;
             };
@@ -858,6 +1240,9 @@ impl Replica {
     /// those heads include.
     fn receive_heads(&mut self, peer: NodeId, doc: DocumentId, heads: &[murmur_wire::ChangeHash]) {
         if !self.replication.waits_for(doc, peer) {
+            return;
+        }
+        if self.load_if_stored(doc).is_err() {
             return;
         }
         let Some(document) = self.docs.get(&doc) else {
@@ -960,5 +1345,7 @@ fn message_bytes(message: &Message) -> usize {
             Message::Heads { heads, .. } => heads.len() * 32,
             Message::Membership { data } => data.len(),
             Message::Hello(_) => 0,
+            Message::DigestNodes { nodes } => nodes.len() * 17,
+            Message::DigestLeaves { entries, .. } => entries.len() * 24,
         }
 }

@@ -233,6 +233,13 @@ pub fn message_kind(message: &Message) -> &'static str {
     message.kind()
 }
 
+/// Recomputes the reconciliation digest of `store` from the documents it
+/// holds and checks it against the stored one: `Err` says what differs.
+/// O(documents): for tests and offline checks.
+pub fn verify_digest(store: &dyn murmur_store::Storage) -> Result<(), String> {
+    crate::digest::verify(store)
+}
+
 /// 64-bit FNV-1a: a stable hash, the same on every platform and release.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -837,14 +844,24 @@ impl Cluster {
         self.compare(false)
     }
 
+    /// Compares every document each running node holds, in memory or
+    /// only in its store (documents load lazily): heads through their
+    /// fingerprints (cheap), content by reading each document (loading
+    /// stored ones read-only, which leaves the replicas' caches alone).
     fn compare(&self, content: bool) -> Option<String> {
         let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_up(i)).collect();
         let first = *running.first()?;
         let reference = self.replica(first);
-        let docs: Vec<DocumentId> = reference.document_ids().collect();
+        let docs = match reference.all_document_ids() {
+            Ok(docs) => docs,
+            Err(error) => return Some(format!("node {first} cannot list documents: {error}")),
+        };
         for &other in &running[1..] {
             let replica = self.replica(other);
-            let other_docs: Vec<DocumentId> = replica.document_ids().collect();
+            let other_docs = match replica.all_document_ids() {
+                Ok(docs) => docs,
+                Err(error) => return Some(format!("node {other} cannot list documents: {error}")),
+            };
             if other_docs != docs {
                 return Some(format!(
                     "node {first} holds {} documents, node {other} holds {}",
@@ -853,17 +870,43 @@ impl Cluster {
                 ));
             }
             for &doc in &docs {
-                let (a, b) = (reference.document(doc).ok()?, replica.document(doc).ok()?);
-                if a.get_heads() != b.get_heads() {
-                    return Some(format!(
-                        "document {doc}: heads differ between node {first} and node {other}"
-                    ));
+                let fingerprints = (
+                    reference.heads_fingerprint(doc),
+                    replica.heads_fingerprint(doc),
+                );
+                match fingerprints {
+                    (Ok(Some(a)), Ok(Some(b))) if a == b => {}
+                    _ => {
+                        return Some(format!(
+                            "document {doc}: heads differ between node {first} and node {other}"
+                        ))
+                    }
                 }
-                if content && a.hydrate(None) != b.hydrate(None) {
-                    return Some(format!("document {doc}: same heads but different content on nodes {first} and {other}"));
+                if content {
+                    let (a, b) = match (reference.read_document(doc), replica.read_document(doc)) {
+                        (Ok(a), Ok(b)) => (a, b),
+                        (Err(error), _) | (_, Err(error)) => {
+                            return Some(format!("document {doc} does not read: {error}"))
+                        }
+                    };
+                    if a.get_heads() != b.get_heads() {
+                        return Some(format!(
+                            "document {doc}: heads differ between node {first} and node {other}"
+                        ));
+                    }
+                    if a.hydrate(None) != b.hydrate(None) {
+                        return Some(format!("document {doc}: same heads but different content on nodes {first} and {other}"));
+                    }
                 }
             }
         }
         None
+    }
+
+    /// Recomputes node `index`'s reconciliation digest from the documents
+    /// in its store and checks it against the stored one (every leaf and
+    /// every node). O(documents); works on a crashed node's store too.
+    pub fn verify_digest(&self, index: usize) -> Result<(), String> {
+        verify_digest(&self.nodes[index].store)
     }
 }

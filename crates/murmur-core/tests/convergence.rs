@@ -42,7 +42,7 @@ fn concurrent_writes(cluster: &mut Cluster, doc: DocumentId, writes: usize) {
 
 fn assert_has_every_key(cluster: &Cluster, doc: DocumentId, writes: usize) {
     for node in 0..cluster.len() {
-        let document = cluster.replica(node).document(doc).unwrap();
+        let document = cluster.replica(node).read_document(doc).unwrap();
         for writer in 0..cluster.len() {
             for i in 0..writes {
                 let key = counter_key(writer, i);
@@ -84,7 +84,7 @@ fn five_replicas_converge_under_concurrent_edits_to_same_and_different_documents
     assert_has_every_key(&cluster, shared, 20);
     for (node, doc) in own.iter().enumerate() {
         for other in 0..5 {
-            let document = cluster.replica(other).document(*doc).unwrap();
+            let document = cluster.replica(other).read_document(*doc).unwrap();
             assert_eq!(
                 document.length(ROOT),
                 20,
@@ -104,7 +104,7 @@ fn concurrent_text_edits_converge_to_the_same_text() {
     converge(&mut cluster);
     let text = cluster
         .replica(0)
-        .document(doc)
+        .read_document(doc)
         .unwrap()
         .get(ROOT, "text")
         .unwrap()
@@ -124,7 +124,7 @@ fn concurrent_text_edits_converge_to_the_same_text() {
         .map(|node| {
             cluster
                 .replica(node)
-                .document(doc)
+                .read_document(doc)
                 .unwrap()
                 .text(&text)
                 .unwrap()
@@ -167,7 +167,7 @@ fn assert_has_every_key_from(
     writers: usize,
     writes: usize,
 ) {
-    let document = cluster.replica(node).document(doc).unwrap();
+    let document = cluster.replica(node).read_document(doc).unwrap();
     let count = (0..writers)
         .flat_map(|w| (0..writes).map(move |i| (w, i)))
         .filter(|(w, i)| {
@@ -194,7 +194,7 @@ fn durable_writes_survive_a_crash_and_applied_ones_are_acknowledged_first() {
     assert_eq!(cluster.ack(0, lost), Some(AckLevel::Applied));
     cluster.crash(0);
     cluster.restart(0);
-    let document = cluster.replica(0).document(doc).unwrap();
+    let document = cluster.replica(0).read_document(doc).unwrap();
     assert!(document.get(ROOT, "kept").unwrap().is_some());
     assert!(document.get(ROOT, "lost").unwrap().is_none());
 }
@@ -276,7 +276,7 @@ fn a_change_missing_its_dependencies_is_kept_and_completed() {
     cluster.run_for(Duration::from_millis(100));
     let replica = cluster.replica(1);
     assert!(replica.metrics().missing_dependency_syncs > 0);
-    let document = replica.document(doc).unwrap();
+    let document = replica.read_document(doc).unwrap();
     assert!(document.get(ROOT, "late").unwrap().is_some());
     assert!(document.get(ROOT, "early0").unwrap().is_some());
 }
@@ -296,7 +296,10 @@ fn a_replica_offline_for_a_thousand_changes_catches_up() {
     converge_partial(&mut cluster);
     cluster.heal();
     converge(&mut cluster);
-    assert_eq!(cluster.replica(2).document(doc).unwrap().length(ROOT), 1000);
+    assert_eq!(
+        cluster.replica(2).read_document(doc).unwrap().length(ROOT),
+        1000
+    );
 }
 
 /// Lets the connected part settle before a heal.

@@ -459,13 +459,19 @@ impl Driver {
                 reply,
             } => self.change(now, doc, change, ack, reply),
             Command::Read { doc, read, reply } => {
-                let _ = reply.send(self.replica.document(doc).map(read));
+                // Loads the document read-only if it is not in memory.
+                let _ = reply.send(self.replica.read_document(doc).map(|d| read(&d)));
             }
             Command::Subscribe { doc, reply } => {
                 let _ = reply.send(self.subscribe(doc));
             }
             Command::ListDocuments { reply } => {
-                let _ = reply.send(self.replica.document_ids().collect());
+                // Every document held, not only those in memory (O(N)).
+                let ids = self.replica.all_document_ids().unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot list documents");
+                    Vec::new()
+                });
+                let _ = reply.send(ids);
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -649,7 +655,8 @@ impl Driver {
             self.subscriptions.remove(&doc);
             return;
         }
-        let Ok(document) = self.replica.document(doc) else {
+        // The document may have been evicted since it changed.
+        let Ok(document) = self.replica.read_document(doc) else {
             return;
         };
         let patches = document.diff(&subscription.heads, &heads);

@@ -9,7 +9,19 @@
 //! d<doc:16>s<seq:u64 BE>       the document's snapshot, covering chunks <= seq
 //! d<doc:16>c<seq:u64 BE>       an incremental chunk of changes
 //! d<doc:16>p<peer:32>          persisted Automerge sync state with a peer
+//! h<doc:16>                    the document's digest leaf: u64 big-endian
+//! t<level:u8><prefix:u32 BE>   a digest trie node: xor u64 BE ++ count u32 BE
 //! ```
+//!
+//! The reconciliation digest is a fixed-shape trie over the document-id
+//! space: fanout 16 (one nibble of the id per level), levels 0 to
+//! [`DIGEST_LEAF_LEVEL`]. A node at level `l` covers the ids whose first `l`
+//! nibbles are its `prefix`; its value is the xor of the leaf values of the
+//! documents below it and their count. Level-4 nodes are *buckets*: the ids
+//! sharing their first two bytes, whose `h` keys are one prefix scan
+//! ([`scan_bucket`]). Because xor is its own inverse, a document's change
+//! updates the five nodes on its path in place; the trie is never rebuilt.
+//! A node or leaf absent from the store is zero (no documents).
 //!
 //! A document is one snapshot plus the incremental chunks written after it.
 //! [`compact`] folds them into a new snapshot and removes the old keys only
@@ -32,6 +44,12 @@ const DOC_PREFIX: u8 = b'd';
 const SNAPSHOT_TAG: u8 = b's';
 const CHUNK_TAG: u8 = b'c';
 const SYNC_STATE_TAG: u8 = b'p';
+const LEAF_PREFIX: u8 = b'h';
+const TRIE_PREFIX: u8 = b't';
+
+/// The deepest level of the digest trie: its nodes are buckets of the
+/// documents sharing the first two bytes of their id.
+pub const DIGEST_LEAF_LEVEL: u8 = 4;
 
 /// A document id as the store sees it.
 pub type DocKey = [u8; 16];
@@ -134,6 +152,98 @@ pub fn list_documents(store: &dyn Storage) -> Result<Vec<DocKey>, StoreError> {
                 .map_err(|_| StoreError::corrupt(&key, "index key has no 16-byte document id"))
         })
         .collect()
+}
+
+/// The key of `doc`'s digest leaf.
+pub fn leaf_key(doc: &DocKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(LEAF_PREFIX);
+    key.extend_from_slice(doc);
+    key
+}
+
+/// Encodes a digest leaf value.
+pub fn encode_leaf(leaf: u64) -> Vec<u8> {
+    leaf.to_be_bytes().to_vec()
+}
+
+/// Decodes a digest leaf value read under `key`.
+pub fn decode_leaf(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(value)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::corrupt(key, "digest leaf is not 8 bytes"))
+}
+
+/// `doc`'s digest leaf, if it has one.
+pub fn load_leaf(store: &dyn Storage, doc: &DocKey) -> Result<Option<u64>, StoreError> {
+    let key = leaf_key(doc);
+    store
+        .get(&key)?
+        .map(|value| decode_leaf(&key, &value))
+        .transpose()
+}
+
+/// The key of the digest trie node at `level` with `prefix`.
+pub fn trie_key(level: u8, prefix: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(6);
+    key.push(TRIE_PREFIX);
+    key.push(level);
+    key.extend_from_slice(&prefix.to_be_bytes());
+    key
+}
+
+/// Encodes a digest trie node value: xor, then count.
+pub fn encode_trie_node(xor: u64, count: u32) -> Vec<u8> {
+    let mut value = Vec::with_capacity(12);
+    value.extend_from_slice(&xor.to_be_bytes());
+    value.extend_from_slice(&count.to_be_bytes());
+    value
+}
+
+/// Decodes a digest trie node value read under `key` into (xor, count).
+pub fn decode_trie_node(key: &[u8], value: &[u8]) -> Result<(u64, u32), StoreError> {
+    let bytes: [u8; 12] = value
+        .try_into()
+        .map_err(|_| StoreError::corrupt(key, "digest trie node is not 12 bytes"))?;
+    let mut xor = [0u8; 8];
+    let mut count = [0u8; 4];
+    xor.copy_from_slice(&bytes[..8]);
+    count.copy_from_slice(&bytes[8..]);
+    Ok((u64::from_be_bytes(xor), u32::from_be_bytes(count)))
+}
+
+/// The digest trie node at `level` with `prefix` as (xor, count); a node
+/// never written is (0, 0).
+pub fn load_trie_node(
+    store: &dyn Storage,
+    level: u8,
+    prefix: u32,
+) -> Result<(u64, u32), StoreError> {
+    let key = trie_key(level, prefix);
+    match store.get(&key)? {
+        Some(value) => decode_trie_node(&key, &value),
+        None => Ok((0, 0)),
+    }
+}
+
+/// Every digest leaf of the documents in `bucket` (the first two bytes of
+/// their ids), in id order: one prefix scan.
+pub fn scan_bucket(store: &dyn Storage, bucket: [u8; 2]) -> Result<Vec<(DocKey, u64)>, StoreError> {
+    store
+        .scan_prefix(&[LEAF_PREFIX, bucket[0], bucket[1]])?
+        .into_iter()
+        .map(|(key, value)| {
+            let doc: DocKey = key[1..].try_into().map_err(|_| {
+                StoreError::corrupt(&key, "digest leaf key has no 16-byte document id")
+            })?;
+            Ok((doc, decode_leaf(&key, &value)?))
+        })
+        .collect()
+}
+
+/// True if `doc` exists (its index key is stored).
+pub fn document_exists(store: &dyn Storage, doc: &DocKey) -> Result<bool, StoreError> {
+    Ok(store.get(&index_key(doc))?.is_some())
 }
 
 /// One record of a document log.

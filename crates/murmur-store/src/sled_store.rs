@@ -22,9 +22,23 @@ impl SledStore {
     /// Opens (creating if needed) the store in `dir` and checks its schema
     /// version: a new store is stamped with the current one; a store of
     /// another version is refused with [`StoreError::UnsupportedSchema`].
+    ///
+    /// sled's page cache is bounded at [`SledStore::DEFAULT_CACHE_BYTES`]
+    /// (sled's own default, 1 GiB, is more than a node's whole memory
+    /// budget); [`SledStore::open_with_cache`] picks another bound.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, Self::DEFAULT_CACHE_BYTES)
+    }
+
+    /// The bound on sled's page cache that [`SledStore::open`] sets: 64 MiB.
+    pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+    /// Like [`SledStore::open`], with sled's page cache bounded at
+    /// `cache_bytes`.
+    pub fn open_with_cache(dir: impl AsRef<Path>, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir.as_ref())
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(backend)?;
         let store = Self { db };

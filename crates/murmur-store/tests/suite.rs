@@ -97,7 +97,39 @@ fn sync_states_are_kept_per_peer(store: &dyn Storage) {
     );
 }
 
+fn digest_records_round_trip_and_buckets_are_one_prefix(store: &dyn Storage) {
+    let in_bucket_a: DocKey = [0xab, 0xcd, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let in_bucket_b: DocKey = [0xab, 0xcd, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let other_bucket: DocKey = [0xab, 0xce, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut batch = WriteBatch::new();
+    for (doc, leaf) in [(in_bucket_b, 2u64), (other_bucket, 3), (in_bucket_a, 1)] {
+        batch.put(layout::leaf_key(&doc), layout::encode_leaf(leaf));
+    }
+    batch.put(layout::trie_key(4, 0xabcd), layout::encode_trie_node(3, 2));
+    store.apply(batch).unwrap();
+    assert_eq!(
+        layout::scan_bucket(store, [0xab, 0xcd]).unwrap(),
+        vec![(in_bucket_a, 1), (in_bucket_b, 2)]
+    );
+    assert_eq!(layout::load_leaf(store, &other_bucket).unwrap(), Some(3));
+    assert_eq!(layout::load_leaf(store, &DOC).unwrap(), None);
+    assert_eq!(layout::load_trie_node(store, 4, 0xabcd).unwrap(), (3, 2));
+    assert_eq!(layout::load_trie_node(store, 0, 0).unwrap(), (0, 0));
+    // A bad length is a typed error, never a panic.
+    put(store, &layout::trie_key(1, 2), b"short");
+    put(store, &layout::leaf_key(&DOC), b"bad");
+    assert!(matches!(
+        layout::load_trie_node(store, 1, 2),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        layout::load_leaf(store, &DOC),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
 fn run_suite(open: &dyn Fn() -> Box<dyn Storage>) {
+    digest_records_round_trip_and_buckets_are_one_prefix(&*open());
     reads_back_what_was_written(&*open());
     scans_only_the_prefix_in_key_order(&*open());
     document_log_round_trips_and_compacts(&*open());

@@ -29,6 +29,9 @@
 //!   number of allocations one frame can cause. They are checked against the
 //!   *claimed* element count before any element is decoded, so a frame full of
 //!   tiny elements cannot multiply into hundreds of megabytes of `Vec`s.
+//! * [`MAX_DIGEST_NODES`] (4096) and [`MAX_DIGEST_LEAVES`] (16,384): the
+//!   same, for document-set reconciliation messages, whose positions and
+//!   bucket membership are validated too.
 //! * Byte strings are checked against the bytes actually present before they
 //!   are copied; bincode runs with a size limit so no claimed length is ever
 //!   allocated up front.
@@ -65,7 +68,7 @@ mod message;
 pub use error::WireError;
 pub use frame::{decode_frame, decode_payload, encode_frame, FrameDecoder, LENGTH_PREFIX_BYTES};
 pub use ids::{ChangeHash, DocumentId, NodeId, ParseIdError};
-pub use message::{Hello, Message};
+pub use message::{digest_bucket, DigestNode, Hello, Message};
 
 /// The protocol version a node announces in [`Hello`].
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -85,6 +88,17 @@ pub const MAX_HEADS: usize = 1024;
 /// Largest [`Message::Membership`] packet, in bytes (SWIM packets are
 /// small: foca keeps them under a UDP datagram).
 pub const MAX_MEMBERSHIP_BYTES: usize = 64 * 1024;
+
+/// Most nodes one [`Message::DigestNodes`] may carry (256 nodes' worth of
+/// children).
+pub const MAX_DIGEST_NODES: usize = 4096;
+
+/// Most entries one [`Message::DigestLeaves`] may carry; a larger bucket is
+/// sent as several id ranges.
+pub const MAX_DIGEST_LEAVES: usize = 16_384;
+
+/// The deepest level of the reconciliation digest (see [`DigestNode`]).
+pub const DIGEST_LEAF_LEVEL: u8 = 4;
 
 // The length prefix is a u32.
 const _: () = assert!(MAX_FRAME_BYTES <= u32::MAX as usize);

@@ -5,8 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ChangeHash, DocumentId, NodeId, WireError, MAX_CHANGES_PER_PUSH, MAX_HEADS,
-    MAX_MEMBERSHIP_BYTES,
+    ChangeHash, DocumentId, NodeId, WireError, DIGEST_LEAF_LEVEL, MAX_CHANGES_PER_PUSH,
+    MAX_DIGEST_LEAVES, MAX_DIGEST_NODES, MAX_HEADS, MAX_MEMBERSHIP_BYTES,
 };
 
 /// Why a message breaks a limit. These are also raised *while* decoding (see
@@ -18,8 +18,46 @@ pub(crate) const EMPTY_SYNC_MESSAGE: &str = "empty sync message";
 pub(crate) const TOO_MANY_HEADS: &str = "too many heads in one message";
 pub(crate) const BAD_MEMBERSHIP_SIZE: &str = "membership message empty or over its size limit";
 
+pub(crate) const TOO_MANY_DIGEST_NODES: &str = "too many digest nodes in one message";
+pub(crate) const BAD_DIGEST_NODE: &str = "digest node level or prefix out of range";
+pub(crate) const TOO_MANY_DIGEST_LEAVES: &str = "too many digest leaves in one message";
+pub(crate) const BAD_DIGEST_LEAVES: &str =
+    "digest leaves outside their bucket, out of order, or an empty partial message";
+
 /// Limit violations that the decoder can report through bincode's error type.
-pub(crate) const LIMIT_ERRORS: [&str; 2] = [TOO_MANY_CHANGES, TOO_MANY_HEADS];
+pub(crate) const LIMIT_ERRORS: [&str; 4] = [
+    TOO_MANY_CHANGES,
+    TOO_MANY_HEADS,
+    TOO_MANY_DIGEST_NODES,
+    TOO_MANY_DIGEST_LEAVES,
+];
+
+/// One node of a peer's reconciliation digest: a trie over the document-id
+/// space, fanout 16, one nibble of the id per level.
+///
+/// The node at `level` (0 to [`DIGEST_LEAF_LEVEL`]) with `prefix` (the id's
+/// first `level` nibbles, so `prefix < 16^level`) covers every document
+/// whose id starts with those nibbles; `xor` is the xor of their leaf
+/// values (a hash of the id and the document's heads) and `count` how many
+/// there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DigestNode {
+    /// Depth in the trie: 0 is the root.
+    pub level: u8,
+    /// The first `level` nibbles of the ids below, as a number.
+    pub prefix: u32,
+    /// Xor of the leaf values below.
+    pub xor: u64,
+    /// Documents below.
+    pub count: u32,
+}
+
+impl DigestNode {
+    /// True if `level` and `prefix` name a node of the trie.
+    pub fn is_valid_position(level: u8, prefix: u32) -> bool {
+        level <= DIGEST_LEAF_LEVEL && u64::from(prefix) < 1u64 << (4 * u32::from(level))
+    }
+}
 
 /// The first message on every connection: who is speaking, and which protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -79,11 +117,67 @@ pub enum Message {
         #[serde(with = "bounded::bytes")]
         data: Vec<u8>,
     },
+    /// Document-set reconciliation: some nodes of the sender's digest. The
+    /// receiver answers each node that differs from its own with its own
+    /// children of it (or, for a bucket, its leaves). At most
+    /// [`MAX_DIGEST_NODES`], each at a valid position.
+    DigestNodes {
+        /// The nodes.
+        #[serde(deserialize_with = "bounded::digest_nodes")]
+        nodes: Vec<DigestNode>,
+    },
+    /// Document-set reconciliation: the sender's leaves (document id, leaf
+    /// value) of one bucket, or of one id range of it when the bucket holds
+    /// more than [`MAX_DIGEST_LEAVES`] documents. The message covers the
+    /// ids of the bucket after `after` (from the bucket's start if `None`)
+    /// up to its end if `through_end`, else up to and including the last
+    /// entry. Entries are in strictly ascending id order, all in the bucket.
+    DigestLeaves {
+        /// The bucket: the first two bytes of its ids, big-endian.
+        bucket: u16,
+        /// Ids up to and including this one are not covered.
+        after: Option<DocumentId>,
+        /// The entries.
+        #[serde(deserialize_with = "bounded::digest_leaves")]
+        entries: Vec<(DocumentId, u64)>,
+        /// True if the message covers the bucket to its end.
+        through_end: bool,
+    },
+}
+
+/// The digest bucket `doc` belongs to: the first two bytes of its id.
+pub fn digest_bucket(doc: &DocumentId) -> u16 {
+    u16::from_be_bytes([doc.0[0], doc.0[1]])
+}
+
+fn validate_digest_leaves(
+    bucket: u16,
+    after: Option<&DocumentId>,
+    entries: &[(DocumentId, u64)],
+    through_end: bool,
+) -> Result<(), WireError> {
+    if entries.len() > MAX_DIGEST_LEAVES {
+        return Err(WireError::Invalid(TOO_MANY_DIGEST_LEAVES));
+    }
+    let in_bucket = |doc: &DocumentId| digest_bucket(doc) == bucket;
+    let ordered = entries.windows(2).all(|pair| pair[0].0 < pair[1].0);
+    let after_ok = match (after, entries.first()) {
+        (Some(after), Some((first, _))) => in_bucket(after) && after < first,
+        (Some(after), None) => in_bucket(after),
+        (None, _) => true,
+    };
+    let partial_ok = through_end || !entries.is_empty();
+    if ordered && after_ok && partial_ok && entries.iter().all(|(doc, _)| in_bucket(doc)) {
+        Ok(())
+    } else {
+        Err(WireError::Invalid(BAD_DIGEST_LEAVES))
+    }
 }
 
 impl Message {
     /// A short static name for the variant, for metrics and logs:
-    /// `"hello"`, `"changes"`, `"sync"`, `"heads"` or `"membership"`.
+    /// `"hello"`, `"changes"`, `"sync"`, `"heads"`, `"membership"`,
+    /// `"digest_nodes"` or `"digest_leaves"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello(_) => "hello",
@@ -91,13 +185,18 @@ impl Message {
             Message::Sync { .. } => "sync",
             Message::Heads { .. } => "heads",
             Message::Membership { .. } => "membership",
+            Message::DigestNodes { .. } => "digest_nodes",
+            Message::DigestLeaves { .. } => "digest_leaves",
         }
     }
 
     /// The document this message is about, if any.
     pub fn doc(&self) -> Option<DocumentId> {
         match self {
-            Message::Hello(_) | Message::Membership { .. } => None,
+            Message::Hello(_)
+            | Message::Membership { .. }
+            | Message::DigestNodes { .. }
+            | Message::DigestLeaves { .. } => None,
             Message::Changes { doc, .. }
             | Message::Sync { doc, .. }
             | Message::Heads { doc, .. } => Some(*doc),
@@ -134,6 +233,25 @@ impl Message {
                 Err(WireError::Invalid(BAD_MEMBERSHIP_SIZE))
             }
             Message::Membership { .. } => Ok(()),
+            Message::DigestNodes { nodes } if nodes.len() > MAX_DIGEST_NODES => {
+                Err(WireError::Invalid(TOO_MANY_DIGEST_NODES))
+            }
+            Message::DigestNodes { nodes } => {
+                if nodes
+                    .iter()
+                    .all(|node| DigestNode::is_valid_position(node.level, node.prefix))
+                {
+                    Ok(())
+                } else {
+                    Err(WireError::Invalid(BAD_DIGEST_NODE))
+                }
+            }
+            Message::DigestLeaves {
+                bucket,
+                after,
+                entries,
+                through_end,
+            } => validate_digest_leaves(*bucket, after.as_ref(), entries, *through_end),
         }
     }
 }
@@ -163,6 +281,22 @@ impl fmt::Debug for Message {
                 .debug_struct("Membership")
                 .field("bytes", &data.len())
                 .finish(),
+            Message::DigestNodes { nodes } => f
+                .debug_struct("DigestNodes")
+                .field("count", &nodes.len())
+                .finish(),
+            Message::DigestLeaves {
+                bucket,
+                after,
+                entries,
+                through_end,
+            } => f
+                .debug_struct("DigestLeaves")
+                .field("bucket", bucket)
+                .field("after", after)
+                .field("entries", &entries.len())
+                .field("through_end", through_end)
+                .finish(),
         }
     }
 }
@@ -183,8 +317,13 @@ mod bounded {
     use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
     use serde::Deserialize;
 
-    use super::{TOO_MANY_CHANGES, TOO_MANY_HEADS};
-    use crate::{ChangeHash, MAX_CHANGES_PER_PUSH, MAX_HEADS};
+    use super::{
+        DigestNode, TOO_MANY_CHANGES, TOO_MANY_DIGEST_LEAVES, TOO_MANY_DIGEST_NODES, TOO_MANY_HEADS,
+    };
+    use crate::{
+        ChangeHash, DocumentId, MAX_CHANGES_PER_PUSH, MAX_DIGEST_LEAVES, MAX_DIGEST_NODES,
+        MAX_HEADS,
+    };
 
     /// One byte string, serialized with `serialize_bytes` (length + raw bytes).
     pub mod bytes {
@@ -250,6 +389,18 @@ mod bounded {
     /// `Vec<ChangeHash>` of at most [`MAX_HEADS`] hashes.
     pub fn heads<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ChangeHash>, D::Error> {
         d.deserialize_seq(BoundedSeq::new(MAX_HEADS, TOO_MANY_HEADS))
+    }
+
+    /// `Vec<DigestNode>` of at most [`MAX_DIGEST_NODES`] nodes.
+    pub fn digest_nodes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DigestNode>, D::Error> {
+        d.deserialize_seq(BoundedSeq::new(MAX_DIGEST_NODES, TOO_MANY_DIGEST_NODES))
+    }
+
+    /// `Vec<(DocumentId, u64)>` of at most [`MAX_DIGEST_LEAVES`] entries.
+    pub fn digest_leaves<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(DocumentId, u64)>, D::Error> {
+        d.deserialize_seq(BoundedSeq::new(MAX_DIGEST_LEAVES, TOO_MANY_DIGEST_LEAVES))
     }
 
     /// Visits a sequence of at most `max` elements, failing with `too_many`

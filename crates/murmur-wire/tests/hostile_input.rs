@@ -2,9 +2,9 @@
 //! limit violations all produce typed errors, never panics or huge allocations.
 
 use murmur_wire::{
-    decode_frame, decode_payload, encode_frame, ChangeHash, DocumentId, FrameDecoder, Hello,
-    Message, NodeId, WireError, LENGTH_PREFIX_BYTES, MAX_CHANGES_PER_PUSH, MAX_FRAME_BYTES,
-    MAX_HEADS, WIRE_FORMAT_VERSION,
+    decode_frame, decode_payload, encode_frame, ChangeHash, DigestNode, DocumentId, FrameDecoder,
+    Hello, Message, NodeId, WireError, LENGTH_PREFIX_BYTES, MAX_CHANGES_PER_PUSH,
+    MAX_DIGEST_LEAVES, MAX_DIGEST_NODES, MAX_FRAME_BYTES, MAX_HEADS, WIRE_FORMAT_VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -355,6 +355,31 @@ fn well_formed_messages_breaking_invariants_are_invalid_on_decode() {
             doc: DOC,
             heads: vec![ChangeHash([0; 32]); MAX_HEADS + 1],
         },
+        digest_nodes(5, 0),
+        digest_nodes(1, 16),
+        digest_nodes(4, 65_536),
+        Message::DigestNodes {
+            nodes: vec![node(0, 0); MAX_DIGEST_NODES + 1],
+        },
+        // A leaf outside its bucket.
+        leaves(0x4242, None, vec![(DocumentId([0x43; 16]), 1)], true),
+        // Out of order.
+        leaves(
+            0x4242,
+            None,
+            vec![(DOC, 1), (DocumentId([0x42; 16]), 2)],
+            true,
+        ),
+        // `after` not below the entries.
+        leaves(0x4242, Some(DOC), vec![(DOC, 1)], true),
+        // A partial range with no entries.
+        leaves(0x4242, None, vec![], false),
+        Message::DigestLeaves {
+            bucket: 0x4242,
+            after: None,
+            entries: vec![(DOC, 0); MAX_DIGEST_LEAVES + 1],
+            through_end: true,
+        },
     ];
     for msg in cases {
         let bytes = unvalidated_payload(&msg);
@@ -364,6 +389,54 @@ fn well_formed_messages_breaking_invariants_are_invalid_on_decode() {
         );
         assert!(matches!(encode_frame(&msg), Err(WireError::Invalid(_))));
     }
+}
+
+fn node(level: u8, prefix: u32) -> DigestNode {
+    DigestNode {
+        level,
+        prefix,
+        xor: 1,
+        count: 1,
+    }
+}
+
+fn digest_nodes(level: u8, prefix: u32) -> Message {
+    Message::DigestNodes {
+        nodes: vec![node(0, 0), node(level, prefix)],
+    }
+}
+
+fn leaves(
+    bucket: u16,
+    after: Option<DocumentId>,
+    entries: Vec<(DocumentId, u64)>,
+    through_end: bool,
+) -> Message {
+    Message::DigestLeaves {
+        bucket,
+        after,
+        entries,
+        through_end,
+    }
+}
+
+#[test]
+fn digest_count_claims_over_the_limit_are_invalid_before_reading_elements() {
+    // DigestNodes is variant 5: its only field is the node sequence.
+    let mut bytes = vec![WIRE_FORMAT_VERSION, 5];
+    bytes.extend(varint_two_pow_50());
+    assert_eq!(
+        decode_payload(&bytes),
+        Err(WireError::Invalid("too many digest nodes in one message"))
+    );
+    // DigestLeaves is variant 6: bucket (varint u16), after (None = 0),
+    // then the entry sequence.
+    let mut bytes = vec![WIRE_FORMAT_VERSION, 6, 7, 0];
+    bytes.extend(varint_two_pow_50());
+    assert_eq!(
+        decode_payload(&bytes),
+        Err(WireError::Invalid("too many digest leaves in one message"))
+    );
 }
 
 #[test]

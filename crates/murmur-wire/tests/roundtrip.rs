@@ -1,9 +1,9 @@
 //! Valid messages survive encoding and decoding, whole or in arbitrary pieces.
 
 use murmur_wire::{
-    decode_frame, decode_payload, encode_frame, ChangeHash, DocumentId, FrameDecoder, Hello,
-    Message, NodeId, LENGTH_PREFIX_BYTES, MAX_CHANGES_PER_PUSH, MAX_FRAME_BYTES, MAX_HEADS,
-    PROTOCOL_VERSION, WIRE_FORMAT_VERSION,
+    decode_frame, decode_payload, encode_frame, ChangeHash, DigestNode, DocumentId, FrameDecoder,
+    Hello, Message, NodeId, LENGTH_PREFIX_BYTES, MAX_CHANGES_PER_PUSH, MAX_DIGEST_LEAVES,
+    MAX_DIGEST_NODES, MAX_FRAME_BYTES, MAX_HEADS, PROTOCOL_VERSION, WIRE_FORMAT_VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -32,7 +32,55 @@ fn message() -> impl Strategy<Value = Message> {
         )
             .prop_map(|(doc, heads)| Message::Heads { doc, heads }),
         vec(any::<u8>(), 1..2000).prop_map(|data| Message::Membership { data }),
+        vec(digest_node(), 0..300).prop_map(|nodes| Message::DigestNodes { nodes }),
+        digest_leaves(),
     ]
+}
+
+/// A digest node at a valid position.
+fn digest_node() -> impl Strategy<Value = DigestNode> {
+    (0u8..=4, any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(level, prefix, xor, count)| {
+        DigestNode {
+            level,
+            prefix: (u64::from(prefix) % (1u64 << (4 * u32::from(level)))) as u32,
+            xor,
+            count,
+        }
+    })
+}
+
+/// A valid `DigestLeaves`: sorted, distinct ids of one bucket.
+fn digest_leaves() -> impl Strategy<Value = Message> {
+    (
+        any::<u16>(),
+        proptest::collection::btree_map(any::<[u8; 14]>(), any::<u64>(), 0..300),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(bucket, entries, with_after, through_end)| {
+            let id = |rest: &[u8; 14]| {
+                let mut bytes = [0u8; 16];
+                bytes[..2].copy_from_slice(&bucket.to_be_bytes());
+                bytes[2..].copy_from_slice(rest);
+                DocumentId(bytes)
+            };
+            let mut entries: Vec<(DocumentId, u64)> = entries
+                .iter()
+                .map(|(rest, leaf)| (id(rest), *leaf))
+                .collect();
+            // An `after` below every entry: the smallest id, taken out.
+            let after = if with_after && !entries.is_empty() {
+                Some(entries.remove(0).0)
+            } else {
+                None
+            };
+            Message::DigestLeaves {
+                bucket,
+                after,
+                through_end: through_end || entries.is_empty(),
+                entries,
+            }
+        })
 }
 
 /// Feeds `stream` to a decoder in chunks of the given sizes (cycled), draining
@@ -98,7 +146,30 @@ fn push_at_every_limit_round_trips() {
         doc,
         heads: (0..MAX_HEADS).map(|i| ChangeHash([i as u8; 32])).collect(),
     };
-    for msg in [changes, heads] {
+    let nodes = Message::DigestNodes {
+        nodes: (0..MAX_DIGEST_NODES)
+            .map(|i| DigestNode {
+                level: 4,
+                prefix: i as u32,
+                xor: u64::MAX - i as u64,
+                count: u32::MAX,
+            })
+            .collect(),
+    };
+    let leaves = Message::DigestLeaves {
+        bucket: 0xfffe,
+        after: None,
+        entries: (0..MAX_DIGEST_LEAVES)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..2].copy_from_slice(&0xfffeu16.to_be_bytes());
+                id[8..].copy_from_slice(&(i as u64).to_be_bytes());
+                (DocumentId(id), u64::MAX)
+            })
+            .collect(),
+        through_end: false,
+    };
+    for msg in [changes, heads, nodes, leaves] {
         assert_eq!(decode_frame(&encode_frame(&msg).unwrap()).unwrap(), msg);
     }
 }
@@ -195,6 +266,17 @@ fn kind_and_doc_describe_the_message() {
         ),
         (Message::Heads { doc, heads: vec![] }, "heads", Some(doc)),
         (Message::Membership { data: vec![1] }, "membership", None),
+        (Message::DigestNodes { nodes: vec![] }, "digest_nodes", None),
+        (
+            Message::DigestLeaves {
+                bucket: 0,
+                after: None,
+                entries: vec![],
+                through_end: true,
+            },
+            "digest_leaves",
+            None,
+        ),
     ];
     for (msg, kind, expected_doc) in cases {
         assert_eq!(msg.kind(), kind);
