@@ -1,0 +1,517 @@
+//! `murmur-sim`: runs simulation scenarios, reports, shrinks and replays.
+//!
+//! ```text
+//! murmur-sim run simulations/partition-halves.toml --seeds 500
+//! murmur-sim run simulations/crash-restart.toml --seed 17
+//! murmur-sim replay target/murmur-sim/crash-restart/seed-17.shrunk.json
+//! murmur-sim ci --seeds 50
+//! murmur-sim bench
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use murmur_sim::report::html::{run_report, seed_report, SeedPage};
+use murmur_sim::runner::{self, SeedResult, Summary};
+use murmur_sim::shrink::{self, Budget};
+use murmur_sim::{sim, PlantedBug, Repro, RunOptions, RunOutcome, Scenario};
+
+#[derive(Parser)]
+#[command(
+    name = "murmur-sim",
+    version,
+    about = "Murmur's deterministic, Jepsen-style simulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files over many seeds (or one with --seed).
+    Run(RunArgs),
+    /// Replay a repro file (a seed's exact schedule) and report on it.
+    Replay(ReplayArgs),
+    /// The CI slice: every scenario in a directory, a bounded number of
+    /// seeds each. Exits non-zero on any failure.
+    Ci(CiArgs),
+    /// Measure seeds per minute on the benchmark scenario.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Worker threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Where results, reports and repro files go.
+    #[arg(long, default_value = "target/murmur-sim")]
+    out: PathBuf,
+    /// Do not shrink failing seeds.
+    #[arg(long)]
+    no_shrink: bool,
+    /// Most runs the shrinker may make per failure.
+    #[arg(long, default_value_t = 400)]
+    shrink_runs: usize,
+    /// Plant a bug in every replica, to see the checkers catch it:
+    /// `ack-durable-before-flush`.
+    #[arg(long, value_parser = parse_plant, default_value = "none")]
+    plant: PlantedBug,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Scenario files.
+    #[arg(required = true)]
+    scenarios: Vec<PathBuf>,
+    /// How many seeds per scenario.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Run just this seed, keep its trace and write its report.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// A repro file written by `run`.
+    repro: PathBuf,
+    /// Also write the event trace here, as JSON lines.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Where the report goes (default: next to the repro file).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CiArgs {
+    /// The scenario directory.
+    #[arg(long, default_value = "simulations")]
+    dir: PathBuf,
+    /// Seeds per scenario.
+    #[arg(long, default_value_t = 50)]
+    seeds: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The scenario to measure.
+    #[arg(long, default_value = "simulations/partition-halves.toml")]
+    scenario: PathBuf,
+    /// Seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// Worker threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn parse_plant(text: &str) -> Result<PlantedBug, String> {
+    match text {
+        "none" => Ok(PlantedBug::None),
+        "ack-durable-before-flush" => Ok(PlantedBug::AckDurableBeforeFlush),
+        other => Err(format!(
+            "unknown bug `{other}`; known: none, ack-durable-before-flush"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Replay(args) => replay(&args),
+        Command::Ci(args) => ci(args),
+        Command::Bench(args) => bench(&args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("murmur-sim: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn threads(requested: Option<usize>) -> usize {
+    requested
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+/// `run`: one seed, or many seeds of each scenario. Returns whether every
+/// seed passed.
+fn run(args: RunArgs) -> Result<bool> {
+    if let Some(seed) = args.seed {
+        let mut ok = true;
+        for path in &args.scenarios {
+            ok &= run_single(path, seed, &args.common)?;
+        }
+        return Ok(ok);
+    }
+    let seeds = args.first_seed..args.first_seed.saturating_add(args.seeds);
+    run_scenarios(&args.scenarios, seeds, &args.common)
+}
+
+fn ci(args: CiArgs) -> Result<bool> {
+    let mut scenarios: Vec<PathBuf> = std::fs::read_dir(&args.dir)
+        .with_context(|| format!("cannot list {}", args.dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    scenarios.sort();
+    if scenarios.is_empty() {
+        bail!("no scenario files in {}", args.dir.display());
+    }
+    let started = Instant::now();
+    let ok = run_scenarios(&scenarios, 0..args.seeds, &args.common)?;
+    eprintln!(
+        "ci: {} scenarios x {} seeds in {:.1} s: {}",
+        scenarios.len(),
+        args.seeds,
+        started.elapsed().as_secs_f64(),
+        if ok { "all passed" } else { "FAILURES" }
+    );
+    Ok(ok)
+}
+
+fn bench(args: &BenchArgs) -> Result<bool> {
+    let scenario = Scenario::load(&args.scenario)?;
+    let threads = threads(args.threads);
+    let bar = progress(&scenario.name, args.seeds);
+    let started = Instant::now();
+    let results = runner::run_many(&scenario, 0..args.seeds, threads, PlantedBug::None, &|_| {
+        bar.inc(1)
+    });
+    bar.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    let summary = runner::summarise(&scenario.name, &results, wall);
+    let mean_ms = results.iter().map(|r| r.wall_ms).sum::<f64>() / results.len().max(1) as f64;
+    println!(
+        "{}: {} seeds in {wall:.1} s on {threads} threads = {:.0} seeds/minute ({mean_ms:.1} ms per seed on one thread); {} failed",
+        scenario.name,
+        results.len(),
+        summary.seeds_per_minute,
+        summary.failed.len()
+    );
+    Ok(summary.failed.is_empty())
+}
+
+fn progress(name: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{prefix:>18} [{bar:40.cyan/blue}] {pos}/{len} seeds {per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_prefix(name.to_owned());
+    bar
+}
+
+struct Failure {
+    scenario: String,
+    seed: u64,
+    command: String,
+}
+
+fn run_scenarios(paths: &[PathBuf], seeds: std::ops::Range<u64>, common: &Common) -> Result<bool> {
+    let threads = threads(common.threads);
+    let mut runs: Vec<(Summary, Vec<SeedResult>)> = Vec::new();
+    let mut commands: Vec<(u64, String, String)> = Vec::new();
+    for path in paths {
+        let scenario = Scenario::load(path)?;
+        let bar = progress(&scenario.name, seeds.end - seeds.start);
+        let started = Instant::now();
+        let results =
+            runner::run_many(&scenario, seeds.clone(), threads, common.plant, &|result| {
+                bar.inc(1);
+                if !result.valid {
+                    let first = result
+                        .findings
+                        .first()
+                        .map(|f| format!("{}: {}", f.checker, f.message));
+                    bar.println(format!(
+                        "{} seed {} FAILED: {}",
+                        scenario.name,
+                        result.seed,
+                        first.unwrap_or_default()
+                    ));
+                }
+            });
+        bar.finish_and_clear();
+        let summary = runner::summarise(&scenario.name, &results, started.elapsed().as_secs_f64());
+        let dir = common.out.join(&scenario.name);
+        write_json(
+            &dir.join("results.json"),
+            &serde_json::json!({ "summary": summary, "seeds": results }),
+        )?;
+        for failed in results.iter().filter(|r| !r.valid) {
+            let command = seed_command(path, failed.seed, common.plant);
+            commands.push((failed.seed, scenario.name.clone(), command));
+        }
+        if let Some(first) = results.iter().find(|r| !r.valid) {
+            for failure in report_failure(path, &scenario, first.seed, common)? {
+                let entry = (failure.seed, failure.scenario, failure.command);
+                if !commands.contains(&entry) {
+                    commands.push(entry);
+                }
+            }
+        }
+        runs.push((summary, results));
+    }
+    print_summary(&runs);
+    let report = common.out.join("report.html");
+    write_text(&report, &run_report(&runs, &commands))?;
+    println!("report: {}", report.display());
+    Ok(runs.iter().all(|(summary, _)| summary.failed.is_empty()))
+}
+
+fn print_summary(runs: &[(Summary, Vec<SeedResult>)]) {
+    println!(
+        "{:<18} {:>6} {:>6} {:>9} {:>22} {:>12} {:>8} {:>9} {:>18}",
+        "scenario",
+        "seeds",
+        "failed",
+        "seeds/min",
+        "converge p50/p95/max",
+        "stable p95",
+        "msgs/op",
+        "bytes/op",
+        "ok/fail/info"
+    );
+    for (summary, _) in runs {
+        let c = &summary.convergence_ms;
+        let (ok, fail, info) = summary.outcomes;
+        println!(
+            "{:<18} {:>6} {:>6} {:>9.0} {:>22} {:>10}ms {:>8.1} {:>9.0} {:>18}",
+            summary.scenario,
+            summary.seeds,
+            summary.failed.len(),
+            summary.seeds_per_minute,
+            format!("{}/{}/{} ms", c.p50, c.p95, c.max),
+            summary.stable_latency_p95_ms.p50,
+            summary.messages_per_op,
+            summary.bytes_per_op,
+            format!("{ok}/{fail}/{info}")
+        );
+    }
+}
+
+fn seed_command(path: &Path, seed: u64, plant: PlantedBug) -> String {
+    let plant = match plant {
+        PlantedBug::None => String::new(),
+        other => format!(" --plant {}", other.name()),
+    };
+    format!(
+        "cargo run --release -p murmur-sim -- run {} --seed {seed}{plant}",
+        path.display()
+    )
+}
+
+fn replay_command(path: &Path) -> String {
+    format!(
+        "cargo run --release -p murmur-sim -- replay {}",
+        path.display()
+    )
+}
+
+/// Runs one seed with its trace, writes its report, shrinks it if it
+/// fails. Returns whether it passed.
+fn run_single(path: &Path, seed: u64, common: &Common) -> Result<bool> {
+    let scenario = Scenario::load(path)?;
+    let failures = report_failure(path, &scenario, seed, common)?;
+    Ok(failures.is_empty())
+}
+
+/// Re-runs `seed` with its trace, prints and writes what it found, and
+/// shrinks it. Returns the replay commands of a failure (none if it
+/// passed).
+fn report_failure(
+    path: &Path,
+    scenario: &Scenario,
+    seed: u64,
+    common: &Common,
+) -> Result<Vec<Failure>> {
+    let repro = Repro::from_seed(scenario, seed, common.plant);
+    let outcome = play(&repro, true);
+    let dir = common.out.join(&scenario.name);
+    let repro_path = dir.join(format!("seed-{seed}.repro.json"));
+    repro.save(&repro_path)?;
+    let seed_cmd = seed_command(path, seed, common.plant);
+    let mut commands = vec![
+        ("Replay the seed".to_owned(), seed_cmd.clone()),
+        (
+            "Replay the saved schedule".to_owned(),
+            replay_command(&repro_path),
+        ),
+    ];
+    print_outcome(&scenario.name, &outcome);
+    let mut failures = Vec::new();
+    if !outcome.report.valid {
+        println!("  replay: {seed_cmd}");
+        failures.push(Failure {
+            scenario: scenario.name.clone(),
+            seed,
+            command: seed_cmd,
+        });
+        if !common.no_shrink {
+            if let Some((shrunk_path, command)) =
+                shrink_and_save(&repro, &outcome, &dir, seed, common)?
+            {
+                let label = ("Replay the shrunk schedule".to_owned(), command.clone());
+                commands.push(label.clone());
+                failures.push(Failure {
+                    scenario: scenario.name.clone(),
+                    seed,
+                    command,
+                });
+                let shrunk = Repro::load(&shrunk_path)?;
+                let small = play(&shrunk, true);
+                let page = dir.join(format!("seed-{seed}.shrunk.html"));
+                write_seed_page(&page, &small, &shrunk, &[label])?;
+            }
+        }
+    }
+    let page = dir.join(format!("seed-{seed}.html"));
+    write_seed_page(&page, &outcome, &repro, &commands)?;
+    println!("  report: {}", page.display());
+    Ok(failures)
+}
+
+fn play(repro: &Repro, keep_trace: bool) -> RunOutcome {
+    let options = RunOptions {
+        keep_trace,
+        plant: repro.plant,
+    };
+    sim::run(&repro.params, &repro.schedule, options)
+}
+
+fn print_outcome(scenario: &str, outcome: &RunOutcome) {
+    let verdict = if outcome.report.valid {
+        "valid"
+    } else {
+        "FAILED"
+    };
+    println!(
+        "{scenario} seed {}: {verdict} ({} nodes, {} operations, trace {})",
+        outcome.params.seed,
+        outcome.params.nodes,
+        outcome.stats.operations,
+        &outcome.trace_hash[..16]
+    );
+    for finding in &outcome.report.findings {
+        println!("  {}: {}", finding.checker, finding.message);
+    }
+}
+
+fn shrink_and_save(
+    repro: &Repro,
+    outcome: &RunOutcome,
+    dir: &Path,
+    seed: u64,
+    common: &Common,
+) -> Result<Option<(PathBuf, String)>> {
+    let Some(primary) = outcome.report.findings.first().map(|f| f.checker.clone()) else {
+        return Ok(None);
+    };
+    let (ops, faults) = (repro.schedule.ops.len(), repro.schedule.faults.len());
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(format!("shrinking ({ops} operations, {faults} faults)"));
+    let budget = Budget {
+        max_runs: common.shrink_runs,
+        max_time: Duration::from_secs(120),
+    };
+    let shrunk = shrink::shrink(repro, &primary, budget, &mut |schedule, runs| {
+        bar.set_message(format!(
+            "shrinking: {} operations, {} faults after {runs} runs",
+            schedule.ops.len(),
+            schedule.faults.len()
+        ));
+        bar.tick();
+    });
+    bar.finish_and_clear();
+    let path = dir.join(format!("seed-{seed}.shrunk.json"));
+    shrunk.repro.save(&path)?;
+    let command = replay_command(&path);
+    let signature: Vec<&String> = shrunk
+        .signature
+        .iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    println!(
+        "  shrunk to {} operations and {} faults in {} runs (still fails: {signature:?})",
+        shrunk.repro.schedule.ops.len(),
+        shrunk.repro.schedule.faults.len(),
+        shrunk.runs
+    );
+    println!("  replay the shrunk schedule: {command}");
+    Ok(Some((path, command)))
+}
+
+fn write_seed_page(
+    path: &Path,
+    outcome: &RunOutcome,
+    repro: &Repro,
+    commands: &[(String, String)],
+) -> Result<()> {
+    let page = SeedPage {
+        outcome,
+        schedule: &repro.schedule,
+        commands: commands.to_vec(),
+    };
+    write_text(path, &seed_report(&page))
+}
+
+fn replay(args: &ReplayArgs) -> Result<bool> {
+    let repro = Repro::load(&args.repro)?;
+    let outcome = play(&repro, true);
+    print_outcome(&repro.params.scenario, &outcome);
+    if let Some(path) = &args.trace {
+        let lines: Vec<String> = outcome
+            .trace
+            .iter()
+            .filter_map(|line| serde_json::to_string(line).ok())
+            .collect();
+        write_text(path, &(lines.join("\n") + "\n"))?;
+        println!("  trace: {}", path.display());
+    }
+    let page = match &args.out {
+        Some(dir) => dir.join(format!(
+            "{}-seed-{}.html",
+            repro.params.scenario, repro.params.seed
+        )),
+        None => args.repro.with_extension("html"),
+    };
+    let commands = vec![("Replay".to_owned(), replay_command(&args.repro))];
+    write_seed_page(&page, &outcome, &repro, &commands)?;
+    println!("  report: {}", page.display());
+    Ok(outcome.report.valid)
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    write_text(path, &serde_json::to_string_pretty(value)?)
+}

@@ -1,0 +1,204 @@
+//! The parameters of one run: a scenario with every range drawn from the
+//! seed.
+
+use std::time::Duration;
+
+use murmur_core::testkit::Network;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{NemesisSpec, Scenario};
+use crate::spec::Draw;
+
+/// Independent random streams derived from one seed, so that a change in
+/// how one is used (say, more workload operations) leaves the others alone.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    /// The simulator's parameters.
+    Params = 1,
+    /// The operations.
+    Workload = 2,
+    /// The fault windows.
+    Nemesis = 3,
+    /// The world: latencies, losses, node ids, replica seeds.
+    World = 4,
+}
+
+/// SplitMix64: a stable, well-mixed derivation of sub-seeds.
+pub fn sub_seed(seed: u64, stream: Stream) -> u64 {
+    let mut z = seed
+        .wrapping_add((stream as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seeded RNG for `stream`.
+pub fn rng(seed: u64, stream: Stream) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(sub_seed(seed, stream))
+}
+
+/// The network outside fault windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkParams {
+    /// Shortest latency.
+    pub latency_min_ms: u64,
+    /// Longest latency.
+    pub latency_max_ms: u64,
+    /// Chance of loss.
+    pub loss: f64,
+    /// Chance of duplication.
+    pub duplicate: f64,
+    /// Chance of a long delay.
+    pub delay: f64,
+    /// Longest delay.
+    pub delay_max_ms: u64,
+}
+
+impl NetworkParams {
+    /// As the driver wants it.
+    pub fn network(&self) -> Network {
+        Network {
+            latency_min: Duration::from_millis(self.latency_min_ms),
+            latency_max: Duration::from_millis(self.latency_max_ms.max(self.latency_min_ms)),
+            loss: self.loss,
+            duplicate: self.duplicate,
+            delay: self.delay,
+            delay_max: Duration::from_millis(self.delay_max_ms),
+        }
+    }
+
+    /// The same latencies with every fault off: the liveness network.
+    pub fn clean(&self) -> NetworkParams {
+        NetworkParams {
+            loss: 0.0,
+            duplicate: 0.0,
+            delay: 0.0,
+            ..self.clone()
+        }
+    }
+}
+
+/// Relative weights of the operation kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Weights {
+    /// Set adds.
+    pub set: u64,
+    /// Counter increments.
+    pub counter: u64,
+    /// Register writes.
+    pub register: u64,
+    /// Text edits.
+    pub text: u64,
+    /// Causal pairs.
+    pub deps: u64,
+    /// Reads.
+    pub read: u64,
+    /// Document creations.
+    pub create: u64,
+}
+
+impl Weights {
+    /// The sum of the weights.
+    pub fn total(&self) -> u64 {
+        self.set + self.counter + self.register + self.text + self.deps + self.read + self.create
+    }
+}
+
+/// Everything about one run except its schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// Replicas.
+    pub nodes: usize,
+    /// Client operations.
+    pub operations: usize,
+    /// Chaos phase length.
+    pub chaos_ms: u64,
+    /// Convergence bound after the heal.
+    pub liveness_ms: u64,
+    /// Group-commit delay of every replica.
+    pub group_commit_ms: u64,
+    /// Documents made before the chaos.
+    pub documents: usize,
+    /// Operation weights.
+    pub weights: Weights,
+    /// The network between faults.
+    pub network: NetworkParams,
+    /// Independent fault sequences.
+    pub tracks: u64,
+    /// Fault ranges (drawn per window).
+    pub nemesis: NemesisSpec,
+}
+
+impl Params {
+    /// `scenario` with every range drawn from `seed`.
+    pub fn resolve(scenario: &Scenario, seed: u64) -> Params {
+        let mut rng = rng(seed, Stream::Params);
+        let network = &scenario.network;
+        let latency_min_ms = network.latency_min_ms.draw(&mut rng);
+        let latency_max_ms = network.latency_max_ms.draw(&mut rng).max(latency_min_ms);
+        let workload = &scenario.workload;
+        let mut weights = Weights {
+            set: workload.set.draw(&mut rng),
+            counter: workload.counter.draw(&mut rng),
+            register: workload.register.draw(&mut rng),
+            text: workload.text.draw(&mut rng),
+            deps: workload.deps.draw(&mut rng),
+            read: workload.read.draw(&mut rng),
+            create: workload.create.draw(&mut rng),
+        };
+        if weights.total() == 0 {
+            // A swarm draw of all zeros still needs something to do.
+            weights.set = 1;
+        }
+        Params {
+            scenario: scenario.name.clone(),
+            seed,
+            nodes: scenario.nodes.draw(&mut rng) as usize,
+            operations: scenario.operations.draw(&mut rng) as usize,
+            chaos_ms: scenario.chaos_ms.draw(&mut rng),
+            liveness_ms: scenario.liveness_ms,
+            group_commit_ms: scenario.group_commit_ms.draw(&mut rng),
+            documents: workload.documents.draw(&mut rng) as usize,
+            weights,
+            network: NetworkParams {
+                latency_min_ms,
+                latency_max_ms,
+                loss: network.loss.draw(&mut rng),
+                duplicate: network.duplicate.draw(&mut rng),
+                delay: network.delay.draw(&mut rng),
+                delay_max_ms: network.delay_max_ms.draw(&mut rng),
+            },
+            tracks: scenario.nemesis.tracks.draw(&mut rng),
+            nemesis: scenario.nemesis.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_draws_the_same_parameters_and_others_differ() {
+        let swarm = Scenario::swarm();
+        assert_eq!(Params::resolve(&swarm, 7), Params::resolve(&swarm, 7));
+        let distinct: std::collections::BTreeSet<usize> = (0..50)
+            .map(|seed| Params::resolve(&swarm, seed).nodes)
+            .collect();
+        assert!(distinct.len() >= 4, "node counts vary: {distinct:?}");
+        assert!(distinct.iter().all(|n| (3..=7).contains(n)));
+    }
+
+    #[test]
+    fn sub_seeds_differ_by_stream() {
+        assert_ne!(sub_seed(1, Stream::World), sub_seed(1, Stream::Workload));
+        assert_ne!(sub_seed(1, Stream::World), sub_seed(2, Stream::World));
+    }
+}

@@ -1,0 +1,473 @@
+//! Scenario files: what a simulation runs, as TOML.
+//!
+//! Every field is optional. A field the file leaves out is drawn from a wide
+//! range for each seed (swarm testing), so the smallest scenario file, an
+//! empty one, is "everything random". A file fixes what its test is about:
+//! `partition-halves.toml` fixes the fault to halves and the network to a
+//! clean one, and leaves the rest to the seed.
+//!
+//! ```toml
+//! # What this scenario tests, in a sentence or two.
+//! name = "partition-halves"
+//! nodes = 5                      # or a range: [3, 7]
+//! operations = 200
+//! chaos_ms = 20000
+//! liveness_ms = 30000            # convergence bound after the heal
+//!
+//! [network]
+//! latency_min_ms = 1
+//! latency_max_ms = 20
+//! loss = 0.0
+//!
+//! [nemesis]
+//! faults = ["partition-halves"]
+//! gap_ms = [500, 3000]
+//! duration_ms = [1000, 5000]
+//!
+//! [workload]
+//! set = 4
+//! read = 2
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::nemesis::FaultKind;
+use crate::spec::Spec;
+
+/// Most nodes a scenario may ask for.
+pub const MAX_NODES: u64 = 16;
+/// Most operations a scenario may ask for (text characters are drawn from a
+/// block of this many distinct code points).
+pub const MAX_OPERATIONS: u64 = 20_000;
+/// Longest chaos phase, in virtual milliseconds (one virtual day).
+pub const MAX_CHAOS_MS: u64 = 86_400_000;
+
+/// Why a scenario file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("scenario {path} does not parse: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words (with line and column).
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("scenario {path}: `{field}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, dotted (`network.loss`).
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A simulation scenario, as written in its file with every missing field
+/// filled in with its swarm range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name (default: the file name without `.toml`).
+    #[serde(default)]
+    pub name: String,
+    /// How many replicas.
+    #[serde(default = "defaults::nodes")]
+    pub nodes: Spec<u64>,
+    /// How many client operations in the chaos phase.
+    #[serde(default = "defaults::operations")]
+    pub operations: Spec<u64>,
+    /// How long the chaos phase lasts, in virtual milliseconds.
+    #[serde(default = "defaults::chaos_ms")]
+    pub chaos_ms: Spec<u64>,
+    /// The bound on convergence after the heal, in virtual milliseconds.
+    #[serde(default = "defaults::liveness_ms")]
+    pub liveness_ms: u64,
+    /// Each replica's group-commit delay, in milliseconds. A longer one
+    /// leaves a wider window for a crash between a write and its flush.
+    #[serde(default = "defaults::group_commit_ms")]
+    pub group_commit_ms: Spec<u64>,
+    /// The network between faults.
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// The faults.
+    #[serde(default)]
+    pub nemesis: NemesisSpec,
+    /// The client operations.
+    #[serde(default)]
+    pub workload: WorkloadSpec,
+}
+
+/// The network outside fault windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Shortest message latency.
+    #[serde(default = "defaults::latency_min_ms")]
+    pub latency_min_ms: Spec<u64>,
+    /// Longest message latency (spread between the two reorders messages).
+    #[serde(default = "defaults::latency_max_ms")]
+    pub latency_max_ms: Spec<u64>,
+    /// Chance a message is lost.
+    #[serde(default = "defaults::loss")]
+    pub loss: Spec<f64>,
+    /// Chance a message is delivered twice.
+    #[serde(default = "defaults::duplicate")]
+    pub duplicate: Spec<f64>,
+    /// Chance a message is held up by an extra delay.
+    #[serde(default = "defaults::delay")]
+    pub delay: Spec<f64>,
+    /// Longest extra delay.
+    #[serde(default = "defaults::delay_max_ms")]
+    pub delay_max_ms: Spec<u64>,
+}
+
+/// The nemesis: which faults, how often, how long, how hard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NemesisSpec {
+    /// The faults to draw from; empty for none.
+    #[serde(default = "defaults::faults")]
+    pub faults: Vec<FaultKind>,
+    /// How many independent fault sequences run side by side (so faults
+    /// overlap when more than one).
+    #[serde(default = "defaults::tracks")]
+    pub tracks: Spec<u64>,
+    /// Quiet time before each fault window.
+    #[serde(default = "defaults::gap_ms")]
+    pub gap_ms: Spec<u64>,
+    /// How long each fault window lasts.
+    #[serde(default = "defaults::duration_ms")]
+    pub duration_ms: Spec<u64>,
+    /// How far a clock jumps (negative: backwards).
+    #[serde(default = "defaults::clock_jump_ms")]
+    pub clock_jump_ms: Spec<i64>,
+    /// How many unflushed write batches a crash keeps (a background
+    /// flusher may have written some).
+    #[serde(default = "defaults::crash_keep_batches")]
+    pub crash_keep_batches: Spec<u64>,
+    /// Loss in a `flaky` window.
+    #[serde(default = "defaults::flaky_loss")]
+    pub flaky_loss: Spec<f64>,
+    /// Duplication in a `flaky` window.
+    #[serde(default = "defaults::flaky_duplicate")]
+    pub flaky_duplicate: Spec<f64>,
+    /// Chance of a long delay in a `flaky` window.
+    #[serde(default = "defaults::flaky_delay")]
+    pub flaky_delay: Spec<f64>,
+    /// Longest delay in a `flaky` window.
+    #[serde(default = "defaults::flaky_delay_max_ms")]
+    pub flaky_delay_max_ms: Spec<u64>,
+}
+
+/// The client operations: relative weights of each kind, and documents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Documents created (and made known to every node) before the chaos.
+    #[serde(default = "defaults::documents")]
+    pub documents: Spec<u64>,
+    /// Grow-only set adds.
+    #[serde(default = "defaults::weight")]
+    pub set: Spec<u64>,
+    /// Counter increments and decrements.
+    #[serde(default = "defaults::weight")]
+    pub counter: Spec<u64>,
+    /// Concurrent writes to a few shared map keys.
+    #[serde(default = "defaults::weight")]
+    pub register: Spec<u64>,
+    /// Text inserts and deletes.
+    #[serde(default = "defaults::weight")]
+    pub text: Spec<u64>,
+    /// Causal pairs: `b` written only by a node that saw `a`.
+    #[serde(default = "defaults::weight")]
+    pub deps: Spec<u64>,
+    /// Reads on random nodes.
+    #[serde(default = "defaults::weight")]
+    pub read: Spec<u64>,
+    /// New documents created during the chaos.
+    #[serde(default = "defaults::create")]
+    pub create: Spec<u64>,
+}
+
+/// The swarm ranges: what a scenario that says nothing gets.
+mod defaults {
+    use super::*;
+
+    pub fn nodes() -> Spec<u64> {
+        Spec::Range([3, 7])
+    }
+    pub fn operations() -> Spec<u64> {
+        Spec::Fixed(200)
+    }
+    pub fn chaos_ms() -> Spec<u64> {
+        Spec::Range([10_000, 30_000])
+    }
+    pub fn liveness_ms() -> u64 {
+        60_000
+    }
+    pub fn group_commit_ms() -> Spec<u64> {
+        Spec::Range([0, 30])
+    }
+    pub fn latency_min_ms() -> Spec<u64> {
+        Spec::Range([0, 5])
+    }
+    pub fn latency_max_ms() -> Spec<u64> {
+        Spec::Range([5, 100])
+    }
+    pub fn loss() -> Spec<f64> {
+        Spec::Range([0.0, 0.1])
+    }
+    pub fn duplicate() -> Spec<f64> {
+        Spec::Range([0.0, 0.1])
+    }
+    pub fn delay() -> Spec<f64> {
+        Spec::Range([0.0, 0.05])
+    }
+    pub fn delay_max_ms() -> Spec<u64> {
+        Spec::Range([100, 2_000])
+    }
+    pub fn faults() -> Vec<FaultKind> {
+        FaultKind::ALL.to_vec()
+    }
+    pub fn tracks() -> Spec<u64> {
+        Spec::Range([1, 3])
+    }
+    pub fn gap_ms() -> Spec<u64> {
+        Spec::Range([200, 5_000])
+    }
+    pub fn duration_ms() -> Spec<u64> {
+        Spec::Range([200, 8_000])
+    }
+    pub fn clock_jump_ms() -> Spec<i64> {
+        Spec::Range([-3_600_000, 3_600_000])
+    }
+    pub fn crash_keep_batches() -> Spec<u64> {
+        Spec::Range([0, 2])
+    }
+    pub fn flaky_loss() -> Spec<f64> {
+        Spec::Range([0.1, 0.6])
+    }
+    pub fn flaky_duplicate() -> Spec<f64> {
+        Spec::Range([0.0, 0.4])
+    }
+    pub fn flaky_delay() -> Spec<f64> {
+        Spec::Range([0.0, 0.3])
+    }
+    pub fn flaky_delay_max_ms() -> Spec<u64> {
+        Spec::Range([100, 5_000])
+    }
+    pub fn documents() -> Spec<u64> {
+        Spec::Range([1, 3])
+    }
+    pub fn weight() -> Spec<u64> {
+        Spec::Range([0, 4])
+    }
+    pub fn create() -> Spec<u64> {
+        Spec::Range([0, 1])
+    }
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|e| unreachable!("defaults parse: {e}"))
+    }
+}
+
+impl Default for NemesisSpec {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|e| unreachable!("defaults parse: {e}"))
+    }
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|e| unreachable!("defaults parse: {e}"))
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file. Its name defaults to the file name.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let default_name = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scenario".to_owned());
+        Self::parse(&text, path, &default_name)
+    }
+
+    /// Parses and checks scenario text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path, default_name: &str) -> Result<Scenario, ScenarioError> {
+        let mut scenario: Scenario =
+            toml::from_str(text).map_err(|source| ScenarioError::Parse {
+                path: path.to_owned(),
+                source: Box::new(source),
+            })?;
+        if scenario.name.is_empty() {
+            scenario.name = default_name.to_owned();
+        }
+        scenario
+            .validate()
+            .map_err(|(field, reason)| ScenarioError::Invalid {
+                path: path.to_owned(),
+                field,
+                reason,
+            })?;
+        Ok(scenario)
+    }
+
+    /// The swarm scenario: every parameter drawn from the seed.
+    pub fn swarm() -> Scenario {
+        let mut scenario: Scenario =
+            toml::from_str("").unwrap_or_else(|e| unreachable!("defaults parse: {e}"));
+        scenario.name = "swarm".to_owned();
+        scenario
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let at = |field: &'static str| move |reason: String| (field, reason);
+        self.nodes.check(1, MAX_NODES).map_err(at("nodes"))?;
+        self.operations
+            .check(0, MAX_OPERATIONS)
+            .map_err(at("operations"))?;
+        self.chaos_ms
+            .check(1, MAX_CHAOS_MS)
+            .map_err(at("chaos_ms"))?;
+        Spec::Fixed(self.liveness_ms)
+            .check(1, MAX_CHAOS_MS)
+            .map_err(at("liveness_ms"))?;
+        self.group_commit_ms
+            .check(0, 10_000)
+            .map_err(at("group_commit_ms"))?;
+        self.network.validate()?;
+        self.nemesis.validate()?;
+        self.workload.validate()
+    }
+}
+
+fn probability(spec: &Spec<f64>, field: &'static str) -> Result<(), (&'static str, String)> {
+    spec.check(0.0, 1.0).map_err(|reason| (field, reason))
+}
+
+fn millis(spec: &Spec<u64>, field: &'static str) -> Result<(), (&'static str, String)> {
+    spec.check(0, MAX_CHAOS_MS)
+        .map_err(|reason| (field, reason))
+}
+
+impl NetworkSpec {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        millis(&self.latency_min_ms, "network.latency_min_ms")?;
+        millis(&self.latency_max_ms, "network.latency_max_ms")?;
+        probability(&self.loss, "network.loss")?;
+        probability(&self.duplicate, "network.duplicate")?;
+        probability(&self.delay, "network.delay")?;
+        millis(&self.delay_max_ms, "network.delay_max_ms")?;
+        if self.loss.bounds().1 >= 1.0 {
+            return Err((
+                "network.loss",
+                "a network that loses every message outside fault windows cannot converge".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl NemesisSpec {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.tracks
+            .check(1, 8)
+            .map_err(|reason| ("nemesis.tracks", reason))?;
+        millis(&self.gap_ms, "nemesis.gap_ms")?;
+        millis(&self.duration_ms, "nemesis.duration_ms")?;
+        if self.gap_ms.bounds().1 + self.duration_ms.bounds().1 == 0 {
+            return Err((
+                "nemesis.gap_ms",
+                "gap and duration cannot both be zero".into(),
+            ));
+        }
+        self.clock_jump_ms
+            .check(-(MAX_CHAOS_MS as i64), MAX_CHAOS_MS as i64)
+            .map_err(|reason| ("nemesis.clock_jump_ms", reason))?;
+        self.crash_keep_batches
+            .check(0, 64)
+            .map_err(|reason| ("nemesis.crash_keep_batches", reason))?;
+        probability(&self.flaky_loss, "nemesis.flaky_loss")?;
+        probability(&self.flaky_duplicate, "nemesis.flaky_duplicate")?;
+        probability(&self.flaky_delay, "nemesis.flaky_delay")?;
+        millis(&self.flaky_delay_max_ms, "nemesis.flaky_delay_max_ms")
+    }
+}
+
+impl WorkloadSpec {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.documents
+            .check(1, 1_000)
+            .map_err(|reason| ("workload.documents", reason))?;
+        let weights = [
+            ("workload.set", &self.set),
+            ("workload.counter", &self.counter),
+            ("workload.register", &self.register),
+            ("workload.text", &self.text),
+            ("workload.deps", &self.deps),
+            ("workload.read", &self.read),
+            ("workload.create", &self.create),
+        ];
+        for (field, weight) in weights {
+            weight.check(0, 1_000).map_err(|reason| (field, reason))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(text, Path::new("test.toml"), "test")
+    }
+
+    #[test]
+    fn an_empty_file_is_the_swarm() {
+        let scenario = parse("").expect("parses");
+        assert_eq!(scenario.nodes, Spec::Range([3, 7]));
+        assert_eq!(scenario.nemesis.faults, FaultKind::ALL.to_vec());
+        assert_eq!(scenario.name, "test");
+    }
+
+    #[test]
+    fn an_unknown_field_is_an_error_that_names_it() {
+        let error = parse("nodez = 3").expect_err("rejected");
+        assert!(error.to_string().contains("nodez"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_fault_is_an_error_that_names_it() {
+        let error = parse("[nemesis]\nfaults = [\"meteor\"]").expect_err("rejected");
+        assert!(error.to_string().contains("meteor"), "{error}");
+    }
+
+    #[test]
+    fn an_out_of_range_value_is_an_error_that_names_the_field() {
+        let error = parse("[network]\nloss = [0.0, 2.0]").expect_err("rejected");
+        assert!(error.to_string().contains("network.loss"), "{error}");
+        let error = parse("nodes = 0").expect_err("rejected");
+        assert!(error.to_string().contains("nodes"), "{error}");
+    }
+}
