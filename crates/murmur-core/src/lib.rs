@@ -2,7 +2,8 @@
 //! peers, with no I/O.
 //!
 //! A [`Replica`] holds the documents of one node (in its store, the ones
-//! in use in memory) and all the rules of replicating them. It owns no socket, thread or clock and reads no global
+//! in use in memory) and all the rules of replicating them. It owns no
+//! socket, thread or clock and reads no global
 //! randomness: time comes in as an argument, randomness from a seed in its
 //! [`Config`], and everything it wants done comes out as data. Two drivers
 //! run the very same engine: `murmur-net` over QUIC with a real clock and
@@ -71,7 +72,17 @@
 //! * **Acknowledgements.** A local write is [`AckLevel::Applied`] when
 //!   `handle_local_change` returns and [`AckLevel::Durable`] after the next
 //!   flush. Flushes are group commits: every write since the last flush goes
-//!   out in one batch and one `flush`.
+//!   out in one batch and one `flush`. A peer that applies our changes
+//!   reports its heads after its own flush; a durable write included in k
+//!   peers' heads is [`AckLevel::Replicated`]`(k)`.
+//! * **Membership.** With [`Config::membership_addr`] set, SWIM (foca) runs
+//!   inside the replica as one more message kind: members learn of each
+//!   other through any connected peer ([`Event::MemberUp`], with the address
+//!   to dial) and failed ones are declared down ([`Event::MemberDown`]).
+//! * **Incarnations.** Each opening of the store is a new incarnation that
+//!   writes as its own Automerge actor: a change pushed before its flush can
+//!   survive a crash on the peers, so its sequence number must never be
+//!   reused.
 //! * **Bounds.** Each peer's queue is bounded in bytes
 //!   ([`Config::max_outbox_bytes_per_peer`]): past it, pushes are dropped
 //!   and anti-entropy repairs the gap; memory does not grow.

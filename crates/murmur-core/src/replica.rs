@@ -112,6 +112,8 @@ struct Peer {
 pub struct Replica {
     config: Config,
     actor: ActorId,
+    /// This opening's incarnation (see [`Replica::close`]).
+    incarnation: u64,
     store: Box<dyn Storage>,
     rng: ChaCha8Rng,
     /// Documents in memory: loaded on first use, evicted when cold.
@@ -143,18 +145,22 @@ impl Replica {
     /// then and reported by [`Replica::quarantined`].
     pub fn open(config: Config, store: Box<dyn Storage>, now: Time) -> Result<Self, ReplicaError> {
         layout::ensure_schema(&*store)?;
-        let incarnation = next_incarnation(&*store)?;
+        let Incarnation {
+            actor: incarnation,
+            opening,
+        } = next_incarnation(&*store)?;
         digest::rebuild_if_missing(&*store)?;
         let actor = incarnation_actor(&config.node_id, incarnation);
         let mut replica = Replica {
-            // Each incarnation draws afresh: a restarted node must not make
-            // the document ids it made before a crash again.
+            // Each opening draws afresh: a restarted node must not make the
+            // document ids it made before a crash again.
             rng: ChaCha8Rng::seed_from_u64(
                 config
                     .seed
-                    .wrapping_add(incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                    .wrapping_add(opening.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             ),
             actor,
+            incarnation,
             store,
             docs: BTreeMap::new(),
             cache: Cache::default(),
@@ -485,6 +491,27 @@ impl Replica {
         if self.flush_at.is_some() {
             self.flush(now);
         }
+    }
+
+    /// Closes the replica cleanly: flushes everything and marks the store
+    /// so that the next opening may write as the same Automerge actor (a
+    /// crash, with no mark, makes the next opening a new actor). Call it
+    /// last; nothing may change after it.
+    pub fn close(mut self, now: Time) -> Result<(), ReplicaError> {
+        self.flush_now(now);
+        if self.flush_at.is_some() {
+            return Err(ReplicaError::Storage(murmur_store::StoreError::Backend(
+                "the final flush failed; the store is not marked clean".into(),
+            )));
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(
+            layout::node_key("clean-close"),
+            self.incarnation.to_be_bytes().to_vec(),
+        );
+        self.store.apply(batch)?;
+        self.store.flush()?;
+        Ok(())
     }
 
     /// Re-arms timers that a clock jumping backwards has pushed further
@@ -1296,25 +1323,54 @@ impl Replica {
     }
 }
 
-/// Counts this opening of the store as a new incarnation of the node
-/// (written and flushed before anything else happens) and returns its
-/// number: 0 for the first.
-fn next_incarnation(store: &dyn Storage) -> Result<u64, ReplicaError> {
-    let key = layout::node_key("incarnation");
-    let incarnation = match store.get(&key)? {
+/// Which actor an opening of the store writes as, and how many openings
+/// came before it.
+struct Incarnation {
+    /// The actor's incarnation number (0 for the first).
+    actor: u64,
+    /// Openings before this one: seeds the RNG, so no two draw alike.
+    opening: u64,
+}
+
+fn read_counter(store: &dyn Storage, key: &[u8]) -> Result<Option<u64>, ReplicaError> {
+    match store.get(key)? {
         Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
-            .map(u64::from_be_bytes)
-            .map_err(|_| murmur_store::StoreError::corrupt(&key, "incarnation is not 8 bytes"))?,
+            .map(|bytes| Some(u64::from_be_bytes(bytes)))
+            .map_err(|_| murmur_store::StoreError::corrupt(key, "counter is not 8 bytes").into()),
+        None => Ok(None),
+    }
+}
+
+/// Counts this opening of the store (written and flushed before anything
+/// else happens) and picks its incarnation: the previous one again if it
+/// was closed cleanly ([`Replica::close`]: everything it ever sent was
+/// flushed, so no sequence number of its actor can be reused), a new one
+/// otherwise.
+fn next_incarnation(store: &dyn Storage) -> Result<Incarnation, ReplicaError> {
+    let next_key = layout::node_key("incarnation");
+    let clean_key = layout::node_key("clean-close");
+    let opening_key = layout::node_key("openings");
+    let next = match read_counter(store, &next_key)? {
+        Some(next) => next,
         // A store from before incarnations were counted may hold changes
         // of the plain actor that a crash lost: do not reuse it.
         None if !layout::list_documents(store)?.is_empty() => 1,
         None => 0,
     };
+    let clean = read_counter(store, &clean_key)?;
+    let opening = read_counter(store, &opening_key)?.unwrap_or(0);
+    let actor = match clean {
+        Some(closed) if next > 0 && closed == next - 1 => closed,
+        _ => next,
+    };
     let mut batch = WriteBatch::new();
-    batch.put(key, (incarnation + 1).to_be_bytes().to_vec());
+    batch.put(next_key, (actor + 1).to_be_bytes().to_vec());
+    batch.put(opening_key, (opening + 1).to_be_bytes().to_vec());
+    // The mark is spent: a crash of this incarnation must not look clean.
+    batch.delete(clean_key);
     store.apply(batch)?;
     store.flush()?;
-    Ok(incarnation)
+    Ok(Incarnation { actor, opening })
 }
 
 /// The Automerge actor of an incarnation of the node.

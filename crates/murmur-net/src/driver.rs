@@ -676,8 +676,14 @@ impl Driver {
         if let Some(network) = &self.network {
             network.shutdown().await;
         }
-        tracing::info!(unacknowledged = self.pending.len(), "node stopped");
-        if let Some(reply) = self.shutdown.take() {
+        let unacknowledged = self.pending.len();
+        let reply = self.shutdown.take();
+        // Closing cleanly lets the next start keep this Automerge actor.
+        if let Err(error) = self.replica.close(wall_clock()) {
+            tracing::error!(%error, "the node did not close cleanly; its next start uses a new actor");
+        }
+        tracing::info!(unacknowledged, "node stopped");
+        if let Some(reply) = reply {
             let _ = reply.send(());
         }
     }
