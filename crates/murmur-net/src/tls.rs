@@ -156,6 +156,16 @@ pub fn client_config(
     Ok(config)
 }
 
+/// Node keys are Ed25519, so that is the only handshake signature accepted.
+const ED25519_ONLY: [SignatureScheme; 1] = [SignatureScheme::ED25519];
+
+/// QUIC is TLS 1.3 only: a TLS 1.2 signature is never valid here.
+fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls13RequiredForQuic,
+    ))
+}
+
 /// Accepts exactly the certificates whose key is on the allow-list.
 #[derive(Debug)]
 struct PinnedKeys {
@@ -209,9 +219,7 @@ impl ServerCertVerifier for PinnedKeys {
         _certificate: &CertificateDer<'_>,
         _signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -224,7 +232,7 @@ impl ServerCertVerifier for PinnedKeys {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
+        ED25519_ONLY.to_vec()
     }
 }
 
@@ -249,9 +257,7 @@ impl ClientCertVerifier for PinnedKeys {
         _certificate: &CertificateDer<'_>,
         _signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -264,7 +270,7 @@ impl ClientCertVerifier for PinnedKeys {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
+        ED25519_ONLY.to_vec()
     }
 
     fn client_auth_mandatory(&self) -> bool {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::svg::{bars, escape, nice_step, y_axis, Svg};
+use super::svg::{bars, escape, nice_step, x_label, y_axis, Svg};
 use crate::history::{Function, OpType, Value};
 use crate::nemesis::Fault;
 use crate::runner::{SeedResult, Summary};
@@ -380,16 +380,14 @@ fn stacked(title: &str, values: &[(String, f64, f64)]) -> String {
         let tip = format!("{label}: {delivered} delivered, {dropped} dropped");
         svg.rect(x, top + plot_h - h1, slot * 0.8, h1, "#42a5f5", &tip);
         svg.rect(x, top + plot_h - h1 - h2, slot * 0.8, h2, "#e53935", &tip);
-        if index % (values.len() / 12).max(1) == 0 {
-            svg.text(
-                x + slot * 0.4,
-                height - bottom + 14.0,
-                label,
-                10.0,
-                "middle",
-                "#444",
-            );
-        }
+        x_label(
+            &mut svg,
+            index,
+            values.len(),
+            x + slot * 0.4,
+            height - bottom + 14.0,
+            label,
+        );
     }
     svg.finish()
 }

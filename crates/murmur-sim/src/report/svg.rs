@@ -151,19 +151,24 @@ pub fn bars(title: &str, values: &[(String, f64)], unit: &str, color: &str) -> S
             color,
             &format!("{label}: {value:.1} {unit}"),
         );
-        let every = (values.len() / 12).max(1);
-        if index % every == 0 {
-            svg.text(
-                x + slot / 2.0,
-                height - bottom + 14.0,
-                label,
-                10.0,
-                "middle",
-                "#444",
-            );
-        }
+        x_label(
+            &mut svg,
+            index,
+            values.len(),
+            x + slot / 2.0,
+            height - bottom + 14.0,
+            label,
+        );
     }
     svg.finish()
+}
+
+/// Labels bar `index` of `count` under the x axis, about twelve labels in
+/// all so they never overlap.
+pub(crate) fn x_label(svg: &mut Svg, index: usize, count: usize, x: f64, y: f64, label: &str) {
+    if index.is_multiple_of((count / 12).max(1)) {
+        svg.text(x, y, label, 10.0, "middle", "#444");
+    }
 }
 
 /// Horizontal grid lines and y labels from 0 to `max`.
