@@ -85,27 +85,27 @@ fn bare_sync(source: &mut Automerge) -> (u64, u64) {
     let (mut a, mut b) = (sync::State::new(), sync::State::new());
     let (mut messages, mut bytes) = (0, 0);
     loop {
-        let mut progressed = false;
-        if let Some(message) = source.generate_sync_message(&mut a) {
-            let encoded = message.encode();
-            (messages, bytes) = (messages + 1, bytes + encoded.len() as u64);
-            let message = sync::Message::decode(&encoded).expect("decodes");
-            target
-                .receive_sync_message(&mut b, message)
-                .expect("applies");
-            progressed = true;
+        let forward = deliver(source, &mut a, &mut target, &mut b);
+        let back = deliver(&mut target, &mut b, source, &mut a);
+        for sent in [forward, back].into_iter().flatten() {
+            (messages, bytes) = (messages + 1, bytes + sent);
         }
-        if let Some(message) = target.generate_sync_message(&mut b) {
-            let encoded = message.encode();
-            (messages, bytes) = (messages + 1, bytes + encoded.len() as u64);
-            let message = sync::Message::decode(&encoded).expect("decodes");
-            source
-                .receive_sync_message(&mut a, message)
-                .expect("applies");
-            progressed = true;
-        }
-        if !progressed {
+        if forward.is_none() && back.is_none() {
             return (messages, bytes);
         }
     }
+}
+
+/// Sends `from`'s next sync message (if any) through its encoding to `to`;
+/// returns its size.
+fn deliver(
+    from: &mut Automerge,
+    from_state: &mut sync::State,
+    to: &mut Automerge,
+    to_state: &mut sync::State,
+) -> Option<u64> {
+    let encoded = from.generate_sync_message(from_state)?.encode();
+    let message = sync::Message::decode(&encoded).expect("decodes");
+    to.receive_sync_message(to_state, message).expect("applies");
+    Some(encoded.len() as u64)
 }
