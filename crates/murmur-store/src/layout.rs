@@ -332,6 +332,35 @@ pub fn put_chunk(batch: &mut WriteBatch, doc: &DocKey, seq: u64, bytes: Vec<u8>)
     batch.put(sequenced(doc, CHUNK_TAG, seq), bytes);
 }
 
+/// [`compact`] done wrong, on purpose: deletes the old snapshot and chunks
+/// first, then writes the new snapshot and flushes. A crash between the
+/// two loses the document's history. Only for the simulator's planted bug
+/// (feature `planted-bugs`).
+#[cfg(feature = "planted-bugs")]
+#[doc(hidden)]
+pub fn compact_deleting_first(
+    store: &dyn Storage,
+    doc: &DocKey,
+    covers: u64,
+    snapshot: Vec<u8>,
+) -> Result<(), StoreError> {
+    let mut remove = WriteBatch::new();
+    for tag in [SNAPSHOT_TAG, CHUNK_TAG] {
+        let prefix = tagged(doc, tag);
+        for (key, _) in store.scan_prefix(&prefix)? {
+            if parse_seq(&key, prefix.len())? <= covers {
+                remove.delete(key);
+            }
+        }
+    }
+    store.apply(remove)?;
+    let mut write = WriteBatch::new();
+    write.put(index_key(doc), Vec::new());
+    write.put(sequenced(doc, SNAPSHOT_TAG, covers), snapshot);
+    store.apply(write)?;
+    store.flush()
+}
+
 /// Replaces `doc`'s log with `snapshot`, which must contain every change of
 /// every record up to and including sequence number `covers`.
 ///

@@ -37,7 +37,7 @@ mod memory;
 mod sled_store;
 
 pub use error::StoreError;
-pub use memory::MemStore;
+pub use memory::{DurableView, MemStore};
 #[cfg(feature = "sled")]
 pub use sled_store::SledStore;
 

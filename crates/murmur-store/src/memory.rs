@@ -30,6 +30,14 @@ struct Inner {
     /// `durable` with `unflushed` applied: what reads see.
     current: BTreeMap<Vec<u8>, Vec<u8>>,
     flushes: u64,
+    /// Bumped whenever `durable` changes (a flush, a crash that keeps
+    /// batches): a cache of what the durable state holds can key on it.
+    durable_generation: u64,
+    /// A planted failure: `Some(n)` lets `n` more applies and flushes
+    /// succeed, then every one fails (the process "died" there).
+    fail_after: Option<u64>,
+    /// Set when the planted failure went off.
+    tripped: bool,
 }
 
 impl MemStore {
@@ -75,6 +83,51 @@ impl MemStore {
             apply_ops(&mut inner.durable, batch.ops());
         }
         inner.current = inner.durable.clone();
+        inner.durable_generation += 1;
+        inner.fail_after = None;
+        inner.tripped = false;
+    }
+
+    /// Plants a failure: the next `ops` applies and flushes succeed, and
+    /// every one after them fails, as if the process died right there.
+    /// Reads keep working. [`MemStore::tripped`] tells when it went off; a
+    /// crash ([`MemStore::crash_keeping`]) clears it. The simulator uses it
+    /// to crash a node between two storage operations of one engine call.
+    pub fn fail_after(&self, ops: u64) {
+        let mut inner = self.lock();
+        inner.fail_after = Some(ops);
+        inner.tripped = false;
+    }
+
+    /// Removes a planted failure that has not gone off.
+    pub fn disarm(&self) {
+        let mut inner = self.lock();
+        if !inner.tripped {
+            inner.fail_after = None;
+        }
+    }
+
+    /// True once a failure planted by [`MemStore::fail_after`] went off.
+    pub fn tripped(&self) -> bool {
+        self.lock().tripped
+    }
+
+    /// True while a failure is planted and has not gone off.
+    pub fn armed(&self) -> bool {
+        let inner = self.lock();
+        inner.fail_after.is_some() && !inner.tripped
+    }
+
+    /// A read-only view of what survives a crash now: only flushed data.
+    /// Writes through it fail.
+    pub fn durable_view(&self) -> DurableView<'_> {
+        DurableView { store: self }
+    }
+
+    /// Changes whenever the durable state does (a flush that wrote
+    /// something, a crash that kept batches).
+    pub fn durable_generation(&self) -> u64 {
+        self.lock().durable_generation
     }
 
     /// How many batches were applied since the last flush.
@@ -116,6 +169,58 @@ fn apply_ops(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, ops: &[WriteOp]) {
     }
 }
 
+/// Counts one write operation against a planted failure: `Err` if the
+/// store must fail it.
+fn spend_operation(inner: &mut Inner) -> Result<(), StoreError> {
+    match inner.fail_after {
+        _ if inner.tripped => Err(StoreError::Backend(
+            "simulated crash: the store is gone".into(),
+        )),
+        Some(0) => {
+            inner.tripped = true;
+            Err(StoreError::Backend(
+                "simulated crash: the store is gone".into(),
+            ))
+        }
+        Some(left) => {
+            inner.fail_after = Some(left - 1);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// What a [`MemStore`] would hold after a crash now: its flushed data only
+/// ([`MemStore::durable_view`]). Read-only.
+#[derive(Debug, Clone, Copy)]
+pub struct DurableView<'a> {
+    store: &'a MemStore,
+}
+
+impl Storage for DurableView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.store.lock().durable.get(key).cloned())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let inner = self.store.lock();
+        Ok(inner
+            .durable
+            .range(prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn apply(&self, _batch: WriteBatch) -> Result<(), StoreError> {
+        Err(StoreError::Backend("the durable view is read-only".into()))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Err(StoreError::Backend("the durable view is read-only".into()))
+    }
+}
+
 impl Storage for MemStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().current.get(key).cloned())
@@ -136,6 +241,7 @@ impl Storage for MemStore {
             return Ok(());
         }
         let mut inner = self.lock();
+        spend_operation(&mut inner)?;
         apply_ops(&mut inner.current, batch.ops());
         inner.unflushed.push(batch);
         Ok(())
@@ -143,7 +249,11 @@ impl Storage for MemStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        spend_operation(&mut inner)?;
         let unflushed = std::mem::take(&mut inner.unflushed);
+        if !unflushed.is_empty() {
+            inner.durable_generation += 1;
+        }
         for batch in &unflushed {
             apply_ops(&mut inner.durable, batch.ops());
         }
