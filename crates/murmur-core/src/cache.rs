@@ -62,6 +62,38 @@ impl Cache {
     }
 
     /// Estimated bytes of every document in memory.
+    /// Checks that the byte total and the use order agree with the entries.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let sum: usize = self.entries.values().map(|(_, bytes)| bytes).sum();
+        if sum != self.bytes {
+            return Err(format!(
+                "cache counts {} bytes, its entries hold {sum}",
+                self.bytes
+            ));
+        }
+        if self.order.len() != self.entries.len() {
+            return Err(format!(
+                "cache order lists {} documents, entries {}",
+                self.order.len(),
+                self.entries.len()
+            ));
+        }
+        for (stamp, doc) in &self.order {
+            if self.entries.get(doc).map(|(s, _)| s) != Some(stamp) {
+                return Err(format!("cache order and entries disagree on {doc}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn contains(&self, doc: &DocumentId) -> bool {
+        self.entries.contains_key(doc)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }

@@ -46,6 +46,12 @@ pub struct Config {
     /// Most local writes whose copies on peers are counted at once (for
     /// `Replicated(k)` acknowledgements); past it the oldest is forgotten.
     pub max_tracked_replications: usize,
+    /// Reconciles document sets with peers: every
+    /// [`Config::anti_entropy_interval`] and when a peer connects. On in
+    /// every real node; the simulator turns it off to prove that eager push
+    /// and the missing-dependency sync alone deliver every change on a
+    /// network that loses nothing (repair must not hide their bugs).
+    pub anti_entropy: bool,
     /// Runs SWIM membership (foca), advertising this address to peers.
     /// `None` turns membership off.
     pub membership_addr: Option<String>,
@@ -57,7 +63,12 @@ pub struct Config {
 /// Deliberate bugs a test can plant in a replica, to prove that the
 /// simulator's checkers notice them (a harness that cannot fail proves
 /// nothing). Production code never sets one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// The switches only exist in builds with the `planted-bugs` feature
+/// (which the simulator turns on). Without it, [`Config::fault_injection`]
+/// is ignored and every check of it is a constant `false` the compiler
+/// removes: a node's release build carries none of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum FaultInjection {
     /// No bug: the engine as written.
@@ -66,6 +77,53 @@ pub enum FaultInjection {
     /// Acknowledge every local write [`Durable`](crate::AckLevel::Durable)
     /// as soon as it is applied, before the flush that makes it so.
     AckDurableBeforeFlush,
+    /// A pushed change whose dependencies are missing is counted as
+    /// received, then dropped: never applied, never asked for.
+    DropPushWithMissingDependencies,
+    /// A sync conversation that stalled (a lost message) is not resent:
+    /// the first of the two stall safeguards is gone.
+    NoSyncResend,
+    /// Reconciliation syncs a differing document without resetting the
+    /// in-flight part of its sync state: the second safeguard is gone.
+    NoSyncResetOnReconcile,
+    /// Compaction deletes the old chunks before the snapshot that replaces
+    /// them is on disk.
+    CompactDeletesBeforeSnapshot,
+    /// An eager push to a peer that already has something queued is
+    /// silently skipped.
+    SkipPushToBusyPeer,
+    /// `Replicated(k)` counts one copy more than the peers reported.
+    ReplicatedOvercount,
+    /// Opening the store does not spend the clean-close mark, so a crash
+    /// after a clean restart reuses the actor (and its sequence numbers).
+    ReuseActorAfterCleanClose,
+    /// Eviction takes documents with unflushed changes too.
+    EvictDirtyDocuments,
+    /// A flush does not update the reconciliation digest's leaves.
+    StaleDigestLeaf,
+    /// Sending a message does not give back its bytes to the peer's queue
+    /// budget.
+    LeakQueuedBytes,
+}
+
+impl FaultInjection {
+    /// Every planted bug (not [`FaultInjection::None`]).
+    pub const ALL: [FaultInjection; 11] = [
+        FaultInjection::AckDurableBeforeFlush,
+        FaultInjection::DropPushWithMissingDependencies,
+        FaultInjection::NoSyncResend,
+        FaultInjection::NoSyncResetOnReconcile,
+        FaultInjection::CompactDeletesBeforeSnapshot,
+        FaultInjection::SkipPushToBusyPeer,
+        FaultInjection::ReplicatedOvercount,
+        FaultInjection::ReuseActorAfterCleanClose,
+        FaultInjection::EvictDirtyDocuments,
+        FaultInjection::StaleDigestLeaf,
+        FaultInjection::LeakQueuedBytes,
+    ];
+
+    /// True when this build can plant bugs (the `planted-bugs` feature).
+    pub const AVAILABLE: bool = cfg!(feature = "planted-bugs");
 }
 
 impl Config {
@@ -94,6 +152,7 @@ impl Config {
             max_cached_document_bytes: 256 * 1024 * 1024,
             max_digest_leaves: MAX_DIGEST_LEAVES,
             max_tracked_replications: 65_536,
+            anti_entropy: true,
             membership_addr: None,
             fault_injection: FaultInjection::None,
         }
@@ -103,6 +162,13 @@ impl Config {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
+    }
+
+    /// True when `bug` is planted. A constant `false` without the
+    /// `planted-bugs` feature.
+    #[inline(always)]
+    pub(crate) fn planted(&self, bug: FaultInjection) -> bool {
+        FaultInjection::AVAILABLE && self.fault_injection == bug
     }
 
     pub(crate) fn digest_leaves_per_message(&self) -> usize {

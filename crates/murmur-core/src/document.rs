@@ -84,7 +84,7 @@ impl Document {
             // that peer afresh rather than refuse the document.
             match sync::State::decode(&bytes) {
                 Ok(state) => {
-                    sync.insert(NodeId(peer), state);
+                    sync.insert(NodeId(peer), settled(state, &doc.get_heads()));
                 }
                 Err(error) => tracing::warn!(
                     doc = %id, peer = %NodeId(peer).short(), %error,
@@ -218,12 +218,13 @@ impl Document {
         &mut self,
         id: DocumentId,
         store: &dyn Storage,
+        delete_first: bool,
     ) -> Result<(), StoreError> {
         debug_assert_eq!(self.saved_heads, self.doc.get_heads());
         let covers = self.next_seq.saturating_sub(1);
         let snapshot = self.doc.save();
         let snapshot_bytes = snapshot.len();
-        layout::compact(store, id.as_bytes(), covers, snapshot)?;
+        compact_log(store, id, covers, snapshot, delete_first)?;
         tracing::debug!(
             doc = %id, chunks = self.chunk_count, chunk_bytes = self.chunk_bytes,
             snapshot_bytes, "compacted document"
@@ -236,6 +237,23 @@ impl Document {
 }
 
 /// Builds the Automerge document a log describes.
+/// Compacts the stored log: the right way, or (the planted bug
+/// [`crate::FaultInjection::CompactDeletesBeforeSnapshot`]) deleting first.
+fn compact_log(
+    store: &dyn Storage,
+    id: DocumentId,
+    covers: u64,
+    snapshot: Vec<u8>,
+    delete_first: bool,
+) -> Result<(), StoreError> {
+    #[cfg(feature = "planted-bugs")]
+    if delete_first {
+        return layout::compact_deleting_first(store, id.as_bytes(), covers, snapshot);
+    }
+    let _ = delete_first;
+    layout::compact(store, id.as_bytes(), covers, snapshot)
+}
+
 fn assemble(log: &DocumentLog) -> Result<Automerge, automerge::AutomergeError> {
     let mut doc = match &log.snapshot {
         Some(snapshot) => Automerge::load(&snapshot.bytes)?,
@@ -259,6 +277,28 @@ pub(crate) enum LoadError {
 /// Resets the in-flight part of a sync state, keeping what is worth keeping
 /// (the heads both sides share). Automerge can loop or stall after a lost
 /// message otherwise (automerge issues #1284, #772).
+/// A sync state read back from the store (which keeps only the heads both
+/// sides shared). If they are this document's heads, the conversation had
+/// ended in agreement before the document left memory: say so, so that the
+/// next message from the peer is answered only if there is something to
+/// say. Without this, a document evicted and reloaded between two
+/// messages of an exchange forgets that it has already spoken, answers
+/// again, and two peers whose caches are too small for their documents
+/// ping-pong empty sync messages forever (the simulator found this with
+/// small caches).
+fn settled(mut state: sync::State, heads: &[ChangeHash]) -> sync::State {
+    let mut shared = state.shared_heads.clone();
+    shared.sort_unstable();
+    let mut ours = heads.to_vec();
+    ours.sort_unstable();
+    if !ours.is_empty() && shared == ours {
+        state.last_sent_heads = heads.to_vec();
+        state.their_heads = Some(heads.to_vec());
+        state.have_responded = true;
+    }
+    state
+}
+
 pub(crate) fn reset_in_flight(state: &mut sync::State) {
     *state = sync::State::decode(&state.encode()).unwrap_or_default();
 }

@@ -198,4 +198,61 @@ pub struct Metrics {
     /// Documents that reconciliation found to differ from a peer's and
     /// synced.
     pub documents_reconciled: u64,
+    /// Digest buckets too big for one message, sent as several id ranges.
+    pub digest_buckets_split: u64,
+}
+
+impl Metrics {
+    /// Adds `other`'s counters to these (gauges add up too: the sum over
+    /// several replicas).
+    pub fn accumulate(&mut self, other: &Metrics) {
+        let Metrics {
+            local_changes,
+            changes_pushed,
+            changes_received,
+            sync_messages_sent,
+            sync_messages_received,
+            messages_sent,
+            messages_received,
+            messages_dropped_backpressure,
+            missing_dependency_syncs,
+            anti_entropy_rounds,
+            sync_restarts,
+            flushes,
+            flush_failures,
+            bytes_flushed,
+            compactions,
+            documents_loaded,
+            documents_evicted,
+            cached_documents,
+            cached_document_bytes,
+            digest_messages_sent,
+            digest_messages_received,
+            documents_reconciled,
+            digest_buckets_split,
+        } = other;
+        self.local_changes += local_changes;
+        self.changes_pushed += changes_pushed;
+        self.changes_received += changes_received;
+        self.sync_messages_sent += sync_messages_sent;
+        self.sync_messages_received += sync_messages_received;
+        self.messages_sent += messages_sent;
+        self.messages_received += messages_received;
+        self.messages_dropped_backpressure += messages_dropped_backpressure;
+        self.missing_dependency_syncs += missing_dependency_syncs;
+        self.anti_entropy_rounds += anti_entropy_rounds;
+        self.sync_restarts += sync_restarts;
+        self.flushes += flushes;
+        self.flush_failures += flush_failures;
+        self.bytes_flushed += bytes_flushed;
+        self.compactions += compactions;
+        self.documents_loaded += documents_loaded;
+        self.documents_evicted += documents_evicted;
+        self.cached_documents += cached_documents;
+        self.cached_document_bytes += cached_document_bytes;
+        self.digest_messages_sent += digest_messages_sent;
+        self.digest_messages_received += digest_messages_received;
+        self.documents_reconciled += documents_reconciled;
+        self.digest_buckets_split += digest_buckets_split;
+    }
 }

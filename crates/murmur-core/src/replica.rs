@@ -135,6 +135,8 @@ pub struct Replica {
     membership: Option<Membership>,
     flush_at: Option<Time>,
     anti_entropy_at: Time,
+    /// The time of the latest input.
+    now: Time,
     metrics: Metrics,
 }
 
@@ -148,7 +150,10 @@ impl Replica {
         let Incarnation {
             actor: incarnation,
             opening,
-        } = next_incarnation(&*store)?;
+        } = next_incarnation(
+            &*store,
+            config.planted(FaultInjection::ReuseActorAfterCleanClose),
+        )?;
         digest::rebuild_if_missing(&*store)?;
         let actor = incarnation_actor(&config.node_id, incarnation);
         let mut replica = Replica {
@@ -177,6 +182,7 @@ impl Replica {
             membership: None,
             flush_at: None,
             anti_entropy_at: now,
+            now,
             metrics: Metrics::default(),
             config,
         };
@@ -290,7 +296,7 @@ impl Replica {
             doc,
             level: AckLevel::Applied,
         });
-        if self.config.fault_injection == FaultInjection::AckDurableBeforeFlush {
+        if self.config.planted(FaultInjection::AckDurableBeforeFlush) {
             self.events.push_back(Event::Acknowledged {
                 write,
                 doc,
@@ -324,7 +330,7 @@ impl Replica {
         // differing syncs it both ways), so one side starting it is enough:
         // the one with the lower id. Anti-entropy rounds start it from
         // either side later, should this message be lost.
-        if self.config.node_id < peer {
+        if self.config.anti_entropy && self.config.node_id < peer {
             self.start_reconciliation(peer);
         }
         tracing::info!(peer = %peer.short(), "peer up");
@@ -397,7 +403,15 @@ impl Replica {
             .map(|bytes| Change::from_bytes(bytes).map_err(|error| invalid(error.to_string())))
             .collect::<Result<Vec<Change>, _>>()?;
         let count = changes.len();
+        let drop_orphans = self
+            .config
+            .planted(FaultInjection::DropPushWithMissingDependencies);
         let document = self.document_or_new(now, doc)?;
+        let changes = if drop_orphans {
+            keep_changes_with_dependencies(&document.doc, changes)
+        } else {
+            changes
+        };
         let before = document.heads();
         document
             .doc
@@ -446,7 +460,7 @@ impl Replica {
             automerge::sync::SyncDoc::receive_sync_message(&mut document.doc, state, message);
         let after = document.heads();
         let reply = document.after_sync_message(from, &before, their_before.as_deref());
-        self.dirty_sync.insert((doc, from));
+        self.mark_sync_dirty(doc, from);
         self.metrics.sync_messages_received += 1;
         if before != after {
             self.changed(now, doc, Origin::Remote(from));
@@ -455,6 +469,7 @@ impl Replica {
         result.map_err(|error| invalid(error.to_string()))?;
         match reply {
             SyncReply::Continue => self.sync_with(doc, from, false),
+            SyncReply::Resend if self.config.planted(FaultInjection::NoSyncResend) => {}
             SyncReply::Resend => {
                 tracing::debug!(peer = %from.short(), doc = %doc, "sync stalled; sending again what may have been lost");
                 self.metrics.sync_restarts += 1;
@@ -480,7 +495,9 @@ impl Replica {
         }
         if self.anti_entropy_at <= now {
             self.anti_entropy_at = now.add(self.next_anti_entropy_interval());
-            self.anti_entropy_round();
+            if self.config.anti_entropy {
+                self.anti_entropy_round();
+            }
         }
         self.evict_cold_documents(now);
     }
@@ -517,6 +534,7 @@ impl Replica {
     /// Re-arms timers that a clock jumping backwards has pushed further
     /// away than their own interval, so a jump delays nothing for long.
     fn observe_clock(&mut self, now: Time) {
+        self.now = now;
         if let Some(membership) = self.membership.as_mut() {
             membership.observe_clock(now);
         }
@@ -542,7 +560,8 @@ impl Replica {
     /// input.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let transmit = self.outbox.pop_front()?;
-        if let Some(peer) = self.peers.get_mut(&transmit.to) {
+        let leak = self.config.planted(FaultInjection::LeakQueuedBytes);
+        if let Some(peer) = self.peers.get_mut(&transmit.to).filter(|_| !leak) {
             peer.queued_bytes = peer
                 .queued_bytes
                 .saturating_sub(message_bytes(&transmit.message));
@@ -684,6 +703,96 @@ impl Replica {
         self.awaiting_flush.len()
     }
 
+    // ----- invariants ---------------------------------------------------
+
+    /// Checks the engine's internal invariants, cheaply (O(documents in
+    /// memory + queued messages)): the simulator calls it after every step.
+    /// `Err` names the first one broken; that is always a bug in the engine.
+    ///
+    /// - the cache's byte total is the sum of its entries, and the cache
+    ///   lists exactly the documents in memory;
+    /// - each peer's queued bytes are what is queued for it, and nothing is
+    ///   queued for a peer that is not connected;
+    /// - unflushed state (dirty documents, writes awaiting their flush,
+    ///   dirty sync states) implies a scheduled flush, and every dirty
+    ///   document is in memory (evicting one would lose it).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.cache.check()?;
+        if self.cache.len() != self.docs.len() {
+            return Err(format!(
+                "{} documents in memory, {} in the cache",
+                self.docs.len(),
+                self.cache.len()
+            ));
+        }
+        if let Some(doc) = self.docs.keys().find(|doc| !self.cache.contains(doc)) {
+            return Err(format!("document {doc} is in memory but not in the cache"));
+        }
+        self.check_queues()?;
+        let unflushed = !self.dirty_docs.is_empty()
+            || !self.awaiting_flush.is_empty()
+            || !self.dirty_sync.is_empty();
+        if unflushed && self.flush_at.is_none() {
+            return Err(format!(
+                "unflushed state ({} dirty documents, {} writes awaiting a flush, {} sync states) but no flush scheduled",
+                self.dirty_docs.len(),
+                self.awaiting_flush.len(),
+                self.dirty_sync.len()
+            ));
+        }
+        let dirty = self.dirty_docs.iter();
+        let awaiting = self.awaiting_flush.iter().map(|(_, doc)| doc);
+        if let Some(doc) = dirty
+            .chain(awaiting)
+            .find(|doc| !self.docs.contains_key(doc))
+        {
+            return Err(format!(
+                "document {doc} has unflushed changes but is not in memory"
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_queues(&self) -> Result<(), String> {
+        let mut queued: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for transmit in &self.outbox {
+            if !self.peers.contains_key(&transmit.to) {
+                return Err(format!(
+                    "a {} message is queued for {}, which is not connected",
+                    transmit.message.kind(),
+                    transmit.to.short()
+                ));
+            }
+            *queued.entry(transmit.to).or_default() += message_bytes(&transmit.message);
+        }
+        for (peer, state) in &self.peers {
+            let actual = queued.get(peer).copied().unwrap_or(0);
+            if state.queued_bytes != actual {
+                return Err(format!(
+                    "peer {} is charged {} queued bytes, {actual} are queued",
+                    peer.short(),
+                    state.queued_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Recomputes the reconciliation digest from the documents in the
+    /// store and compares it with the stored one, leaf by leaf and node by
+    /// node. O(documents stored): for the end of a simulation, not a step.
+    pub fn check_digest(&self) -> Result<(), String> {
+        crate::digest::verify(&*self.store)
+    }
+
+    /// The reconciliation digest's root: (xor of every leaf, document
+    /// count). Two replicas holding the same documents at the same heads
+    /// have equal roots.
+    pub fn digest_root(&self) -> Result<(u64, u64), ReplicaError> {
+        let (xor, count) = layout::load_trie_node(&*self.store, 0, 0)?;
+        Ok((xor, u64::from(count)))
+    }
+
     // ----- internals ----------------------------------------------------
 
     fn missing(&self, doc: DocumentId) -> ReplicaError {
@@ -765,6 +874,15 @@ impl Replica {
         }
     }
 
+    /// A sync state changed: it is flushed with the next group commit
+    /// (scheduled now if none is), so its document can be evicted after.
+    fn mark_sync_dirty(&mut self, doc: DocumentId, peer: NodeId) {
+        self.dirty_sync.insert((doc, peer));
+        if self.flush_at.is_none() {
+            self.flush_at = Some(self.now.add(self.config.group_commit_delay));
+        }
+    }
+
     fn changed(&mut self, now: Time, doc: DocumentId, origin: Origin) {
         self.mark_dirty(now, doc);
         if let Some(document) = self.docs.get(&doc) {
@@ -783,7 +901,12 @@ impl Replica {
         let Some(peer) = self.peers.get_mut(&to) else {
             return false;
         };
-        if peer.queued_bytes + bytes > self.config.max_outbox_bytes_per_peer {
+        // One message always fits an empty queue, whatever its size: a
+        // bound below one message must slow a peer down, not starve it
+        // (the simulator found a reconciliation that could never be sent).
+        if peer.queued_bytes > 0
+            && peer.queued_bytes + bytes > self.config.max_outbox_bytes_per_peer
+        {
             self.metrics.messages_dropped_backpressure += 1;
             tracing::debug!(peer = %to.short(), queued = peer.queued_bytes, "peer queue full; dropping message, anti-entropy will repair");
             return false;
@@ -798,7 +921,11 @@ impl Replica {
     fn push_to_all(&mut self, doc: DocumentId, change: Vec<u8>) {
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         let batch = self.config.push_batch();
+        let skip_busy = self.config.planted(FaultInjection::SkipPushToBusyPeer);
         for peer in peers {
+            if skip_busy && self.peers.get(&peer).is_some_and(|p| p.queued_bytes > 0) {
+                continue;
+            }
             if let Some(Transmit {
                 to,
                 message:
@@ -847,7 +974,7 @@ impl Replica {
         }
         let state = document.sync.entry(peer).or_default();
         if let Some(bytes) = document::next_sync_message(&document.doc, state) {
-            self.dirty_sync.insert((doc, peer));
+            self.mark_sync_dirty(doc, peer);
             if self.enqueue(
                 peer,
                 Message::Sync {
@@ -883,7 +1010,8 @@ impl Replica {
         let mut leaves = Vec::new();
         for id in &self.dirty_docs {
             if let Some(document) = self.docs.get_mut(id) {
-                if document.leaf_outdated() {
+                if document.leaf_outdated() && !self.config.planted(FaultInjection::StaleDigestLeaf)
+                {
                     leaves.push((*id, digest::leaf_value(id, &document.heads())));
                 }
                 pending.push((*id, document.save_into(*id, &mut batch)));
@@ -989,10 +1117,10 @@ impl Replica {
                 if excess == 0 {
                     break;
                 }
-                if self.dirty_docs.contains(&doc)
+                let pinned = self.dirty_docs.contains(&doc)
                     || awaiting.contains(&doc)
-                    || syncing.contains(&doc)
-                {
+                    || syncing.contains(&doc);
+                if pinned && !self.config.planted(FaultInjection::EvictDirtyDocuments) {
                     continue;
                 }
                 let waits = self
@@ -1129,6 +1257,9 @@ impl Replica {
         }
         let per_message = self.config.digest_leaves_per_message();
         let parts = entries.len().div_ceil(per_message);
+        if parts > 1 {
+            self.metrics.digest_buckets_split += 1;
+        }
         let mut after = None;
         for (index, part) in entries.chunks(per_message).enumerate() {
             self.send_digest(
@@ -1191,7 +1322,8 @@ impl Replica {
             return;
         }
         self.metrics.documents_reconciled += 1;
-        self.sync_with(doc, peer, true);
+        let reset = !self.config.planted(FaultInjection::NoSyncResetOnReconcile);
+        self.sync_with(doc, peer, reset);
         // Its sync state must be flushed before it can be evicted.
         if self.flush_at.is_none() {
             self.flush_at = Some(now.add(self.config.group_commit_delay));
@@ -1293,6 +1425,11 @@ impl Replica {
     }
 
     fn acknowledge_replicated(&mut self, write: WriteId, doc: DocumentId, copies: usize) {
+        let copies = if self.config.planted(FaultInjection::ReplicatedOvercount) {
+            copies + 1
+        } else {
+            copies
+        };
         self.events.push_back(Event::Acknowledged {
             write,
             doc,
@@ -1311,7 +1448,10 @@ impl Replica {
                 continue;
             };
             if document.wants_compaction(min_bytes, max_chunks) {
-                if let Err(error) = document.compact(*id, &*self.store) {
+                let delete_first = self
+                    .config
+                    .planted(FaultInjection::CompactDeletesBeforeSnapshot);
+                if let Err(error) = document.compact(*id, &*self.store, delete_first) {
                     // The chunks are still there: nothing is lost, the
                     // document just loads more slowly until the next try.
                     tracing::warn!(doc = %id, %error, "compaction failed");
@@ -1346,7 +1486,10 @@ fn read_counter(store: &dyn Storage, key: &[u8]) -> Result<Option<u64>, ReplicaE
 /// was closed cleanly ([`Replica::close`]: everything it ever sent was
 /// flushed, so no sequence number of its actor can be reused), a new one
 /// otherwise.
-fn next_incarnation(store: &dyn Storage) -> Result<Incarnation, ReplicaError> {
+fn next_incarnation(
+    store: &dyn Storage,
+    keep_clean_mark: bool,
+) -> Result<Incarnation, ReplicaError> {
     let next_key = layout::node_key("incarnation");
     let clean_key = layout::node_key("clean-close");
     let opening_key = layout::node_key("openings");
@@ -1367,7 +1510,9 @@ fn next_incarnation(store: &dyn Storage) -> Result<Incarnation, ReplicaError> {
     batch.put(next_key, (actor + 1).to_be_bytes().to_vec());
     batch.put(opening_key, (opening + 1).to_be_bytes().to_vec());
     // The mark is spent: a crash of this incarnation must not look clean.
-    batch.delete(clean_key);
+    if !keep_clean_mark {
+        batch.delete(clean_key);
+    }
     store.apply(batch)?;
     store.flush()?;
     Ok(Incarnation { actor, opening })
@@ -1404,4 +1549,20 @@ fn message_bytes(message: &Message) -> usize {
             Message::DigestNodes { nodes } => nodes.len() * 17,
             Message::DigestLeaves { entries, .. } => entries.len() * 24,
         }
+}
+
+/// The planted bug [`FaultInjection::DropPushWithMissingDependencies`]:
+/// keeps, in order, only the changes whose dependencies `doc` (or an
+/// earlier kept change) holds.
+fn keep_changes_with_dependencies(doc: &automerge::Automerge, changes: Vec<Change>) -> Vec<Change> {
+    let mut kept: Vec<Change> = Vec::new();
+    for change in changes {
+        let known = change.deps().iter().all(|dep| {
+            doc.get_change_by_hash(dep).is_some() || kept.iter().any(|k| k.hash() == *dep)
+        });
+        if known {
+            kept.push(change);
+        }
+    }
+    kept
 }

@@ -58,6 +58,13 @@ pub struct Network {
     pub delay: f64,
     /// Longest extra delay.
     pub delay_max: Duration,
+    /// Bytes one direction of a connection may hold waiting to be sent;
+    /// past it, a message is dropped (as murmur-net's send queue drops
+    /// frames when a slow peer fills it). 0: no bound.
+    pub link_queue_bytes: usize,
+    /// How fast one direction of a connection sends, in bytes per
+    /// millisecond: a message waits for those queued before it. 0: at once.
+    pub link_bytes_per_ms: u64,
 }
 
 impl Default for Network {
@@ -69,6 +76,8 @@ impl Default for Network {
             duplicate: 0.0,
             delay: 0.0,
             delay_max: Duration::ZERO,
+            link_queue_bytes: 0,
+            link_bytes_per_ms: 0,
         }
     }
 }
@@ -85,6 +94,9 @@ pub struct Traffic {
     pub dropped: u64,
     /// Messages a replica rejected.
     pub rejected: u64,
+    /// Messages dropped because their connection's send queue was full
+    /// (included in `dropped`).
+    pub queue_full: u64,
 }
 
 /// Why the network did not deliver a message.
@@ -96,6 +108,8 @@ pub enum DropReason {
     Blocked,
     /// The connection it was sent on closed before it arrived.
     Closed,
+    /// The connection's send queue was full ([`Network::link_queue_bytes`]).
+    QueueFull,
 }
 
 /// Something that happened in the simulated world.
@@ -166,6 +180,16 @@ pub enum WorldEvent {
         /// Higher-numbered node.
         b: usize,
     },
+    /// A node crashed because its store failed in the middle of an engine
+    /// call ([`Cluster::fail_storage_after`]): what that call produced was
+    /// lost with it, and the store kept the oldest `kept` unflushed
+    /// batches.
+    StorageCrashed {
+        /// The node.
+        node: usize,
+        /// Unflushed batches that survived.
+        kept: usize,
+    },
 }
 
 /// One entry of the world's trace.
@@ -192,6 +216,19 @@ struct Node {
     wake_at: Option<Time>,
     /// Messages that arrived while the node was paused, oldest first.
     held: VecDeque<InFlight>,
+    /// Counters of this node's earlier incarnations.
+    retired_metrics: crate::Metrics,
+    /// Outputs wait for [`Cluster::release`] (several inputs in one turn).
+    holding: bool,
+}
+
+/// One direction of a connection: what it is still sending.
+#[derive(Default)]
+struct LinkQueue {
+    /// When each queued message finishes sending, and its bytes.
+    sending: VecDeque<(Time, usize)>,
+    /// When the last queued message finishes sending.
+    busy_until: Time,
 }
 
 struct InFlight {
@@ -217,7 +254,11 @@ pub struct Cluster {
     blocked: BTreeSet<(usize, usize)>,
     /// Open connections (unordered pairs) and the generation of each.
     links: BTreeMap<(usize, usize), u64>,
+    /// Send queues of open connections, by direction (from, to).
+    queues: BTreeMap<(usize, usize), LinkQueue>,
     generations: u64,
+    /// The node the last [`Cluster::step`] ran, if any.
+    last_stepped: Option<usize>,
     /// The network's behaviour; change it at any time.
     pub network: Network,
     traffic: Traffic,
@@ -238,6 +279,18 @@ pub fn message_kind(message: &Message) -> &'static str {
 /// O(documents): for tests and offline checks.
 pub fn verify_digest(store: &dyn murmur_store::Storage) -> Result<(), String> {
     crate::digest::verify(store)
+}
+
+/// Loads document `doc` from `store` as the engine would (snapshot plus
+/// chunks), to check what a store holds: pass
+/// [`MemStore::durable_view`] to see what survives a crash.
+pub fn load_stored_document(
+    store: &dyn murmur_store::Storage,
+    doc: DocumentId,
+) -> Result<automerge::Automerge, String> {
+    crate::document::Document::load(store, doc, automerge::ActorId::from(vec![0u8; 16]))
+        .map(|document| document.doc)
+        .map_err(|error| error.to_string())
 }
 
 /// 64-bit FNV-1a: a stable hash, the same on every platform and release.
@@ -289,6 +342,8 @@ impl Cluster {
                     clock_offset_ms: 0,
                     wake_at: None,
                     held: VecDeque::new(),
+                    retired_metrics: crate::Metrics::default(),
+                    holding: false,
                 }
             })
             .collect();
@@ -301,7 +356,9 @@ impl Cluster {
             cut: BTreeSet::new(),
             blocked: BTreeSet::new(),
             links: BTreeMap::new(),
+            queues: BTreeMap::new(),
             generations: 0,
+            last_stepped: None,
             network: Network::default(),
             traffic: Traffic::default(),
             trace: None,
@@ -492,7 +549,10 @@ impl Cluster {
     /// `keep` unflushed batches survive (a background flusher wrote them).
     pub fn crash_keeping(&mut self, index: usize, keep: usize) {
         let node = &mut self.nodes[index];
-        node.replica = None;
+        if let Some(replica) = node.replica.take() {
+            node.retired_metrics.accumulate(replica.metrics());
+        }
+        node.holding = false;
         node.store.crash_keeping(keep);
         // Acknowledgements belong to an incarnation: write ids start again.
         node.acks.clear();
@@ -503,15 +563,107 @@ impl Cluster {
     }
 
     /// Restarts a crashed node from its store.
+    /// A storage failure still planted on it is removed first: a crash
+    /// while opening is not one the simulator models.
     pub fn restart(&mut self, index: usize) {
         let now = self.local_now(index);
         let node = &mut self.nodes[index];
         assert!(node.replica.is_none(), "node {index} is running");
+        node.store.disarm();
         let replica = Replica::open(node.config.clone(), Box::new(node.store.clone()), now)
             .unwrap_or_else(|e| panic!("node {index} does not reopen: {e}"));
         node.replica = Some(replica);
         self.drain(index);
         self.refresh_connections();
+    }
+
+    /// Restarts node `index` gracefully: closes its replica
+    /// ([`Replica::close`]: a final flush and the clean-close mark) and
+    /// opens it again from its store. Returns the close's error, if it
+    /// failed (the node is then crashed instead, losing nothing flushed).
+    pub fn restart_gracefully(&mut self, index: usize) -> Result<(), String> {
+        let now = self.local_now(index);
+        let node = &mut self.nodes[index];
+        if node.replica.is_none() {
+            return Err(format!("node {index} is not running"));
+        }
+        // A node shutting down flushes and reports what became durable
+        // before it closes.
+        node.holding = false;
+        if let Some(replica) = node.replica.as_mut() {
+            replica.flush_now(now);
+        }
+        self.drain(index);
+        let node = &mut self.nodes[index];
+        let Some(replica) = node.replica.take() else {
+            return Err(format!("node {index} crashed in its final flush"));
+        };
+        node.retired_metrics.accumulate(replica.metrics());
+        let closed = replica.close(now).map_err(|e| e.to_string());
+        if closed.is_err() {
+            node.store.crash();
+        }
+        node.acks.clear();
+        node.wake_at = None;
+        node.paused = false;
+        node.held.clear();
+        node.holding = false;
+        // The connections close with the old process...
+        self.refresh_connections();
+        // ... and open again with the new one.
+        self.restart(index);
+        closed
+    }
+
+    /// Plants a storage failure in node `index`'s store: its next `ops`
+    /// applies and flushes succeed, the one after fails, and the node
+    /// crashes right after the engine call that hit it (that call's
+    /// outputs never leave; the store keeps a random prefix of its
+    /// unflushed batches). A [`WorldEvent::StorageCrashed`] records it.
+    pub fn fail_storage_after(&mut self, index: usize, ops: u64) {
+        self.nodes[index].store.fail_after(ops);
+    }
+
+    /// Removes a storage failure planted on node `index` that has not gone
+    /// off.
+    pub fn disarm_storage(&mut self, index: usize) {
+        self.nodes[index].store.disarm();
+    }
+
+    /// True while node `index` has a planted storage failure waiting.
+    pub fn storage_armed(&self, index: usize) -> bool {
+        self.nodes[index].store.armed()
+    }
+
+    /// Holds node `index`'s outputs: the inputs given to it until
+    /// [`Cluster::release`] form one driver turn (their messages go out
+    /// together, after the last).
+    pub fn hold(&mut self, index: usize) {
+        self.nodes[index].holding = true;
+    }
+
+    /// Ends a turn begun with [`Cluster::hold`]: drains node `index`.
+    pub fn release(&mut self, index: usize) {
+        self.nodes[index].holding = false;
+        self.drain(index);
+    }
+
+    /// The engine's counters summed over every node and every incarnation
+    /// of it (crashed and restarted ones included).
+    pub fn total_metrics(&self) -> crate::Metrics {
+        let mut total = crate::Metrics::default();
+        for node in &self.nodes {
+            total.accumulate(&node.retired_metrics);
+            if let Some(replica) = &node.replica {
+                total.accumulate(replica.metrics());
+            }
+        }
+        total
+    }
+
+    /// The node the last [`Cluster::step`] delivered to or woke, if any.
+    pub fn last_stepped(&self) -> Option<usize> {
+        self.last_stepped
     }
 
     /// Pauses node `index`: it receives nothing (messages to it wait) and
@@ -576,6 +728,8 @@ impl Cluster {
             self.replica_mut(b).handle_peer_up(now_b, id_a);
         } else if !should && is {
             self.links.remove(&(a, b));
+            self.queues.remove(&(a, b));
+            self.queues.remove(&(b, a));
             self.record(WorldEvent::Disconnected { a, b });
             for (me, other) in [(a, b), (b, a)] {
                 let (now, peer) = (self.local_now(me), self.nodes[other].id);
@@ -589,6 +743,13 @@ impl Cluster {
     /// Takes node `index`'s outputs: messages onto the wire, events into
     /// the acknowledgement log; then arms its timer.
     fn drain(&mut self, index: usize) {
+        if self.nodes[index].holding {
+            return;
+        }
+        if self.nodes[index].store.tripped() {
+            self.storage_crash(index);
+            return;
+        }
         let local_now = self.local_now(index);
         let node = &mut self.nodes[index];
         let Some(replica) = node.replica.as_mut() else {
@@ -626,11 +787,53 @@ impl Cluster {
         }
     }
 
+    /// The node's store failed inside the engine call just made: the
+    /// process died there. Nothing that call produced leaves; the store
+    /// keeps a random prefix of its unflushed batches.
+    fn storage_crash(&mut self, index: usize) {
+        let unflushed = self.nodes[index].store.unflushed_batches();
+        let kept = self.rng.gen_range(0..=unflushed);
+        self.record(WorldEvent::StorageCrashed { node: index, kept });
+        self.crash_keeping(index, kept);
+    }
+
+    /// Queues `bytes` on the connection `from` → `to`: `Some(when it is
+    /// sent)`, or `None` if the queue is full.
+    fn enqueue_on_link(&mut self, from: usize, to: usize, bytes: usize) -> Option<Time> {
+        let (capacity, rate) = (
+            self.network.link_queue_bytes,
+            self.network.link_bytes_per_ms,
+        );
+        if rate == 0 {
+            return Some(self.now);
+        }
+        let now = self.now;
+        let queue = self.queues.entry((from, to)).or_default();
+        while queue.sending.front().is_some_and(|(done, _)| *done <= now) {
+            queue.sending.pop_front();
+        }
+        let queued: usize = queue.sending.iter().map(|(_, bytes)| bytes).sum();
+        // One message always fits an empty queue, whatever its size.
+        if capacity > 0 && queued > 0 && queued + bytes > capacity {
+            return None;
+        }
+        let micros = (bytes as u64).saturating_mul(1000) / rate;
+        let done = queue.busy_until.max(now).add(Duration::from_micros(micros));
+        queue.busy_until = done;
+        queue.sending.push_back((done, bytes));
+        Some(done)
+    }
+
     fn send(&mut self, from: usize, to: usize, kind: &'static str, frame: Vec<u8>) {
         self.traffic.messages += 1;
         self.traffic.bytes += frame.len() as u64;
         let Some(&generation) = self.links.get(&pair(from, to)) else {
             self.drop_message(from, to, kind, frame.len(), DropReason::Closed);
+            return;
+        };
+        let Some(sent_at) = self.enqueue_on_link(from, to, frame.len()) else {
+            self.traffic.queue_full += 1;
+            self.drop_message(from, to, kind, frame.len(), DropReason::QueueFull);
             return;
         };
         if self.rng.gen_bool(self.network.loss.clamp(0.0, 1.0)) {
@@ -646,7 +849,7 @@ impl Cluster {
             let latency = self.latency();
             self.sent += 1;
             self.in_flight.insert(
-                (self.now.add(latency), self.sent),
+                (sent_at.add(latency), self.sent),
                 InFlight {
                     from,
                     to,
@@ -714,6 +917,7 @@ impl Cluster {
 
     fn fire_timer(&mut self, timer: Time, index: usize) {
         self.now = self.now.max(timer);
+        self.last_stepped = Some(index);
         self.record(WorldEvent::Timer { node: index });
         let now = self.local_now(index);
         self.replica_mut(index).handle_timeout(now);
@@ -726,6 +930,7 @@ impl Cluster {
         };
         self.now = self.now.max(time);
         let (from, to, kind) = (message.from, message.to, message.kind);
+        self.last_stepped = Some(to);
         // A message on a connection that has since closed is lost with it.
         if self.links.get(&pair(from, to)) != Some(&message.generation) {
             self.drop_message(from, to, kind, message.frame.len(), DropReason::Closed);
