@@ -42,6 +42,7 @@
 //! ```
 
 pub mod check;
+pub mod durable;
 pub mod history;
 pub mod nemesis;
 pub mod params;
@@ -67,8 +68,11 @@ pub use schedule::{Repro, Schedule};
 pub use sim::{RunOptions, RunOutcome};
 
 /// A bug the simulator can plant in every replica, to show that the
-/// checkers catch it (see `tests/planted_bug.rs`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// checkers catch it (`murmur-sim mutants`, `tests/planted_bug.rs`). Each
+/// is one of the engine's [`FaultInjection`] switches.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PlantedBug {
     /// None: the engine as written.
@@ -76,14 +80,64 @@ pub enum PlantedBug {
     None,
     /// Writes are acknowledged durable before their flush.
     AckDurableBeforeFlush,
+    /// A pushed change missing dependencies is dropped, never applied.
+    DropPushWithMissingDependencies,
+    /// A stalled sync is not resent (first stall safeguard gone).
+    NoSyncResend,
+    /// Reconciliation does not reset in-flight sync state (second
+    /// safeguard gone).
+    NoSyncResetOnReconcile,
+    /// Compaction deletes old chunks before the snapshot is on disk.
+    CompactDeletesBeforeSnapshot,
+    /// Pushes to a peer with anything queued are silently skipped.
+    SkipPushToBusyPeer,
+    /// `Replicated(k)` counts one copy too many.
+    ReplicatedOvercount,
+    /// A clean restart followed by a crash reuses the actor.
+    ReuseActorAfterCleanClose,
+    /// Eviction takes documents with unflushed changes.
+    EvictDirtyDocuments,
+    /// Flushes leave the digest's leaves stale.
+    StaleDigestLeaf,
+    /// Sent messages never give their bytes back to the peer's budget.
+    LeakQueuedBytes,
 }
 
 impl PlantedBug {
+    /// Every bug (not [`PlantedBug::None`]).
+    pub const ALL: [PlantedBug; 11] = [
+        PlantedBug::AckDurableBeforeFlush,
+        PlantedBug::DropPushWithMissingDependencies,
+        PlantedBug::NoSyncResend,
+        PlantedBug::NoSyncResetOnReconcile,
+        PlantedBug::CompactDeletesBeforeSnapshot,
+        PlantedBug::SkipPushToBusyPeer,
+        PlantedBug::ReplicatedOvercount,
+        PlantedBug::ReuseActorAfterCleanClose,
+        PlantedBug::EvictDirtyDocuments,
+        PlantedBug::StaleDigestLeaf,
+        PlantedBug::LeakQueuedBytes,
+    ];
+
     /// The engine's switch for it.
     pub fn fault_injection(self) -> FaultInjection {
         match self {
             PlantedBug::None => FaultInjection::None,
             PlantedBug::AckDurableBeforeFlush => FaultInjection::AckDurableBeforeFlush,
+            PlantedBug::DropPushWithMissingDependencies => {
+                FaultInjection::DropPushWithMissingDependencies
+            }
+            PlantedBug::NoSyncResend => FaultInjection::NoSyncResend,
+            PlantedBug::NoSyncResetOnReconcile => FaultInjection::NoSyncResetOnReconcile,
+            PlantedBug::CompactDeletesBeforeSnapshot => {
+                FaultInjection::CompactDeletesBeforeSnapshot
+            }
+            PlantedBug::SkipPushToBusyPeer => FaultInjection::SkipPushToBusyPeer,
+            PlantedBug::ReplicatedOvercount => FaultInjection::ReplicatedOvercount,
+            PlantedBug::ReuseActorAfterCleanClose => FaultInjection::ReuseActorAfterCleanClose,
+            PlantedBug::EvictDirtyDocuments => FaultInjection::EvictDirtyDocuments,
+            PlantedBug::StaleDigestLeaf => FaultInjection::StaleDigestLeaf,
+            PlantedBug::LeakQueuedBytes => FaultInjection::LeakQueuedBytes,
         }
     }
 
@@ -92,6 +146,42 @@ impl PlantedBug {
         match self {
             PlantedBug::None => "none",
             PlantedBug::AckDurableBeforeFlush => "ack-durable-before-flush",
+            PlantedBug::DropPushWithMissingDependencies => "drop-push-with-missing-dependencies",
+            PlantedBug::NoSyncResend => "no-sync-resend",
+            PlantedBug::NoSyncResetOnReconcile => "no-sync-reset-on-reconcile",
+            PlantedBug::CompactDeletesBeforeSnapshot => "compact-deletes-before-snapshot",
+            PlantedBug::SkipPushToBusyPeer => "skip-push-to-busy-peer",
+            PlantedBug::ReplicatedOvercount => "replicated-overcount",
+            PlantedBug::ReuseActorAfterCleanClose => "reuse-actor-after-clean-close",
+            PlantedBug::EvictDirtyDocuments => "evict-dirty-documents",
+            PlantedBug::StaleDigestLeaf => "stale-digest-leaf",
+            PlantedBug::LeakQueuedBytes => "leak-queued-bytes",
+        }
+    }
+
+    /// The bug named `name` (as [`PlantedBug::name`] spells it).
+    pub fn from_name(name: &str) -> Option<PlantedBug> {
+        std::iter::once(PlantedBug::None)
+            .chain(PlantedBug::ALL)
+            .find(|bug| bug.name() == name)
+    }
+
+    /// The scenario files (in `simulations/`) whose runs should catch it:
+    /// the mutation suite (`murmur-sim mutants`) runs it there.
+    pub fn caught_by(self) -> &'static [&'static str] {
+        match self {
+            PlantedBug::None => &[],
+            PlantedBug::AckDurableBeforeFlush => &["crash-restart"],
+            PlantedBug::DropPushWithMissingDependencies => &["no-anti-entropy"],
+            PlantedBug::NoSyncResend => &["flaky-links"],
+            PlantedBug::NoSyncResetOnReconcile => &["flaky-links"],
+            PlantedBug::CompactDeletesBeforeSnapshot => &["compaction-crash"],
+            PlantedBug::SkipPushToBusyPeer => &["no-anti-entropy"],
+            PlantedBug::ReplicatedOvercount => &["partition-halves"],
+            PlantedBug::ReuseActorAfterCleanClose => &["restarts"],
+            PlantedBug::EvictDirtyDocuments => &["many-docs"],
+            PlantedBug::StaleDigestLeaf => &["partition-halves"],
+            PlantedBug::LeakQueuedBytes => &["partition-halves"],
         }
     }
 }

@@ -59,8 +59,8 @@ struct Common {
     /// Most runs the shrinker may make per failure.
     #[arg(long, default_value_t = 400)]
     shrink_runs: usize,
-    /// Plant a bug in every replica, to see the checkers catch it:
-    /// `ack-durable-before-flush`.
+    /// Plant a bug in every replica, to see the checkers catch it (see
+    /// `murmur-sim mutants` for the list).
     #[arg(long, value_parser = parse_plant, default_value = "none")]
     plant: PlantedBug,
 }
@@ -121,13 +121,13 @@ struct BenchArgs {
 }
 
 fn parse_plant(text: &str) -> Result<PlantedBug, String> {
-    match text {
-        "none" => Ok(PlantedBug::None),
-        "ack-durable-before-flush" => Ok(PlantedBug::AckDurableBeforeFlush),
-        other => Err(format!(
-            "unknown bug `{other}`; known: none, ack-durable-before-flush"
-        )),
-    }
+    PlantedBug::from_name(text).ok_or_else(|| {
+        let known: Vec<&str> = std::iter::once(PlantedBug::None)
+            .chain(PlantedBug::ALL)
+            .map(PlantedBug::name)
+            .collect();
+        format!("unknown bug `{text}`; known: {}", known.join(", "))
+    })
 }
 
 fn main() -> ExitCode {

@@ -48,11 +48,20 @@ pub enum FaultKind {
     /// A node's clock jumps (forwards or backwards) and jumps back when the
     /// window ends.
     ClockJump,
+    /// A node's store fails after a few more applies and flushes; the node
+    /// crashes inside that engine call (keeping a random prefix of its
+    /// unflushed batches) and stays down until the window ends.
+    StorageCrash,
+    /// A node closes cleanly and reopens at the window's start.
+    Restart,
+    /// A node closes cleanly and reopens at the window's start, then
+    /// crashes (losing what it had not flushed) and reopens at its end.
+    RestartCrash,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::PartitionHalves,
         FaultKind::PartitionRandomHalves,
         FaultKind::PartitionIsolate,
@@ -63,6 +72,9 @@ impl FaultKind {
         FaultKind::Crash,
         FaultKind::Pause,
         FaultKind::ClockJump,
+        FaultKind::StorageCrash,
+        FaultKind::Restart,
+        FaultKind::RestartCrash,
     ];
 }
 
@@ -111,6 +123,22 @@ pub enum Fault {
         /// How far (negative: backwards).
         offset_ms: i64,
     },
+    /// The node's store fails after `after_ops` more operations; the node
+    /// crashes there and stays down until the window ends.
+    StorageCrash {
+        /// The node.
+        node: usize,
+        /// Applies and flushes let through first.
+        after_ops: u64,
+    },
+    /// A clean restart at the start; with `then_crash`, a crash and restart
+    /// at the end.
+    Restart {
+        /// The node.
+        node: usize,
+        /// Crash at the window's end too.
+        then_crash: bool,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -137,6 +165,13 @@ impl fmt::Display for Fault {
             }
             Fault::Pause { node } => write!(f, "pause n{node}"),
             Fault::ClockJump { node, offset_ms } => write!(f, "clock n{node} {offset_ms:+}ms"),
+            Fault::StorageCrash { node, after_ops } => {
+                write!(f, "storage fails n{node} after {after_ops} ops")
+            }
+            Fault::Restart { node, then_crash } => {
+                let then = if *then_crash { ", then crash" } else { "" };
+                write!(f, "clean restart n{node}{then}")
+            }
         }
     }
 }
@@ -145,9 +180,11 @@ impl Fault {
     /// The node this fault is about, if it is about one node.
     pub fn node(&self) -> Option<usize> {
         match self {
-            Fault::Crash { node, .. } | Fault::Pause { node } | Fault::ClockJump { node, .. } => {
-                Some(*node)
-            }
+            Fault::Crash { node, .. }
+            | Fault::Pause { node }
+            | Fault::ClockJump { node, .. }
+            | Fault::StorageCrash { node, .. }
+            | Fault::Restart { node, .. } => Some(*node),
             Fault::Partition { .. } | Fault::Flaky { .. } => None,
         }
     }
@@ -211,6 +248,18 @@ fn draw_fault(kind: FaultKind, params: &Params, rng: &mut impl Rng) -> Fault {
             keep_batches: nemesis.crash_keep_batches.draw(rng) as usize,
         },
         FaultKind::Pause => Fault::Pause { node },
+        FaultKind::StorageCrash => Fault::StorageCrash {
+            node,
+            after_ops: nemesis.storage_crash_after_ops.draw(rng),
+        },
+        FaultKind::Restart => Fault::Restart {
+            node,
+            then_crash: false,
+        },
+        FaultKind::RestartCrash => Fault::Restart {
+            node,
+            then_crash: true,
+        },
         FaultKind::ClockJump => Fault::ClockJump {
             node,
             offset_ms: nemesis.clock_jump_ms.draw(rng),
@@ -354,6 +403,8 @@ pub struct FaultState {
     pub blocked: BTreeSet<(usize, usize)>,
     /// Crashed nodes, with how many unflushed batches the crash keeps.
     pub crashed: Vec<Option<usize>>,
+    /// Nodes whose store is to fail after this many more operations.
+    pub storage_crash: Vec<Option<u64>>,
     /// Paused nodes.
     pub paused: Vec<bool>,
     /// Clock offsets.
@@ -367,6 +418,7 @@ impl FaultState {
     pub fn of<'a>(nodes: usize, open: impl IntoIterator<Item = &'a Fault>) -> FaultState {
         let mut state = FaultState {
             crashed: vec![None; nodes],
+            storage_crash: vec![None; nodes],
             paused: vec![false; nodes],
             clock_offset_ms: vec![0; nodes],
             ..FaultState::default()
@@ -407,6 +459,13 @@ impl FaultState {
                     *slot = true;
                 }
             }
+            Fault::StorageCrash { node, after_ops } => {
+                if let Some(slot) = self.storage_crash.get_mut(*node) {
+                    *slot = Some(slot.map_or(*after_ops, |ops| ops.min(*after_ops)));
+                }
+            }
+            // An event at the window's edges, not a state: the runner does it.
+            Fault::Restart { .. } => {}
             Fault::ClockJump { node, offset_ms } => {
                 if let Some(slot) = self.clock_offset_ms.get_mut(*node) {
                     *slot = slot.saturating_add(*offset_ms);
@@ -439,7 +498,16 @@ impl FaultState {
                     cluster.crash_keeping(node, keep);
                     crashed_now.push(node);
                 }
-                (None, false) => cluster.restart(node),
+                // A node whose store failed stays down while its window is
+                // open.
+                (None, false) if self.storage_crash[node].is_none() => cluster.restart(node),
+                _ => {}
+            }
+            match self.storage_crash[node] {
+                Some(ops) if cluster.is_up(node) && !cluster.storage_armed(node) => {
+                    cluster.fail_storage_after(node, ops);
+                }
+                None => cluster.disarm_storage(node),
                 _ => {}
             }
             if self.paused[node] && cluster.is_up(node) {

@@ -55,6 +55,13 @@ pub struct NetworkParams {
     pub delay: f64,
     /// Longest delay.
     pub delay_max_ms: u64,
+    /// Bytes one direction of a connection holds before it drops (0: no
+    /// bound).
+    #[serde(default)]
+    pub link_queue_bytes: u64,
+    /// How fast a connection sends, bytes per millisecond (0: at once).
+    #[serde(default)]
+    pub link_bytes_per_ms: u64,
 }
 
 impl NetworkParams {
@@ -67,6 +74,8 @@ impl NetworkParams {
             duplicate: self.duplicate,
             delay: self.delay,
             delay_max: Duration::from_millis(self.delay_max_ms),
+            link_queue_bytes: usize::try_from(self.link_queue_bytes).unwrap_or(usize::MAX),
+            link_bytes_per_ms: self.link_bytes_per_ms,
         }
     }
 
@@ -78,6 +87,37 @@ impl NetworkParams {
             delay: 0.0,
             ..self.clone()
         }
+    }
+}
+
+/// The engine's bounds for one run (see [`crate::scenario::LimitsSpec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Bytes the engine queues per peer.
+    pub outbox_bytes: u64,
+    /// Estimated bytes of documents in memory.
+    pub cache_bytes: u64,
+    /// Chunk bytes past which a document is compacted.
+    pub compaction_min_bytes: u64,
+    /// Chunks past which a document is compacted.
+    pub compaction_max_chunks: u64,
+    /// Changes per eager push.
+    pub push_batch: u64,
+    /// Entries per reconciliation message.
+    pub digest_leaves: u64,
+}
+
+impl Limits {
+    /// `config` with these bounds.
+    pub fn apply(&self, mut config: murmur_core::Config) -> murmur_core::Config {
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        config.max_outbox_bytes_per_peer = size(self.outbox_bytes);
+        config.max_cached_document_bytes = size(self.cache_bytes);
+        config.compaction_min_bytes = size(self.compaction_min_bytes);
+        config.compaction_max_chunks = size(self.compaction_max_chunks);
+        config.max_push_batch = size(self.push_batch);
+        config.max_digest_leaves = size(self.digest_leaves);
+        config
     }
 }
 
@@ -134,6 +174,14 @@ pub struct Params {
     pub tracks: u64,
     /// Fault ranges (drawn per window).
     pub nemesis: NemesisSpec,
+    /// The engine's bounds.
+    pub limits: Limits,
+    /// Anti-entropy on.
+    pub anti_entropy: bool,
+    /// SWIM membership on.
+    pub membership: bool,
+    /// Chance an operation shares the turn of the one before it.
+    pub burst: f64,
 }
 
 impl Params {
@@ -174,9 +222,22 @@ impl Params {
                 duplicate: network.duplicate.draw(&mut rng),
                 delay: network.delay.draw(&mut rng),
                 delay_max_ms: network.delay_max_ms.draw(&mut rng),
+                link_queue_bytes: scenario.limits.link_queue_bytes.draw(&mut rng),
+                link_bytes_per_ms: scenario.limits.link_bytes_per_ms.draw(&mut rng),
             },
             tracks: scenario.nemesis.tracks.draw(&mut rng),
             nemesis: scenario.nemesis.clone(),
+            limits: Limits {
+                outbox_bytes: scenario.limits.outbox_bytes.draw(&mut rng),
+                cache_bytes: scenario.limits.cache_bytes.draw(&mut rng),
+                compaction_min_bytes: scenario.limits.compaction_min_bytes.draw(&mut rng),
+                compaction_max_chunks: scenario.limits.compaction_max_chunks.draw(&mut rng),
+                push_batch: scenario.limits.push_batch.draw(&mut rng),
+                digest_leaves: scenario.limits.digest_leaves.draw(&mut rng),
+            },
+            anti_entropy: scenario.anti_entropy,
+            membership: scenario.membership,
+            burst: workload.burst.draw(&mut rng),
         }
     }
 }

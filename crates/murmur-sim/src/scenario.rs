@@ -108,6 +108,126 @@ pub struct Scenario {
     /// The client operations.
     #[serde(default)]
     pub workload: WorkloadSpec,
+    /// The engine's bounds, drawn small so that they are reached.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Anti-entropy (document-set reconciliation). `false` proves that
+    /// eager push and the missing-dependency sync alone converge: only on
+    /// a network that loses nothing (no loss, no partitions, no crashes,
+    /// no full queues).
+    #[serde(default = "defaults::anti_entropy")]
+    pub anti_entropy: bool,
+    /// SWIM membership (foca) on every replica.
+    #[serde(default)]
+    pub membership: bool,
+    /// Mechanisms this scenario claims to exercise: the summary fails it
+    /// if one of them never fired in any of its seeds.
+    #[serde(default)]
+    pub exercises: Vec<Mechanism>,
+}
+
+/// An engine mechanism whose firing a run counts (see
+/// [`crate::sim::RunStats::mechanisms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mechanism {
+    /// A message dropped because a peer's queue in the engine was full.
+    Backpressure,
+    /// A message dropped because a connection's send queue was full.
+    QueueFull,
+    /// A cold document evicted from memory.
+    Eviction,
+    /// A document loaded from the store on use.
+    LazyLoad,
+    /// A document's chunks compacted into a snapshot.
+    Compaction,
+    /// A digest bucket sent as several id ranges.
+    DigestSplit,
+    /// A document found differing by reconciliation and synced.
+    Reconciliation,
+    /// A stalled sync conversation resent.
+    SyncRestart,
+    /// A pushed change missing dependencies, fetched by sync.
+    MissingDependencySync,
+    /// A node crashed between two storage operations of one engine call.
+    StorageCrash,
+    /// A node closed cleanly and reopened.
+    GracefulRestart,
+    /// Several writes in one driver turn.
+    Burst,
+    /// A SWIM membership message delivered.
+    Membership,
+}
+
+impl Mechanism {
+    /// Every mechanism, in report order.
+    pub const ALL: [Mechanism; 13] = [
+        Mechanism::Backpressure,
+        Mechanism::QueueFull,
+        Mechanism::Eviction,
+        Mechanism::LazyLoad,
+        Mechanism::Compaction,
+        Mechanism::DigestSplit,
+        Mechanism::Reconciliation,
+        Mechanism::SyncRestart,
+        Mechanism::MissingDependencySync,
+        Mechanism::StorageCrash,
+        Mechanism::GracefulRestart,
+        Mechanism::Burst,
+        Mechanism::Membership,
+    ];
+
+    /// Its name in scenario files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Backpressure => "backpressure",
+            Mechanism::QueueFull => "queue-full",
+            Mechanism::Eviction => "eviction",
+            Mechanism::LazyLoad => "lazy-load",
+            Mechanism::Compaction => "compaction",
+            Mechanism::DigestSplit => "digest-split",
+            Mechanism::Reconciliation => "reconciliation",
+            Mechanism::SyncRestart => "sync-restart",
+            Mechanism::MissingDependencySync => "missing-dependency-sync",
+            Mechanism::StorageCrash => "storage-crash",
+            Mechanism::GracefulRestart => "graceful-restart",
+            Mechanism::Burst => "burst",
+            Mechanism::Membership => "membership",
+        }
+    }
+}
+
+/// The engine's bounds and the connections' capacity, each drawn per seed.
+/// The defaults are small, so that backpressure, eviction, lazy loading,
+/// compaction and split digest buckets happen in most seeds; a scenario
+/// that must not lose a message (no anti-entropy) sets large ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Bytes the engine queues per peer before it drops messages.
+    #[serde(default = "defaults::outbox_bytes")]
+    pub outbox_bytes: Spec<u64>,
+    /// Estimated bytes of documents kept in memory.
+    #[serde(default = "defaults::cache_bytes")]
+    pub cache_bytes: Spec<u64>,
+    /// Chunk bytes past which a document is compacted.
+    #[serde(default = "defaults::compaction_min_bytes")]
+    pub compaction_min_bytes: Spec<u64>,
+    /// Chunks past which a document is compacted.
+    #[serde(default = "defaults::compaction_max_chunks")]
+    pub compaction_max_chunks: Spec<u64>,
+    /// Changes per eager push message.
+    #[serde(default = "defaults::push_batch")]
+    pub push_batch: Spec<u64>,
+    /// (document, leaf) entries per reconciliation message.
+    #[serde(default = "defaults::digest_leaves")]
+    pub digest_leaves: Spec<u64>,
+    /// Bytes one direction of a connection holds before it drops.
+    #[serde(default = "defaults::link_queue_bytes")]
+    pub link_queue_bytes: Spec<u64>,
+    /// How fast a connection sends, bytes per millisecond (0: at once).
+    #[serde(default = "defaults::link_bytes_per_ms")]
+    pub link_bytes_per_ms: Spec<u64>,
 }
 
 /// The network outside fault windows.
@@ -158,6 +278,10 @@ pub struct NemesisSpec {
     /// flusher may have written some).
     #[serde(default = "defaults::crash_keep_batches")]
     pub crash_keep_batches: Spec<u64>,
+    /// Storage operations (applies and flushes) a `storage-crash` window
+    /// lets through before the store fails and the node crashes.
+    #[serde(default = "defaults::storage_crash_after_ops")]
+    pub storage_crash_after_ops: Spec<u64>,
     /// Loss in a `flaky` window.
     #[serde(default = "defaults::flaky_loss")]
     pub flaky_loss: Spec<f64>,
@@ -200,6 +324,10 @@ pub struct WorkloadSpec {
     /// New documents created during the chaos.
     #[serde(default = "defaults::create")]
     pub create: Spec<u64>,
+    /// Chance that an operation runs in the same driver turn as the one
+    /// before it, on the same node (several inputs, one drain).
+    #[serde(default = "defaults::burst")]
+    pub burst: Spec<f64>,
 }
 
 /// The swarm ranges: what a scenario that says nothing gets.
@@ -278,6 +406,75 @@ mod defaults {
     pub fn create() -> Spec<u64> {
         Spec::Range([0, 1])
     }
+    pub fn burst() -> Spec<f64> {
+        Spec::Range([0.0, 0.3])
+    }
+    pub fn anti_entropy() -> bool {
+        true
+    }
+    pub fn storage_crash_after_ops() -> Spec<u64> {
+        Spec::Range([0, 6])
+    }
+    pub fn outbox_bytes() -> Spec<u64> {
+        Spec::Range([1_024, 65_536])
+    }
+    pub fn cache_bytes() -> Spec<u64> {
+        Spec::Range([16_384, 262_144])
+    }
+    pub fn compaction_min_bytes() -> Spec<u64> {
+        Spec::Range([256, 16_384])
+    }
+    pub fn compaction_max_chunks() -> Spec<u64> {
+        Spec::Range([2, 64])
+    }
+    pub fn push_batch() -> Spec<u64> {
+        Spec::Range([1, 16])
+    }
+    pub fn digest_leaves() -> Spec<u64> {
+        Spec::Range([1, 64])
+    }
+    pub fn link_queue_bytes() -> Spec<u64> {
+        Spec::Range([4_096, 1_048_576])
+    }
+    pub fn link_bytes_per_ms() -> Spec<u64> {
+        Spec::Range([1_000, 100_000])
+    }
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|e| unreachable!("defaults parse: {e}"))
+    }
+}
+
+impl LimitsSpec {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let at = |field: &'static str| move |reason: String| (field, reason);
+        self.outbox_bytes
+            .check(256, 1 << 30)
+            .map_err(at("limits.outbox_bytes"))?;
+        self.cache_bytes
+            .check(0, 1 << 40)
+            .map_err(at("limits.cache_bytes"))?;
+        self.compaction_min_bytes
+            .check(0, 1 << 30)
+            .map_err(at("limits.compaction_min_bytes"))?;
+        self.compaction_max_chunks
+            .check(1, 1 << 20)
+            .map_err(at("limits.compaction_max_chunks"))?;
+        self.push_batch
+            .check(1, murmur_wire::MAX_CHANGES_PER_PUSH as u64)
+            .map_err(at("limits.push_batch"))?;
+        self.digest_leaves
+            .check(1, murmur_wire::MAX_DIGEST_LEAVES as u64)
+            .map_err(at("limits.digest_leaves"))?;
+        self.link_queue_bytes
+            .check(0, 1 << 30)
+            .map_err(at("limits.link_queue_bytes"))?;
+        self.link_bytes_per_ms
+            .check(0, 1 << 30)
+            .map_err(at("limits.link_bytes_per_ms"))
+    }
 }
 
 impl Default for NetworkSpec {
@@ -332,6 +529,13 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// True when the network of this scenario loses nothing by itself: no
+    /// random loss and no fault windows. (Full queues can still drop: a
+    /// scenario without anti-entropy sets its limits large.)
+    pub fn lossless(&self) -> bool {
+        self.network.loss.bounds().1 == 0.0 && self.nemesis.faults.is_empty()
+    }
+
     /// The swarm scenario: every parameter drawn from the seed.
     pub fn swarm() -> Scenario {
         let mut scenario: Scenario =
@@ -355,8 +559,15 @@ impl Scenario {
         self.group_commit_ms
             .check(0, 10_000)
             .map_err(at("group_commit_ms"))?;
+        if !self.anti_entropy && !self.lossless() {
+            return Err((
+                "anti_entropy",
+                "without anti-entropy nothing repairs a lost message: only a lossless network (loss = 0, no faults) may turn it off".into(),
+            ));
+        }
         self.network.validate()?;
         self.nemesis.validate()?;
+        self.limits.validate()?;
         self.workload.validate()
     }
 }
@@ -407,6 +618,9 @@ impl NemesisSpec {
         self.crash_keep_batches
             .check(0, 64)
             .map_err(|reason| ("nemesis.crash_keep_batches", reason))?;
+        self.storage_crash_after_ops
+            .check(0, 10_000)
+            .map_err(|reason| ("nemesis.storage_crash_after_ops", reason))?;
         probability(&self.flaky_loss, "nemesis.flaky_loss")?;
         probability(&self.flaky_duplicate, "nemesis.flaky_duplicate")?;
         probability(&self.flaky_delay, "nemesis.flaky_delay")?;
@@ -431,7 +645,7 @@ impl WorkloadSpec {
         for (field, weight) in weights {
             weight.check(0, 1_000).map_err(|reason| (field, reason))?;
         }
-        Ok(())
+        probability(&self.burst, "workload.burst")
     }
 }
 

@@ -4,15 +4,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use automerge::ReadDoc;
-use murmur_core::testkit::{Cluster, WorldEvent};
-use murmur_core::{AckLevel, Config, LocalWrite, Time, WriteId};
+use automerge::{ChangeHash, ReadDoc};
+use murmur_core::testkit::{self, Cluster, WorldEvent};
+use murmur_core::{AckLevel, Config, DocumentId, LocalWrite, Time, WriteId};
 use serde::{Deserialize, Serialize};
 
 use crate::check::{self, CheckReport, Finding};
+use crate::durable::DurableIndex;
 use crate::history::{Ack, Function, History, HistoryEvent, OpType, Value};
-use crate::nemesis::{FaultState, FaultWindow};
+use crate::nemesis::{Fault, FaultState, FaultWindow};
 use crate::params::{self, Params, Stream};
+use crate::scenario::Mechanism;
 use crate::schedule::Schedule;
 use crate::trace::{run_ms, TraceEvent, TraceLine, TraceRecorder};
 use crate::workload::{self, Documents, OpSpec, ScheduledOp};
@@ -71,6 +73,13 @@ pub struct RunStats {
     /// Dependencies that changes still waited for at the end and that no
     /// replica holds: lost with a crash before they were durable.
     pub orphaned_dependencies: u64,
+    /// How often each engine mechanism fired, by name (every mechanism is
+    /// listed, fired or not).
+    #[serde(default)]
+    pub mechanisms: BTreeMap<String, u64>,
+    /// Acknowledgements checked against the stores as they were given.
+    #[serde(default)]
+    pub acks_checked: u64,
 }
 
 /// Everything one run produced.
@@ -112,6 +121,18 @@ struct Runner<'a> {
     orphans: u64,
     /// Set when the step budget ran out: the rest of the run is skipped.
     runaway: bool,
+    /// The change each local write made, per node incarnation: what its
+    /// acknowledgements promise.
+    written: BTreeMap<(usize, WriteId), (DocumentId, ChangeHash)>,
+    /// What each node's flushed store holds.
+    durable: DurableIndex,
+    acks_checked: u64,
+    /// Set once an invariant broke (reported once, then not checked).
+    invariant_broken: bool,
+    storage_crashes: u64,
+    graceful_restarts: u64,
+    bursts: u64,
+    membership_deliveries: u64,
 }
 
 /// Plays `schedule` with `params` and checks the result.
@@ -128,6 +149,7 @@ pub fn run(params: &Params, schedule: &Schedule, options: RunOptions) -> RunOutc
     if !runner.runaway {
         runner.final_reads(schedule.ops.len());
         runner.structural_checks();
+        runner.reopen_check();
     }
     runner.finish(schedule, heal_ms, convergence_ms)
 }
@@ -137,10 +159,16 @@ impl<'a> Runner<'a> {
         let group_commit = Duration::from_millis(params.group_commit_ms);
         let fault_injection = options.plant.fault_injection();
         let world_seed = params::sub_seed(params.seed, Stream::World);
+        let limits = params.limits;
+        let (anti_entropy, membership) = (params.anti_entropy, params.membership);
         let mut cluster = Cluster::with_config(params.nodes, world_seed, |config: Config| {
-            let mut config = config;
+            let mut config = limits.apply(config);
             config.group_commit_delay = group_commit;
             config.fault_injection = fault_injection;
+            config.anti_entropy = anti_entropy;
+            if membership {
+                config.membership_addr = Some(format!("sim:{}", config.node_id.short()));
+            }
             config
         });
         cluster.record_trace(true);
@@ -157,6 +185,14 @@ impl<'a> Runner<'a> {
             steps: 0,
             orphans: 0,
             runaway: false,
+            written: BTreeMap::new(),
+            durable: DurableIndex::default(),
+            acks_checked: 0,
+            invariant_broken: false,
+            storage_crashes: 0,
+            graceful_restarts: 0,
+            bursts: 0,
+            membership_deliveries: 0,
         }
     }
 
@@ -171,11 +207,12 @@ impl<'a> Runner<'a> {
             self.trace.record_world(&entry);
             match entry.event {
                 WorldEvent::Acknowledged {
-                    node,
-                    write,
-                    level: AckLevel::Durable,
-                    ..
+                    node, write, level, ..
                 } => {
+                    self.check_ack(node, write, level);
+                    if level < AckLevel::Durable {
+                        continue;
+                    }
                     if let Some(pending) = self.pending.remove(&(node, write)) {
                         let event = HistoryEvent {
                             op: pending.op,
@@ -195,6 +232,13 @@ impl<'a> Runner<'a> {
                         "node {to} rejected a message from node {from}: {error}"
                     ));
                 }
+                WorldEvent::StorageCrashed { node, .. } => {
+                    self.storage_crashes += 1;
+                    self.writes_indeterminate(node, "node crashed: its store failed mid-call");
+                }
+                WorldEvent::Delivered {
+                    kind: "membership", ..
+                } => self.membership_deliveries += 1,
                 _ => {}
             }
         }
@@ -270,11 +314,37 @@ impl<'a> Runner<'a> {
         self.phase("chaos");
         self.cluster.network = self.params.network.network();
         let mut open: Vec<usize> = Vec::new();
-        for item in timeline(schedule, self.params.chaos_ms) {
+        let items = timeline(schedule, self.params.chaos_ms);
+        // A node whose outputs wait: operations at the same moment on the
+        // same node share one driver turn (a burst).
+        let mut holding: Option<usize> = None;
+        for (position, item) in items.iter().enumerate() {
+            let same_turn = |a: &Item<'_>, b: Option<&Item<'_>>| match (a, b) {
+                (Item::Op(_, x), Some(Item::Op(_, y))) => x.at_ms == y.at_ms && x.node == y.node,
+                _ => false,
+            };
+            let joins_turn =
+                position > 0 && same_turn(item, items.get(position - 1)) && holding.is_some();
+            if !joins_turn {
+                if let Some(node) = holding.take() {
+                    self.cluster.release(node);
+                    self.drain_world();
+                }
+            }
             let at = self.chaos_start.add(Duration::from_millis(item.at_ms()));
-            if !self.advance_to(at) {
+            if !joins_turn && !self.advance_to(at) {
                 return;
             }
+            if !joins_turn && same_turn(item, items.get(position + 1)) {
+                if let Item::Op(_, op) = item {
+                    if self.cluster.is_up(op.node) && !self.cluster.is_paused(op.node) {
+                        self.cluster.hold(op.node);
+                        holding = Some(op.node);
+                        self.bursts += 1;
+                    }
+                }
+            }
+            let item = *item;
             match item {
                 Item::Start(index, _) => {
                     open.push(index);
@@ -286,6 +356,10 @@ impl<'a> Runner<'a> {
                 }
                 Item::Op(index, op) => self.run_op(index, op),
             }
+            self.drain_world();
+        }
+        if let Some(node) = holding.take() {
+            self.cluster.release(node);
             self.drain_world();
         }
         let end = self
@@ -327,10 +401,81 @@ impl<'a> Runner<'a> {
         }
         self.cluster.step();
         self.steps += 1;
-        if self.steps.is_multiple_of(4096) {
-            self.drain_world();
+        // Acknowledgements are checked against the stores as they are now,
+        // before anything else happens.
+        self.drain_world();
+        if let Some(node) = self.cluster.last_stepped() {
+            self.check_invariants(node);
         }
         true
+    }
+
+    /// Checks node `node`'s engine invariants (if it runs); the first
+    /// violation is a finding.
+    fn check_invariants(&mut self, node: usize) {
+        if self.invariant_broken {
+            return;
+        }
+        let Some(replica) = self.cluster.try_replica(node) else {
+            return;
+        };
+        if let Err(problem) = replica.check_invariants() {
+            self.invariant_broken = true;
+            let at = self.now_ms();
+            self.findings.push(Finding::new(
+                "invariants",
+                format!("node {node} at {at} ms: {problem}"),
+            ));
+        }
+    }
+
+    // ----- acknowledgements -----------------------------------------------
+
+    /// Checks the promise of an acknowledgement as it is given: `Durable`,
+    /// the change is in the node's flushed store; `Replicated(k)`, also in
+    /// the flushed stores of at least k other nodes.
+    fn check_ack(&mut self, node: usize, write: WriteId, level: AckLevel) {
+        let Some(&(doc, hash)) = self.written.get(&(node, write)) else {
+            return;
+        };
+        let copies_promised = match level {
+            AckLevel::Applied => return,
+            AckLevel::Durable => 0,
+            AckLevel::Replicated(copies) => copies as usize,
+        };
+        self.acks_checked += 1;
+        let at = self.now_ms();
+        if !self.durably_holds(node, doc, hash) {
+            self.findings.push(Finding::new(
+                "durable-ack",
+                format!("node {node} acknowledged write {} {level:?} at {at} ms, but its flushed store lacks change {hash}", write.0),
+            ));
+            return;
+        }
+        if copies_promised == 0 {
+            return;
+        }
+        let holders: Vec<usize> = (0..self.params.nodes)
+            .filter(|&other| other != node && self.durably_holds(other, doc, hash))
+            .collect();
+        if holders.len() < copies_promised {
+            self.findings.push(Finding::new(
+                "replicated-ack",
+                format!("node {node} acknowledged write {} Replicated({copies_promised}) at {at} ms, but only nodes {holders:?} hold change {hash} in their flushed stores", write.0),
+            ));
+        }
+    }
+
+    /// True if `node`'s flushed store (what a crash would leave) holds
+    /// change `hash` of `doc`.
+    fn durably_holds(&mut self, node: usize, doc: DocumentId, hash: ChangeHash) -> bool {
+        self.durable
+            .holds(node, self.cluster.store(node), doc, hash)
+    }
+
+    /// Forgets node `node`'s writes: its write ids start again.
+    fn forget_writes(&mut self, node: usize) {
+        self.written.retain(|(writer, _), _| *writer != node);
     }
 
     /// Runs until every running replica holds the same documents with the
@@ -373,10 +518,40 @@ impl<'a> Runner<'a> {
         for node in crashed {
             self.writes_indeterminate(node, "node crashed before the write was durable");
         }
+        if let Fault::Restart { node, then_crash } = windows[changed].fault {
+            self.restart_event(&state, node, start, then_crash);
+        }
+    }
+
+    /// The edges of a restart window: a clean restart at its start; with
+    /// `then_crash`, a crash (losing every unflushed write) and a restart
+    /// at its end.
+    fn restart_event(&mut self, state: &FaultState, node: usize, start: bool, then_crash: bool) {
+        if node >= self.params.nodes || !self.cluster.is_up(node) {
+            return;
+        }
+        if start {
+            self.graceful_restarts += 1;
+            let closed = self.cluster.restart_gracefully(node);
+            // Acknowledgements from the final flush come first.
+            self.drain_world();
+            let why = match closed {
+                Ok(()) => "node restarted before the write was acknowledged",
+                Err(_) => "node crashed while closing",
+            };
+            self.writes_indeterminate(node, why);
+        } else if then_crash {
+            self.cluster.crash(node);
+            self.writes_indeterminate(node, "node crashed before the write was durable");
+            if state.crashed[node].is_none() && state.storage_crash[node].is_none() {
+                self.cluster.restart(node);
+            }
+        }
     }
 
     /// Every write still pending on `node` becomes `info`.
     fn writes_indeterminate(&mut self, node: usize, why: &str) {
+        self.forget_writes(node);
         let keys: Vec<(usize, WriteId)> = self
             .pending
             .range((node, WriteId(0))..=(node, WriteId(u64::MAX)))
@@ -462,6 +637,89 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// What node `node` holds: every document id with its heads
+    /// fingerprint.
+    fn holdings(&self, node: usize) -> Result<Holdings, String> {
+        let replica = self
+            .cluster
+            .try_replica(node)
+            .ok_or_else(|| format!("node {node} is down"))?;
+        let ids = replica.all_document_ids().map_err(|e| e.to_string())?;
+        ids.into_iter()
+            .map(|doc| {
+                let fingerprint = replica.heads_fingerprint(doc).map_err(|e| e.to_string())?;
+                Ok((doc, fingerprint))
+            })
+            .collect()
+    }
+
+    /// The end of every run: each replica's digest is checked against its
+    /// documents (and converged replicas must have equal roots); then every
+    /// replica is crashed, losing whatever it had not flushed, reopened
+    /// from its store, and must hold exactly what it held before, with a
+    /// digest that still agrees. Checking memory alone would miss a write
+    /// that never reached the disk.
+    fn reopen_check(&mut self) {
+        self.phase("reopen");
+        let nodes = self.params.nodes;
+        let converged = self.cluster.heads_divergence().is_none();
+        self.check_digests("before the final crash");
+        let roots: Vec<(usize, (u64, u64))> = (0..nodes)
+            .filter_map(|node| {
+                let root = self.cluster.try_replica(node)?.digest_root().ok()?;
+                Some((node, root))
+            })
+            .collect();
+        if converged && roots.windows(2).any(|pair| pair[0].1 != pair[1].1) {
+            self.findings.push(Finding::new(
+                "digest",
+                format!("converged replicas have different digest roots: {roots:?}"),
+            ));
+        }
+        let before: Vec<Option<Holdings>> =
+            (0..nodes).map(|node| self.holdings(node).ok()).collect();
+        for node in 0..nodes {
+            if self.cluster.is_up(node) {
+                self.cluster.crash(node);
+            }
+        }
+        for node in 0..nodes {
+            self.cluster.restart(node);
+        }
+        self.drain_world();
+        for (node, held) in before.into_iter().enumerate() {
+            let Some(held) = held else { continue };
+            match self.holdings(node) {
+                Ok(now) if now == held => {}
+                Ok(now) => self.findings.push(Finding::new(
+                    "reopen",
+                    describe_reopen_difference(node, &held, &now),
+                )),
+                Err(error) => self.findings.push(Finding::new(
+                    "reopen",
+                    format!("node {node} does not read back after reopening: {error}"),
+                )),
+            }
+        }
+        self.check_digests("after reopening");
+    }
+
+    fn check_digests(&mut self, when: &str) {
+        for node in 0..self.params.nodes {
+            let Some(replica) = self.cluster.try_replica(node) else {
+                continue;
+            };
+            if let Err(problem) = replica.check_digest() {
+                self.findings.push(Finding::new(
+                    "digest",
+                    format!(
+                        "node {node} {when}: the digest disagrees with the documents: {problem}"
+                    ),
+                ));
+            }
+        }
+    }
+
     /// Changes still queued for missing dependencies after convergence. A
     /// dependency no replica holds was lost with a crash before it was
     /// durable (so the queued change's own write was never acknowledged):
@@ -505,6 +763,7 @@ impl<'a> Runner<'a> {
         self.drain_world();
         let report = check::check(&self.history, std::mem::take(&mut self.findings));
         let traffic = self.cluster.traffic();
+        let mechanisms = self.mechanisms(&traffic);
         let operations = schedule.ops.len();
         let (ok, fail, info) = self.history.outcome_counts(operations);
         let per_op = |value: u64| value as f64 / operations.max(1) as f64;
@@ -525,6 +784,8 @@ impl<'a> Runner<'a> {
             bytes_per_op: per_op(traffic.bytes),
             trace_events: self.trace.len(),
             orphaned_dependencies: self.orphans,
+            mechanisms,
+            acks_checked: self.acks_checked,
         };
         let (trace_hash, trace) = self.trace.finish();
         RunOutcome {
@@ -535,6 +796,32 @@ impl<'a> Runner<'a> {
             trace,
             stats,
         }
+    }
+
+    /// How often each mechanism fired in this run.
+    fn mechanisms(&self, traffic: &testkit::Traffic) -> BTreeMap<String, u64> {
+        let metrics = self.cluster.total_metrics();
+        Mechanism::ALL
+            .iter()
+            .map(|&mechanism| {
+                let count = match mechanism {
+                    Mechanism::Backpressure => metrics.messages_dropped_backpressure,
+                    Mechanism::QueueFull => traffic.queue_full,
+                    Mechanism::Eviction => metrics.documents_evicted,
+                    Mechanism::LazyLoad => metrics.documents_loaded,
+                    Mechanism::Compaction => metrics.compactions,
+                    Mechanism::DigestSplit => metrics.digest_buckets_split,
+                    Mechanism::Reconciliation => metrics.documents_reconciled,
+                    Mechanism::SyncRestart => metrics.sync_restarts,
+                    Mechanism::MissingDependencySync => metrics.missing_dependency_syncs,
+                    Mechanism::StorageCrash => self.storage_crashes,
+                    Mechanism::GracefulRestart => self.graceful_restarts,
+                    Mechanism::Burst => self.bursts,
+                    Mechanism::Membership => self.membership_deliveries,
+                };
+                (mechanism.name().to_owned(), count)
+            })
+            .collect()
     }
 
     // ----- operations ---------------------------------------------------
@@ -612,10 +899,29 @@ impl<'a> Runner<'a> {
                 let value = self.intent(spec);
                 self.fail_at_once(op, node, f, value, error.to_string());
             }
-            Ok(LocalWrite { output, write, .. }) => match output.nothing_done {
+            Ok(LocalWrite {
+                output,
+                write,
+                change,
+            }) => match output.nothing_done {
                 Some(why) => self.fail_at_once(op, node, f, output.value, why),
-                None => self.pending_write(op, node, f, output.value, write),
+                None => {
+                    self.remember_write(node, write, doc_id, change);
+                    self.pending_write(op, node, f, output.value, write);
+                }
             },
+        }
+    }
+
+    fn remember_write(
+        &mut self,
+        node: usize,
+        write: WriteId,
+        doc: DocumentId,
+        change: Option<ChangeHash>,
+    ) {
+        if let Some(hash) = change {
+            self.written.insert((node, write), (doc, hash));
         }
     }
 
@@ -631,7 +937,10 @@ impl<'a> Runner<'a> {
         let doc = self.docs.add(id);
         let value = Value::Document { doc: Some(doc) };
         match self.cluster.try_change(node, id, workload::init_document) {
-            Ok(write) => self.pending_write(op, node, Function::Create, value, write.write),
+            Ok(write) => {
+                self.remember_write(node, write.write, id, write.change);
+                self.pending_write(op, node, Function::Create, value, write.write);
+            }
             Err(error) => self.fail_at_once(op, node, Function::Create, value, error.to_string()),
         }
     }
@@ -669,7 +978,11 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// Every document a node holds, with its heads fingerprint.
+type Holdings = Vec<(DocumentId, Option<u64>)>;
+
 /// A step of the chaos phase.
+#[derive(Clone, Copy)]
 enum Item<'s> {
     /// A fault window opens.
     Start(usize, u64),
@@ -716,4 +1029,32 @@ fn timeline(schedule: &Schedule, chaos_ms: u64) -> Vec<Item<'_>> {
     }
     items.sort_by_key(Item::rank);
     items
+}
+
+/// Says how what node `node` held before its final crash differs from what
+/// it holds after reopening.
+fn describe_reopen_difference(
+    node: usize,
+    before: &[(DocumentId, Option<u64>)],
+    after: &[(DocumentId, Option<u64>)],
+) -> String {
+    let before_map: BTreeMap<_, _> = before.iter().copied().collect();
+    let after_map: BTreeMap<_, _> = after.iter().copied().collect();
+    let lost: Vec<String> = before_map
+        .keys()
+        .filter(|doc| !after_map.contains_key(doc))
+        .map(|doc| doc.to_string())
+        .collect();
+    let changed: Vec<String> = before_map
+        .iter()
+        .filter(|(doc, print)| after_map.get(doc).is_some_and(|now| now != *print))
+        .map(|(doc, _)| doc.to_string())
+        .collect();
+    let appeared = after_map
+        .keys()
+        .filter(|doc| !before_map.contains_key(doc))
+        .count();
+    format!(
+        "node {node} reopened from its store differs from what it held: documents lost {lost:?}, heads changed {changed:?}, {appeared} documents appeared"
+    )
 }

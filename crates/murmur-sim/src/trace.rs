@@ -80,6 +80,13 @@ pub enum TraceEvent {
         /// The other.
         b: usize,
     },
+    /// A node's store failed inside an engine call and the node crashed.
+    StorageCrash {
+        /// The node.
+        node: usize,
+        /// Unflushed batches the store kept.
+        kept: usize,
+    },
     /// An operation event (see the history for its value).
     Op {
         /// The operation.
@@ -205,6 +212,7 @@ fn from_world(event: &WorldEvent) -> TraceEvent {
                 DropReason::Loss => "loss",
                 DropReason::Blocked => "blocked",
                 DropReason::Closed => "closed",
+                DropReason::QueueFull => "queue-full",
             },
         },
         WorldEvent::Rejected { from, to, error } => TraceEvent::Reject {
@@ -226,6 +234,10 @@ fn from_world(event: &WorldEvent) -> TraceEvent {
         },
         WorldEvent::Connected { a, b } => TraceEvent::Connect { a: *a, b: *b },
         WorldEvent::Disconnected { a, b } => TraceEvent::Disconnect { a: *a, b: *b },
+        WorldEvent::StorageCrashed { node, kept } => TraceEvent::StorageCrash {
+            node: *node,
+            kept: *kept,
+        },
     }
 }
 
@@ -308,6 +320,9 @@ fn feed(hasher: &mut Sha256, event: &TraceEvent) {
         TraceEvent::Phase { name } => {
             feed_numbers(hasher, 11, &[]);
             feed_str(hasher, name);
+        }
+        TraceEvent::StorageCrash { node, kept } => {
+            feed_numbers(hasher, 12, &[*node as u64, *kept as u64]);
         }
     }
 }

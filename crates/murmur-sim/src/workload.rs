@@ -147,25 +147,30 @@ pub fn text_char(id: u32) -> char {
 }
 
 /// Draws the operations of a run: times spread uniformly over the chaos
-/// phase, kinds by weight, nodes and documents uniformly.
+/// phase, kinds by weight, nodes and documents uniformly; with chance
+/// [`Params::burst`] an operation shares the time and node of the one
+/// before it, and runs in the same driver turn.
 pub fn generate(params: &Params, rng: &mut impl Rng) -> Vec<ScheduledOp> {
     let mut times: Vec<u64> = (0..params.operations)
         .map(|_| rng.gen_range(0..params.chaos_ms.max(1)))
         .collect();
     times.sort_unstable();
     let mut documents = params.documents.max(1) as u32;
-    let mut ops = Vec::with_capacity(times.len());
+    let mut ops: Vec<ScheduledOp> = Vec::with_capacity(times.len());
     for (index, at_ms) in times.into_iter().enumerate() {
         let doc = rng.gen_range(0..documents);
         let op = draw_op(params, rng, index, doc);
         if op == OpSpec::Create {
             documents += 1;
         }
-        ops.push(ScheduledOp {
-            at_ms,
-            node: rng.gen_range(0..params.nodes),
-            op,
-        });
+        let node = rng.gen_range(0..params.nodes);
+        // A burst: this operation joins the turn of the one before it.
+        let burst = params.burst > 0.0 && rng.gen_bool(params.burst.clamp(0.0, 1.0));
+        let (at_ms, node) = match ops.last() {
+            Some(previous) if burst => (previous.at_ms, previous.node),
+            _ => (at_ms, node),
+        };
+        ops.push(ScheduledOp { at_ms, node, op });
     }
     ops
 }

@@ -211,6 +211,12 @@ fn fault_window(
         Fault::ClockJump { node, .. } => {
             svg.rect(x0, lane(*node), x1 - x0, LANE - 4.0, "#d1c4e9", &label)
         }
+        Fault::StorageCrash { node, .. } => {
+            svg.rect(x0, lane(*node), x1 - x0, LANE - 4.0, "#e57373", &label)
+        }
+        Fault::Restart { node, .. } => {
+            svg.rect(x0, lane(*node), x1 - x0, LANE - 4.0, "#90caf9", &label)
+        }
     }
 }
 

@@ -1,0 +1,109 @@
+//! What each node's flushed store holds, read incrementally: the
+//! acknowledgement checker asks after every `Durable` and `Replicated(k)`
+//! whether a change is in a store's flushed data, and loading whole
+//! documents for each question would cost more than the run itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::{Automerge, ChangeHash, ReadDoc};
+use murmur_core::DocumentId;
+use murmur_store::{layout, MemStore};
+
+/// One document as a node's flushed store holds it.
+struct Loaded {
+    /// The store's durable generation when last read.
+    generation: u64,
+    /// The snapshot it was built on (its sequence number).
+    snapshot: Option<u64>,
+    /// The newest chunk applied.
+    last_chunk: Option<u64>,
+    doc: Automerge,
+}
+
+/// Per (node, document), the flushed state, brought up to date only when
+/// the store's durable generation moves.
+#[derive(Default)]
+pub struct DurableIndex {
+    loaded: BTreeMap<(usize, DocumentId), Loaded>,
+    /// Changes known to be durable on a node. Flushed data only grows
+    /// (compaction keeps every change), so a yes stays a yes.
+    known: BTreeSet<(usize, ChangeHash)>,
+}
+
+impl DurableIndex {
+    /// True if node `node`'s flushed store holds change `hash` of `doc`.
+    pub fn holds(
+        &mut self,
+        node: usize,
+        store: &MemStore,
+        doc: DocumentId,
+        hash: ChangeHash,
+    ) -> bool {
+        if self.known.contains(&(node, hash)) {
+            return true;
+        }
+        let generation = store.durable_generation();
+        let stale = self
+            .loaded
+            .get(&(node, doc))
+            .is_none_or(|loaded| loaded.generation != generation);
+        if stale && !self.refresh(node, store, doc, generation) {
+            self.loaded.remove(&(node, doc));
+            return false;
+        }
+        let held = self
+            .loaded
+            .get(&(node, doc))
+            .is_some_and(|loaded| loaded.doc.get_change_by_hash(&hash).is_some());
+        if held {
+            self.known.insert((node, hash));
+        }
+        held
+    }
+
+    /// Brings the cached document up to the store's flushed state: new
+    /// chunks are applied on top, a new snapshot (compaction) reloads.
+    /// False if the document does not load from the flushed data.
+    fn refresh(&mut self, node: usize, store: &MemStore, doc: DocumentId, generation: u64) -> bool {
+        let Ok(log) = layout::load_document(&store.durable_view(), doc.as_bytes()) else {
+            return false;
+        };
+        let snapshot = log.snapshot.as_ref().map(|record| record.seq);
+        let reusable = self
+            .loaded
+            .get(&(node, doc))
+            .is_some_and(|loaded| loaded.snapshot == snapshot);
+        if !reusable {
+            let base = match &log.snapshot {
+                Some(record) => match Automerge::load(&record.bytes) {
+                    Ok(doc) => doc,
+                    Err(_) => return false,
+                },
+                None => Automerge::new(),
+            };
+            self.loaded.insert(
+                (node, doc),
+                Loaded {
+                    generation,
+                    snapshot,
+                    last_chunk: None,
+                    doc: base,
+                },
+            );
+        }
+        let Some(loaded) = self.loaded.get_mut(&(node, doc)) else {
+            return false;
+        };
+        for chunk in &log.chunks {
+            if loaded.last_chunk.is_some_and(|last| chunk.seq <= last) {
+                continue;
+            }
+            if loaded.doc.load_incremental(&chunk.bytes).is_err() {
+                return false;
+            }
+            loaded.last_chunk = Some(chunk.seq);
+        }
+        loaded.generation = generation;
+        true
+    }
+}
