@@ -24,6 +24,12 @@ pub struct Config {
     pub group_commit_delay: Duration,
     /// How long to wait before retrying a flush that failed.
     pub flush_retry_delay: Duration,
+    /// How long a sync conversation may wait for the peer's answer before
+    /// it is restarted (a message was probably lost); doubled on each
+    /// restart, a few times, then left to anti-entropy.
+    pub sync_retry: Duration,
+    /// Most sync conversations watched for a lost message at once.
+    pub max_watched_syncs: usize,
     /// Most changes in one eager push message.
     pub max_push_batch: usize,
     /// Most bytes queued for one peer. Past it, eager pushes to that peer
@@ -104,11 +110,13 @@ pub enum FaultInjection {
     /// Sending a message does not give back its bytes to the peer's queue
     /// budget.
     LeakQueuedBytes,
+    /// A sync conversation that went quiet is never restarted by its timer.
+    NoSyncRetry,
 }
 
 impl FaultInjection {
     /// Every planted bug (not [`FaultInjection::None`]).
-    pub const ALL: [FaultInjection; 11] = [
+    pub const ALL: [FaultInjection; 12] = [
         FaultInjection::AckDurableBeforeFlush,
         FaultInjection::DropPushWithMissingDependencies,
         FaultInjection::NoSyncResend,
@@ -120,6 +128,7 @@ impl FaultInjection {
         FaultInjection::EvictDirtyDocuments,
         FaultInjection::StaleDigestLeaf,
         FaultInjection::LeakQueuedBytes,
+        FaultInjection::NoSyncRetry,
     ];
 
     /// True when this build can plant bugs (the `planted-bugs` feature).
@@ -145,6 +154,8 @@ impl Config {
             anti_entropy_jitter: Duration::from_millis(250),
             group_commit_delay: Duration::ZERO,
             flush_retry_delay: Duration::from_millis(100),
+            sync_retry: Duration::from_millis(500),
+            max_watched_syncs: 65_536,
             max_push_batch: 256,
             max_outbox_bytes_per_peer: 8 * 1024 * 1024,
             compaction_min_bytes: 16 * 1024,

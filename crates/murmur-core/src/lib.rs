@@ -136,6 +136,7 @@ mod error;
 mod membership;
 mod replica;
 mod replication;
+mod retry;
 pub mod testkit;
 mod time;
 
@@ -200,6 +201,9 @@ pub struct Metrics {
     pub documents_reconciled: u64,
     /// Digest buckets too big for one message, sent as several id ranges.
     pub digest_buckets_split: u64,
+    /// Sync conversations restarted because the peer went quiet (a lost
+    /// message, most likely).
+    pub sync_retries: u64,
 }
 
 impl Metrics {
@@ -230,6 +234,7 @@ impl Metrics {
             digest_messages_received,
             documents_reconciled,
             digest_buckets_split,
+            sync_retries,
         } = other;
         self.local_changes += local_changes;
         self.changes_pushed += changes_pushed;
@@ -254,5 +259,6 @@ impl Metrics {
         self.digest_messages_received += digest_messages_received;
         self.documents_reconciled += documents_reconciled;
         self.digest_buckets_split += digest_buckets_split;
+        self.sync_retries += sync_retries;
     }
 }

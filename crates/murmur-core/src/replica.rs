@@ -17,6 +17,7 @@ use crate::digest::{self, Digest, LeafUpdate, NodeValue, LEAF_LEVEL};
 use crate::document::{self, Document, LoadError, SyncReply};
 use crate::membership::{Member, Membership, MembershipEvent};
 use crate::replication::Replication;
+use crate::retry::{SyncRetries, MAX_ATTEMPTS};
 use crate::{Config, FaultInjection, Metrics, ReplicaError, Time};
 
 /// Identifies one local write, for matching its acknowledgements.
@@ -132,6 +133,8 @@ pub struct Replica {
     dirty_docs: BTreeSet<DocumentId>,
     dirty_sync: BTreeSet<(DocumentId, NodeId)>,
     replication: Replication,
+    /// Sync conversations waiting for the peer's answer.
+    retries: SyncRetries,
     membership: Option<Membership>,
     flush_at: Option<Time>,
     anti_entropy_at: Time,
@@ -179,6 +182,7 @@ impl Replica {
             dirty_docs: BTreeSet::new(),
             dirty_sync: BTreeSet::new(),
             replication: Replication::default(),
+            retries: SyncRetries::default(),
             membership: None,
             flush_at: None,
             anti_entropy_at: now,
@@ -343,6 +347,7 @@ impl Replica {
         if self.peers.remove(&peer).is_none() {
             return;
         }
+        self.retries.forget_peer(peer);
         let before = self.outbox.len();
         self.outbox.retain(|transmit| transmit.to != peer);
         tracing::info!(
@@ -450,6 +455,7 @@ impl Replica {
         };
         let message =
             automerge::sync::Message::decode(bytes).map_err(|e| invalid(e.to_string()))?;
+        self.retries.heard(doc, from);
         let document = self.document_or_new(now, doc)?;
         let before = document.heads();
         let state = document.sync.entry(from).or_default();
@@ -492,6 +498,9 @@ impl Replica {
         }
         if self.flush_at.is_some_and(|at| at <= now) {
             self.flush(now);
+        }
+        if self.retries.next_due().is_some_and(|at| at <= now) {
+            self.restart_quiet_syncs(now);
         }
         if self.anti_entropy_at <= now {
             self.anti_entropy_at = now.add(self.next_anti_entropy_interval());
@@ -578,7 +587,7 @@ impl Replica {
     /// When [`Replica::handle_timeout`] must next run.
     pub fn poll_timeout(&self) -> Time {
         let membership = self.membership.as_ref().and_then(Membership::poll_timeout);
-        [self.flush_at, membership]
+        [self.flush_at, membership, self.retries.next_due()]
             .into_iter()
             .flatten()
             .fold(self.anti_entropy_at, Time::min)
@@ -729,6 +738,7 @@ impl Replica {
             return Err(format!("document {doc} is in memory but not in the cache"));
         }
         self.check_queues()?;
+        self.retries.check()?;
         let unflushed = !self.dirty_docs.is_empty()
             || !self.awaiting_flush.is_empty()
             || !self.dirty_sync.is_empty();
@@ -974,6 +984,8 @@ impl Replica {
         }
         let state = document.sync.entry(peer).or_default();
         if let Some(bytes) = document::next_sync_message(&document.doc, state) {
+            let (wait, limit) = (self.config.sync_retry, self.config.max_watched_syncs);
+            self.retries.spoke(self.now, doc, peer, wait, limit);
             self.mark_sync_dirty(doc, peer);
             if self.enqueue(
                 peer,
@@ -984,6 +996,39 @@ impl Replica {
             ) {
                 self.metrics.sync_messages_sent += 1;
             }
+        }
+    }
+
+    /// Restarts the sync conversations whose peer stayed silent past their
+    /// deadline, unless they ended in agreement or were restarted too often
+    /// (then anti-entropy will find them). At most 256 per call: an engine
+    /// turn is bounded.
+    fn restart_quiet_syncs(&mut self, now: Time) {
+        const PER_TURN: usize = 256;
+        let due = self.retries.take_due(now, PER_TURN);
+        if self.config.planted(FaultInjection::NoSyncRetry) {
+            return;
+        }
+        for (doc, peer, attempts) in due {
+            if !self.peers.contains_key(&peer) || attempts >= MAX_ATTEMPTS {
+                continue;
+            }
+            let settled = self.docs.get(&doc).is_some_and(|document| {
+                let ours = document.heads();
+                document
+                    .sync
+                    .get(&peer)
+                    .is_some_and(|state| state.their_heads.as_deref() == Some(ours.as_slice()))
+            });
+            if settled {
+                continue;
+            }
+            tracing::debug!(peer = %peer.short(), doc = %doc, attempts, "sync went quiet; restarting it");
+            self.metrics.sync_retries += 1;
+            self.sync_with(doc, peer, true);
+            self.retries.heard(doc, peer);
+            let wait = self.config.sync_retry;
+            self.retries.restarted(now, doc, peer, wait, attempts + 1);
         }
     }
 

@@ -902,6 +902,16 @@ impl Cluster {
             .min()
     }
 
+    /// The node whose timer the next [`Cluster::step`] fires, if the next
+    /// step is a timer (and not a delivery).
+    pub fn next_timer_node(&self) -> Option<usize> {
+        let next_delivery = self.in_flight.keys().next().map(|(time, _)| *time);
+        match (next_delivery, self.next_timer()) {
+            (Some(delivery), Some((timer, _))) if delivery <= timer => None,
+            (_, timer) => timer.map(|(_, node)| node),
+        }
+    }
+
     /// Moves time to the next delivery or timer and runs it. Returns the
     /// new time.
     pub fn step(&mut self) -> Time {

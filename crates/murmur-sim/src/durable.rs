@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{Automerge, ChangeHash, ReadDoc};
+use murmur_core::testkit;
 use murmur_core::DocumentId;
 use murmur_store::{layout, MemStore};
 
@@ -25,9 +26,10 @@ struct Loaded {
 #[derive(Default)]
 pub struct DurableIndex {
     loaded: BTreeMap<(usize, DocumentId), Loaded>,
-    /// Changes known to be durable on a node. Flushed data only grows
-    /// (compaction keeps every change), so a yes stays a yes.
-    known: BTreeSet<(usize, ChangeHash)>,
+    /// Changes seen in a node's flushed store, per document. Flushed data
+    /// only grows (compaction keeps every change), so a yes stays a yes;
+    /// [`DurableIndex::verify_after_crash`] checks that it did.
+    known: BTreeMap<(usize, DocumentId), BTreeSet<ChangeHash>>,
 }
 
 impl DurableIndex {
@@ -39,7 +41,11 @@ impl DurableIndex {
         doc: DocumentId,
         hash: ChangeHash,
     ) -> bool {
-        if self.known.contains(&(node, hash)) {
+        if self
+            .known
+            .get(&(node, doc))
+            .is_some_and(|hashes| hashes.contains(&hash))
+        {
             return true;
         }
         let generation = store.durable_generation();
@@ -56,9 +62,43 @@ impl DurableIndex {
             .get(&(node, doc))
             .is_some_and(|loaded| loaded.doc.get_change_by_hash(&hash).is_some());
         if held {
-            self.known.insert((node, hash));
+            self.known.entry((node, doc)).or_default().insert(hash);
         }
         held
+    }
+
+    /// After node `node` crashed: every change ever seen in its flushed
+    /// store must still be there, read afresh (no cached document). Returns
+    /// what is missing, one line per document.
+    pub fn verify_after_crash(&mut self, node: usize, store: &MemStore) -> Vec<String> {
+        self.loaded.retain(|(holder, _), _| *holder != node);
+        let mut problems = Vec::new();
+        for ((holder, doc), hashes) in &self.known {
+            if *holder != node {
+                continue;
+            }
+            let stored = testkit::load_stored_document(&store.durable_view(), *doc);
+            let missing: Vec<&ChangeHash> = match &stored {
+                Ok(stored) => hashes
+                    .iter()
+                    .filter(|hash| stored.get_change_by_hash(hash).is_none())
+                    .collect(),
+                Err(_) => hashes.iter().collect(),
+            };
+            if !missing.is_empty() {
+                let how = match &stored {
+                    Ok(_) => String::new(),
+                    Err(error) => format!(" (the document does not load: {error})"),
+                };
+                problems.push(format!(
+                    "document {doc}: {} of {} changes its flushed store held are gone{how}, first {}",
+                    missing.len(),
+                    hashes.len(),
+                    missing[0]
+                ));
+            }
+        }
+        problems
     }
 
     /// Brings the cached document up to the store's flushed state: new

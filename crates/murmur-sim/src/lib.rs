@@ -101,11 +101,14 @@ pub enum PlantedBug {
     StaleDigestLeaf,
     /// Sent messages never give their bytes back to the peer's budget.
     LeakQueuedBytes,
+    /// A quiet sync conversation is never restarted by its timer (third
+    /// stall safeguard gone).
+    NoSyncRetry,
 }
 
 impl PlantedBug {
     /// Every bug (not [`PlantedBug::None`]).
-    pub const ALL: [PlantedBug; 11] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::AckDurableBeforeFlush,
         PlantedBug::DropPushWithMissingDependencies,
         PlantedBug::NoSyncResend,
@@ -117,6 +120,7 @@ impl PlantedBug {
         PlantedBug::EvictDirtyDocuments,
         PlantedBug::StaleDigestLeaf,
         PlantedBug::LeakQueuedBytes,
+        PlantedBug::NoSyncRetry,
     ];
 
     /// The engine's switch for it.
@@ -138,6 +142,7 @@ impl PlantedBug {
             PlantedBug::EvictDirtyDocuments => FaultInjection::EvictDirtyDocuments,
             PlantedBug::StaleDigestLeaf => FaultInjection::StaleDigestLeaf,
             PlantedBug::LeakQueuedBytes => FaultInjection::LeakQueuedBytes,
+            PlantedBug::NoSyncRetry => FaultInjection::NoSyncRetry,
         }
     }
 
@@ -156,6 +161,7 @@ impl PlantedBug {
             PlantedBug::EvictDirtyDocuments => "evict-dirty-documents",
             PlantedBug::StaleDigestLeaf => "stale-digest-leaf",
             PlantedBug::LeakQueuedBytes => "leak-queued-bytes",
+            PlantedBug::NoSyncRetry => "no-sync-retry",
         }
     }
 
@@ -166,6 +172,17 @@ impl PlantedBug {
             .find(|bug| bug.name() == name)
     }
 
+    /// Why the mutation suite does not expect to catch this bug, for the
+    /// few it cannot: a known gap, printed, not a failure.
+    pub fn known_gap(self) -> Option<&'static str> {
+        match self {
+            PlantedBug::NoSyncResend => Some(
+                "redundant with the reset on reconciliation (which both sides run) and the retry timer: no run measured so far converges slower without it",
+            ),
+            _ => None,
+        }
+    }
+
     /// The scenario files (in `simulations/`) whose runs should catch it:
     /// the mutation suite (`murmur-sim mutants`) runs it there.
     pub fn caught_by(self) -> &'static [&'static str] {
@@ -173,8 +190,8 @@ impl PlantedBug {
             PlantedBug::None => &[],
             PlantedBug::AckDurableBeforeFlush => &["crash-restart"],
             PlantedBug::DropPushWithMissingDependencies => &["no-anti-entropy"],
-            PlantedBug::NoSyncResend => &["flaky-links"],
-            PlantedBug::NoSyncResetOnReconcile => &["flaky-links"],
+            PlantedBug::NoSyncResend => &["sync-stalls-bare"],
+            PlantedBug::NoSyncResetOnReconcile => &["sync-stalls-bare"],
             PlantedBug::CompactDeletesBeforeSnapshot => &["compaction-crash"],
             PlantedBug::SkipPushToBusyPeer => &["no-anti-entropy"],
             PlantedBug::ReplicatedOvercount => &["partition-halves"],
@@ -182,6 +199,7 @@ impl PlantedBug {
             PlantedBug::EvictDirtyDocuments => &["many-docs"],
             PlantedBug::StaleDigestLeaf => &["partition-halves"],
             PlantedBug::LeakQueuedBytes => &["partition-halves"],
+            PlantedBug::NoSyncRetry => &["sync-stalls"],
         }
     }
 }

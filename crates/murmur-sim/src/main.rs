@@ -21,6 +21,8 @@ use murmur_sim::runner::{self, SeedResult, Summary};
 use murmur_sim::shrink::{self, Budget};
 use murmur_sim::{sim, PlantedBug, Repro, RunOptions, RunOutcome, Scenario};
 
+mod baseline;
+
 #[derive(Parser)]
 #[command(
     name = "murmur-sim",
@@ -43,6 +45,9 @@ enum Command {
     Ci(CiArgs),
     /// Measure seeds per minute on the benchmark scenario.
     Bench(BenchArgs),
+    /// The mutation suite: plant each known bug and count the seeds of its
+    /// scenarios that catch it. Exits non-zero if any bug goes uncaught.
+    Mutants(MutantsArgs),
 }
 
 #[derive(Args, Clone)]
@@ -103,8 +108,35 @@ struct CiArgs {
     /// Seeds per scenario.
     #[arg(long, default_value_t = 50)]
     seeds: u64,
+    /// Committed figures to hold each scenario to (convergence p95,
+    /// stable-read latency p95, messages per operation); compared when the
+    /// seed count matches the file's.
+    #[arg(long, default_value = "simulations/baselines.json")]
+    baselines: PathBuf,
+    /// Write this run's figures as the new baselines instead of comparing.
+    #[arg(long)]
+    write_baselines: bool,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Args)]
+struct MutantsArgs {
+    /// The scenario directory.
+    #[arg(long, default_value = "simulations")]
+    dir: PathBuf,
+    /// Seeds per bug and scenario.
+    #[arg(long, default_value_t = 50)]
+    seeds: u64,
+    /// Only this bug.
+    #[arg(long, value_parser = parse_plant)]
+    bug: Option<PlantedBug>,
+    /// Worker threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Where the results go.
+    #[arg(long, default_value = "target/murmur-sim")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -137,6 +169,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay(&args),
         Command::Ci(args) => ci(args),
         Command::Bench(args) => bench(&args),
+        Command::Mutants(args) => mutants(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -179,7 +212,18 @@ fn ci(args: CiArgs) -> Result<bool> {
         bail!("no scenario files in {}", args.dir.display());
     }
     let started = Instant::now();
-    let ok = run_scenarios(&scenarios, 0..args.seeds, &args.common)?;
+    let (ok, summaries) = run_scenarios_summaries(&scenarios, 0..args.seeds, &args.common)?;
+    let ok = if args.write_baselines {
+        baseline::write(&args.baselines, args.seeds, &summaries)?;
+        println!("baselines written to {}", args.baselines.display());
+        ok
+    } else {
+        let regressions = baseline::compare(&args.baselines, args.seeds, &summaries)?;
+        for regression in &regressions {
+            println!("REGRESSION {regression}");
+        }
+        ok && regressions.is_empty()
+    };
     eprintln!(
         "ci: {} scenarios x {} seeds in {:.1} s: {}",
         scenarios.len(),
@@ -230,6 +274,16 @@ struct Failure {
 }
 
 fn run_scenarios(paths: &[PathBuf], seeds: std::ops::Range<u64>, common: &Common) -> Result<bool> {
+    run_scenarios_summaries(paths, seeds, common).map(|(ok, _)| ok)
+}
+
+/// Runs `seeds` of every scenario in `paths`; returns whether all passed,
+/// and each scenario's summary.
+fn run_scenarios_summaries(
+    paths: &[PathBuf],
+    seeds: std::ops::Range<u64>,
+    common: &Common,
+) -> Result<(bool, Vec<Summary>)> {
     let threads = threads(common.threads);
     let mut runs: Vec<(Summary, Vec<SeedResult>)> = Vec::new();
     let mut commands: Vec<(u64, String, String)> = Vec::new();
@@ -254,7 +308,8 @@ fn run_scenarios(paths: &[PathBuf], seeds: std::ops::Range<u64>, common: &Common
                 }
             });
         bar.finish_and_clear();
-        let summary = runner::summarise(&scenario.name, &results, started.elapsed().as_secs_f64());
+        let summary =
+            runner::summarise_scenario(&scenario, &results, started.elapsed().as_secs_f64());
         let dir = common.out.join(&scenario.name);
         write_json(
             &dir.join("results.json"),
@@ -275,10 +330,99 @@ fn run_scenarios(paths: &[PathBuf], seeds: std::ops::Range<u64>, common: &Common
         runs.push((summary, results));
     }
     print_summary(&runs);
+    print_mechanisms(&runs);
     let report = common.out.join("report.html");
     write_text(&report, &run_report(&runs, &commands))?;
     println!("report: {}", report.display());
-    Ok(runs.iter().all(|(summary, _)| summary.failed.is_empty()))
+    let ok = runs.iter().all(|(summary, _)| summary.passed());
+    Ok((ok, runs.into_iter().map(|(summary, _)| summary).collect()))
+}
+
+/// `mutants`: each planted bug on its scenarios; every bug must be caught
+/// by some seed.
+fn mutants(args: &MutantsArgs) -> Result<bool> {
+    let threads = threads(args.threads);
+    let bugs: Vec<PlantedBug> = match args.bug {
+        Some(bug) => vec![bug],
+        None => PlantedBug::ALL.to_vec(),
+    };
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut all_caught = true;
+    // Each scenario's figures without a bug, over the same seeds: a bug
+    // that only slows repair is caught by the baseline rule against them.
+    let mut references: std::collections::BTreeMap<String, Summary> = Default::default();
+    println!(
+        "{:<38} {:<18} {:>8}  first checker to fire",
+        "planted bug", "scenario", "caught"
+    );
+    for bug in bugs {
+        let mut caught_anywhere = false;
+        for name in bug.caught_by() {
+            let path = args.dir.join(format!("{name}.toml"));
+            let scenario = Scenario::load(&path)?;
+            let results = runner::run_many(&scenario, 0..args.seeds, threads, bug, &|_| {});
+            let reference = references.entry(name.to_string()).or_insert_with(|| {
+                let clean =
+                    runner::run_many(&scenario, 0..args.seeds, threads, PlantedBug::None, &|_| {});
+                runner::summarise(&scenario.name, &clean, 0.0)
+            });
+            let regressions = baseline::compare_runs(
+                reference,
+                &runner::summarise(&scenario.name, &results, 0.0),
+            );
+            let caught: Vec<&SeedResult> = results.iter().filter(|r| !r.valid).collect();
+            let checkers: BTreeSet<&str> = caught
+                .iter()
+                .filter_map(|r| r.findings.first().map(|f| f.checker.as_str()))
+                .collect();
+            let first_seed = caught.first().map(|r| r.seed);
+            println!(
+                "{:<38} {:<18} {:>3} / {:<3} {}{}",
+                bug.name(),
+                name,
+                caught.len(),
+                results.len(),
+                checkers.into_iter().collect::<Vec<_>>().join(", "),
+                first_seed
+                    .map(|seed| format!(" (replay: {})", seed_command(&path, seed, bug)))
+                    .unwrap_or_default()
+            );
+            for regression in &regressions {
+                println!("{:<38} {:<18} baseline rule: {regression}", "", "");
+            }
+            caught_anywhere |= !caught.is_empty() || !regressions.is_empty();
+            rows.push(serde_json::json!({
+                "bug": bug.name(),
+                "scenario": name,
+                "seeds": results.len(),
+                "caught": caught.len(),
+                "caught_seeds": caught.iter().map(|r| r.seed).collect::<Vec<_>>(),
+                "regressions": regressions,
+            }));
+        }
+        match (caught_anywhere, bug.known_gap()) {
+            (true, _) => {}
+            (false, Some(why)) => {
+                println!("{:<38} not caught (a known gap: {why})", bug.name());
+            }
+            (false, None) => {
+                all_caught = false;
+                println!("{:<38} NOT CAUGHT in {} seeds", bug.name(), args.seeds);
+            }
+        }
+    }
+    write_json(&args.out.join("mutants.json"), &serde_json::json!(rows))?;
+    eprintln!(
+        "mutants: {} in {:.1} s",
+        if all_caught {
+            "every planted bug caught"
+        } else {
+            "SOME PLANTED BUG WENT UNCAUGHT"
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(all_caught)
 }
 
 fn print_summary(runs: &[(Summary, Vec<SeedResult>)]) {
@@ -309,6 +453,32 @@ fn print_summary(runs: &[(Summary, Vec<SeedResult>)]) {
             summary.bytes_per_op,
             format!("{ok}/{fail}/{info}")
         );
+    }
+}
+
+/// In what share of its seeds each mechanism fired, per scenario; and the
+/// claimed mechanisms that never did.
+fn print_mechanisms(runs: &[(Summary, Vec<SeedResult>)]) {
+    println!("\nmechanisms fired (seeds in which each fired, of the scenario's seeds):");
+    for (summary, _) in runs {
+        let fired: Vec<String> = summary
+            .mechanisms
+            .iter()
+            .filter(|(_, seeds)| **seeds > 0)
+            .map(|(name, seeds)| format!("{name} {seeds}"))
+            .collect();
+        println!(
+            "  {:<18} {} ({} acks checked)",
+            summary.scenario,
+            fired.join(", "),
+            summary.acks_checked
+        );
+        for name in &summary.unexercised {
+            println!(
+                "  {:<18} FAILED: claims to exercise {name}, which fired in none of its {} seeds",
+                summary.scenario, summary.seeds
+            );
+        }
     }
 }
 

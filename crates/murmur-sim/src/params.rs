@@ -147,6 +147,14 @@ impl Weights {
     }
 }
 
+fn default_anti_entropy_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_sync_retry_ms() -> u64 {
+    500
+}
+
 /// Everything about one run except its schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Params {
@@ -178,6 +186,12 @@ pub struct Params {
     pub limits: Limits,
     /// Anti-entropy on.
     pub anti_entropy: bool,
+    /// How often anti-entropy runs.
+    #[serde(default = "default_anti_entropy_interval_ms")]
+    pub anti_entropy_interval_ms: u64,
+    /// The sync retry timer (0: off).
+    #[serde(default = "default_sync_retry_ms")]
+    pub sync_retry_ms: u64,
     /// SWIM membership on.
     pub membership: bool,
     /// Chance an operation shares the turn of the one before it.
@@ -236,6 +250,8 @@ impl Params {
                 digest_leaves: scenario.limits.digest_leaves.draw(&mut rng),
             },
             anti_entropy: scenario.anti_entropy,
+            anti_entropy_interval_ms: scenario.anti_entropy_interval_ms.draw(&mut rng),
+            sync_retry_ms: scenario.sync_retry_ms.draw(&mut rng),
             membership: scenario.membership,
             burst: workload.burst.draw(&mut rng),
         }

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::check::Finding;
@@ -59,6 +61,23 @@ pub struct Summary {
     pub bytes_per_op: f64,
     /// Operations completed ok / fail / info, over all seeds.
     pub outcomes: (usize, usize, usize),
+    /// Per mechanism, in how many seeds it fired.
+    #[serde(default)]
+    pub mechanisms: BTreeMap<String, usize>,
+    /// Mechanisms the scenario claims to exercise that fired in no seed:
+    /// the scenario fails.
+    #[serde(default)]
+    pub unexercised: Vec<String>,
+    /// Acknowledgements checked against the stores, over all seeds.
+    #[serde(default)]
+    pub acks_checked: u64,
+}
+
+impl Summary {
+    /// True when every seed passed and every claimed mechanism fired.
+    pub fn passed(&self) -> bool {
+        self.failed.is_empty() && self.unexercised.is_empty()
+    }
 }
 
 /// Runs one seed and keeps what a summary needs.
@@ -117,8 +136,31 @@ pub fn run_many(
     results
 }
 
+/// Sums up `results` of `scenario`, which took `wall_seconds`, and checks
+/// that every mechanism it claims to exercise fired in some seed.
+pub fn summarise_scenario(
+    scenario: &Scenario,
+    results: &[SeedResult],
+    wall_seconds: f64,
+) -> Summary {
+    let mut summary = summarise(&scenario.name, results, wall_seconds);
+    summary.unexercised = scenario
+        .exercises
+        .iter()
+        .map(|mechanism| mechanism.name().to_owned())
+        .filter(|name| summary.mechanisms.get(name).copied().unwrap_or(0) == 0)
+        .collect();
+    summary
+}
+
 /// Sums up `results` of `scenario`, which took `wall_seconds`.
 pub fn summarise(scenario: &str, results: &[SeedResult], wall_seconds: f64) -> Summary {
+    let mut mechanisms: BTreeMap<String, usize> = BTreeMap::new();
+    for result in results {
+        for (name, count) in &result.stats.mechanisms {
+            *mechanisms.entry(name.clone()).or_default() += usize::from(*count > 0);
+        }
+    }
     let count = results.len().max(1) as f64;
     let mut outcomes = (0, 0, 0);
     for result in results {
@@ -141,5 +183,8 @@ pub fn summarise(scenario: &str, results: &[SeedResult], wall_seconds: f64) -> S
         messages_per_op: results.iter().map(|r| r.stats.messages_per_op).sum::<f64>() / count,
         bytes_per_op: results.iter().map(|r| r.stats.bytes_per_op).sum::<f64>() / count,
         outcomes,
+        mechanisms,
+        unexercised: Vec::new(),
+        acks_checked: results.iter().map(|r| r.stats.acks_checked).sum(),
     }
 }

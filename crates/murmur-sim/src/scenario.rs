@@ -117,6 +117,17 @@ pub struct Scenario {
     /// no full queues).
     #[serde(default = "defaults::anti_entropy")]
     pub anti_entropy: bool,
+    /// How often each replica reconciles with one peer, in milliseconds.
+    /// A long one leaves the sync protocol's own recovery (after a lost
+    /// message) to do the repair.
+    #[serde(default = "defaults::anti_entropy_interval_ms")]
+    pub anti_entropy_interval_ms: Spec<u64>,
+    /// How long a sync conversation waits for the peer before its timer
+    /// restarts it, in milliseconds; 0 turns the timer off, leaving the
+    /// other two stall safeguards (resend on a stall, reset on
+    /// reconciliation) alone to do the work.
+    #[serde(default = "defaults::sync_retry_ms")]
+    pub sync_retry_ms: Spec<u64>,
     /// SWIM membership (foca) on every replica.
     #[serde(default)]
     pub membership: bool,
@@ -147,6 +158,8 @@ pub enum Mechanism {
     Reconciliation,
     /// A stalled sync conversation resent.
     SyncRestart,
+    /// A quiet sync conversation restarted by its timer.
+    SyncRetry,
     /// A pushed change missing dependencies, fetched by sync.
     MissingDependencySync,
     /// A node crashed between two storage operations of one engine call.
@@ -161,7 +174,7 @@ pub enum Mechanism {
 
 impl Mechanism {
     /// Every mechanism, in report order.
-    pub const ALL: [Mechanism; 13] = [
+    pub const ALL: [Mechanism; 14] = [
         Mechanism::Backpressure,
         Mechanism::QueueFull,
         Mechanism::Eviction,
@@ -170,6 +183,7 @@ impl Mechanism {
         Mechanism::DigestSplit,
         Mechanism::Reconciliation,
         Mechanism::SyncRestart,
+        Mechanism::SyncRetry,
         Mechanism::MissingDependencySync,
         Mechanism::StorageCrash,
         Mechanism::GracefulRestart,
@@ -188,6 +202,7 @@ impl Mechanism {
             Mechanism::DigestSplit => "digest-split",
             Mechanism::Reconciliation => "reconciliation",
             Mechanism::SyncRestart => "sync-restart",
+            Mechanism::SyncRetry => "sync-retry",
             Mechanism::MissingDependencySync => "missing-dependency-sync",
             Mechanism::StorageCrash => "storage-crash",
             Mechanism::GracefulRestart => "graceful-restart",
@@ -412,14 +427,20 @@ mod defaults {
     pub fn anti_entropy() -> bool {
         true
     }
+    pub fn anti_entropy_interval_ms() -> Spec<u64> {
+        Spec::Fixed(1_000)
+    }
+    pub fn sync_retry_ms() -> Spec<u64> {
+        Spec::Fixed(500)
+    }
     pub fn storage_crash_after_ops() -> Spec<u64> {
         Spec::Range([0, 6])
     }
     pub fn outbox_bytes() -> Spec<u64> {
-        Spec::Range([1_024, 65_536])
+        Spec::Range([64, 1_024])
     }
     pub fn cache_bytes() -> Spec<u64> {
-        Spec::Range([16_384, 262_144])
+        Spec::Range([0, 131_072])
     }
     pub fn compaction_min_bytes() -> Spec<u64> {
         Spec::Range([256, 16_384])
@@ -428,16 +449,16 @@ mod defaults {
         Spec::Range([2, 64])
     }
     pub fn push_batch() -> Spec<u64> {
-        Spec::Range([1, 16])
+        Spec::Range([1, 4])
     }
     pub fn digest_leaves() -> Spec<u64> {
         Spec::Range([1, 64])
     }
     pub fn link_queue_bytes() -> Spec<u64> {
-        Spec::Range([4_096, 1_048_576])
+        Spec::Range([512, 16_384])
     }
     pub fn link_bytes_per_ms() -> Spec<u64> {
-        Spec::Range([1_000, 100_000])
+        Spec::Range([20, 2_000])
     }
 }
 
@@ -451,7 +472,7 @@ impl LimitsSpec {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let at = |field: &'static str| move |reason: String| (field, reason);
         self.outbox_bytes
-            .check(256, 1 << 30)
+            .check(64, 1 << 30)
             .map_err(at("limits.outbox_bytes"))?;
         self.cache_bytes
             .check(0, 1 << 40)
@@ -559,6 +580,9 @@ impl Scenario {
         self.group_commit_ms
             .check(0, 10_000)
             .map_err(at("group_commit_ms"))?;
+        self.anti_entropy_interval_ms
+            .check(10, MAX_CHAOS_MS)
+            .map_err(at("anti_entropy_interval_ms"))?;
         if !self.anti_entropy && !self.lossless() {
             return Err((
                 "anti_entropy",

@@ -131,6 +131,9 @@ struct Runner<'a> {
     invariant_broken: bool,
     storage_crashes: u64,
     graceful_restarts: u64,
+    /// Nodes to crash just before their next flush of writes already
+    /// pushed to peers (the end of a `restart-crash` window).
+    crash_before_flush: std::collections::BTreeSet<usize>,
     bursts: u64,
     membership_deliveries: u64,
 }
@@ -161,11 +164,20 @@ impl<'a> Runner<'a> {
         let world_seed = params::sub_seed(params.seed, Stream::World);
         let limits = params.limits;
         let (anti_entropy, membership) = (params.anti_entropy, params.membership);
+        let interval = Duration::from_millis(params.anti_entropy_interval_ms);
+        let sync_retry_ms = params.sync_retry_ms;
         let mut cluster = Cluster::with_config(params.nodes, world_seed, |config: Config| {
             let mut config = limits.apply(config);
             config.group_commit_delay = group_commit;
             config.fault_injection = fault_injection;
             config.anti_entropy = anti_entropy;
+            config.anti_entropy_interval = interval;
+            config.anti_entropy_jitter = interval / 4;
+            if sync_retry_ms == 0 {
+                config.max_watched_syncs = 0;
+            } else {
+                config.sync_retry = Duration::from_millis(sync_retry_ms);
+            }
             if membership {
                 config.membership_addr = Some(format!("sim:{}", config.node_id.short()));
             }
@@ -191,6 +203,7 @@ impl<'a> Runner<'a> {
             invariant_broken: false,
             storage_crashes: 0,
             graceful_restarts: 0,
+            crash_before_flush: std::collections::BTreeSet::new(),
             bursts: 0,
             membership_deliveries: 0,
         }
@@ -234,6 +247,7 @@ impl<'a> Runner<'a> {
                 }
                 WorldEvent::StorageCrashed { node, .. } => {
                     self.storage_crashes += 1;
+                    self.check_crash_kept_flushed(node);
                     self.writes_indeterminate(node, "node crashed: its store failed mid-call");
                 }
                 WorldEvent::Delivered {
@@ -399,6 +413,9 @@ impl<'a> Runner<'a> {
             }
             return false;
         }
+        if !self.crash_before_flush.is_empty() {
+            self.crash_before_next_flush();
+        }
         self.cluster.step();
         self.steps += 1;
         // Acknowledgements are checked against the stores as they are now,
@@ -473,6 +490,21 @@ impl<'a> Runner<'a> {
             .holds(node, self.cluster.store(node), doc, hash)
     }
 
+    /// Node `node` just crashed: what its flushed store held must all still
+    /// be there (a crash loses only what was never flushed).
+    fn check_crash_kept_flushed(&mut self, node: usize) {
+        let problems = self
+            .durable
+            .verify_after_crash(node, self.cluster.store(node));
+        let at = self.now_ms();
+        for problem in problems {
+            self.findings.push(Finding::new(
+                "durable-lost",
+                format!("node {node} crashed at {at} ms and lost flushed data: {problem}"),
+            ));
+        }
+    }
+
     /// Forgets node `node`'s writes: its write ids start again.
     fn forget_writes(&mut self, node: usize) {
         self.written.retain(|(writer, _), _| *writer != node);
@@ -516,6 +548,7 @@ impl<'a> Runner<'a> {
         let state = FaultState::of(self.params.nodes, open.iter().map(|&i| &windows[i].fault));
         let crashed = state.apply(&mut self.cluster, &self.params.network);
         for node in crashed {
+            self.check_crash_kept_flushed(node);
             self.writes_indeterminate(node, "node crashed before the write was durable");
         }
         if let Fault::Restart { node, then_crash } = windows[changed].fault {
@@ -541,12 +574,39 @@ impl<'a> Runner<'a> {
             };
             self.writes_indeterminate(node, why);
         } else if then_crash {
-            self.cluster.crash(node);
-            self.writes_indeterminate(node, "node crashed before the write was durable");
-            if state.crashed[node].is_none() && state.storage_crash[node].is_none() {
-                self.cluster.restart(node);
-            }
+            let _ = state;
+            self.crash_before_flush.insert(node);
         }
+    }
+
+    /// If the next step would flush writes that a node has already pushed
+    /// to its peers and it is marked to crash before then, crashes it now
+    /// and restarts it, cut off: the point where a reused sequence number
+    /// would show.
+    fn crash_before_next_flush(&mut self) {
+        let Some(node) = self.cluster.next_timer_node() else {
+            return;
+        };
+        if !self.crash_before_flush.contains(&node) {
+            return;
+        }
+        let waiting = self
+            .cluster
+            .try_replica(node)
+            .is_some_and(|replica| replica.writes_awaiting_flush() > 0);
+        if !waiting {
+            return;
+        }
+        self.crash_before_flush.remove(&node);
+        self.cluster.crash(node);
+        self.check_crash_kept_flushed(node);
+        self.writes_indeterminate(node, "node crashed before the write was durable");
+        // It comes back alone (until the next fault window opens or
+        // closes), so its clients may write before any peer has told it
+        // what it lost.
+        self.cluster.isolate(node);
+        self.cluster.restart(node);
+        self.drain_world();
     }
 
     /// Every write still pending on `node` becomes `info`.
@@ -571,6 +631,7 @@ impl<'a> Runner<'a> {
     /// Heals everything and waits for convergence; returns how long it took.
     fn liveness(&mut self) -> Option<u64> {
         self.phase("liveness");
+        self.crash_before_flush.clear();
         let state = FaultState::of(self.params.nodes, []);
         state.apply(&mut self.cluster, &self.params.network.clean());
         self.drain_world();
@@ -681,6 +742,7 @@ impl<'a> Runner<'a> {
         for node in 0..nodes {
             if self.cluster.is_up(node) {
                 self.cluster.crash(node);
+                self.check_crash_kept_flushed(node);
             }
         }
         for node in 0..nodes {
@@ -813,6 +875,7 @@ impl<'a> Runner<'a> {
                     Mechanism::DigestSplit => metrics.digest_buckets_split,
                     Mechanism::Reconciliation => metrics.documents_reconciled,
                     Mechanism::SyncRestart => metrics.sync_restarts,
+                    Mechanism::SyncRetry => metrics.sync_retries,
                     Mechanism::MissingDependencySync => metrics.missing_dependency_syncs,
                     Mechanism::StorageCrash => self.storage_crashes,
                     Mechanism::GracefulRestart => self.graceful_restarts,
