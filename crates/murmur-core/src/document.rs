@@ -291,7 +291,7 @@ fn settled(mut state: sync::State, heads: &[ChangeHash]) -> sync::State {
     shared.sort_unstable();
     let mut ours = heads.to_vec();
     ours.sort_unstable();
-    if !ours.is_empty() && shared == ours {
+    if shared == ours {
         state.last_sent_heads = heads.to_vec();
         state.their_heads = Some(heads.to_vec());
         state.have_responded = true;

@@ -63,3 +63,50 @@ fn a_missing_file_is_a_clear_error() {
         "{error}"
     );
 }
+
+#[test]
+fn every_planted_bug_names_scenarios_that_exist_and_every_scenario_has_a_baseline() {
+    let names: Vec<String> = scenario_files()
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    for bug in murmur_sim::PlantedBug::ALL {
+        assert!(
+            !bug.caught_by().is_empty(),
+            "{} names no scenario",
+            bug.name()
+        );
+        for scenario in bug.caught_by() {
+            assert!(
+                names.iter().any(|n| n == scenario),
+                "{} names {scenario}.toml, which does not exist",
+                bug.name()
+            );
+        }
+        assert_eq!(murmur_sim::PlantedBug::from_name(bug.name()), Some(bug));
+    }
+    let baselines =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../simulations/baselines.json");
+    let text = std::fs::read_to_string(baselines).expect("simulations/baselines.json exists");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("it parses");
+    for name in &names {
+        let scenario = Scenario::load(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../../simulations/{name}.toml")),
+        )
+        .expect("parses");
+        assert!(
+            json["scenarios"].get(&scenario.name).is_some(),
+            "{name} has no baseline: run `murmur-sim ci --seeds 50 --write-baselines`"
+        );
+    }
+}
+
+#[test]
+fn anti_entropy_can_be_off_only_on_a_network_that_loses_nothing() {
+    let lossy = "anti_entropy = false\n[network]\nloss = 0.1\n[nemesis]\nfaults = []";
+    let error = Scenario::parse(lossy, std::path::Path::new("x.toml"), "x").expect_err("rejected");
+    assert!(error.to_string().contains("anti_entropy"), "{error}");
+    let clean = "anti_entropy = false\n[network]\nloss = 0.0\n[nemesis]\nfaults = []";
+    Scenario::parse(clean, std::path::Path::new("x.toml"), "x").expect("accepted");
+}

@@ -288,3 +288,35 @@ fn a_crash_during_compaction_leaves_a_loadable_document() {
         "the covered chunks are reported stale"
     );
 }
+
+#[test]
+fn a_planted_failure_lets_k_operations_through_then_fails_until_the_crash() {
+    let store = MemStore::new();
+    let put = |key: &[u8]| {
+        let mut batch = WriteBatch::new();
+        batch.put(key.to_vec(), b"v".to_vec());
+        batch
+    };
+    store.apply(put(b"flushed")).expect("apply");
+    store.flush().expect("flush");
+    store.fail_after(2);
+    store.apply(put(b"a")).expect("first of two");
+    store.apply(put(b"b")).expect("second of two");
+    assert!(store.apply(put(b"c")).is_err(), "the third fails");
+    assert!(store.flush().is_err(), "and so does everything after");
+    assert!(store.tripped());
+    // The durable view shows only what a crash would keep.
+    assert_eq!(
+        store.durable_view().get(b"flushed").expect("reads"),
+        Some(b"v".to_vec())
+    );
+    assert_eq!(store.durable_view().get(b"a").expect("reads"), None);
+    let generation = store.durable_generation();
+    // The crash keeps a prefix of the unflushed batches: here, "a".
+    store.crash_keeping(1);
+    assert!(!store.tripped() && !store.armed());
+    assert!(store.durable_generation() > generation);
+    assert_eq!(store.get(b"a").expect("reads"), Some(b"v".to_vec()));
+    assert_eq!(store.get(b"b").expect("reads"), None);
+    store.apply(put(b"d")).expect("works again after the crash");
+}
