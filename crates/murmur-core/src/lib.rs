@@ -68,7 +68,12 @@
 //!   the in-flight part of their sync state, so a lost message cannot
 //!   stall it.
 //! * **Sync state** per (peer, document) is stored, so a reconnect sends
-//!   only what is missing.
+//!   only what is missing. A conversation that lost a message is restarted
+//!   three ways: a side that receives no progress resends once; a
+//!   reconciliation resets what was in flight; and a conversation whose
+//!   peer stays quiet for [`Config::sync_retry`] (doubling, a few times)
+//!   is restarted by its own timer, unless both sides last said the same
+//!   heads.
 //! * **Acknowledgements.** A local write is [`AckLevel::Applied`] when
 //!   `handle_local_change` returns and [`AckLevel::Durable`] after the next
 //!   flush. Flushes are group commits: every write since the last flush goes
@@ -84,8 +89,13 @@
 //!   survive a crash on the peers, so its sequence number must never be
 //!   reused.
 //! * **Bounds.** Each peer's queue is bounded in bytes
-//!   ([`Config::max_outbox_bytes_per_peer`]): past it, pushes are dropped
-//!   and anti-entropy repairs the gap; memory does not grow.
+//!   ([`Config::max_outbox_bytes_per_peer`]; one message always fits an
+//!   empty queue): past it, messages are dropped and anti-entropy repairs
+//!   the gap; memory does not grow.
+//! * **Checking itself.** [`Replica::check_invariants`] (cheap, for every
+//!   simulator step) and [`Replica::check_digest`] (O(documents)) say
+//!   whether the engine's own bookkeeping still agrees with itself and
+//!   with its store.
 //!
 //! # Example
 //!

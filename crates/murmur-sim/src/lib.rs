@@ -15,12 +15,22 @@
 //! 3. **Run** ([`sim::run`]): setup, then chaos (operations and faults),
 //!    then liveness (heal everything, restart everyone, faults off, and
 //!    converge within a bound), then a final read of every document on
-//!    every node.
-//! 4. **Check** ([`check`]): identical heads and content everywhere;
-//!    Jepsen's set-full per element; counters against acknowledged and
-//!    indeterminate deltas; registers, text and causal pairs; no change
-//!    without its dependencies; no rejected message; every write
-//!    acknowledged durable.
+//!    every node, then every replica crashed and reopened from its store.
+//!    The engine's limits are drawn small per seed, so that backpressure,
+//!    eviction, lazy loading and compaction run; storage can fail between
+//!    two operations of one engine call.
+//! 4. **Check** ([`check`]): every `Durable` and `Replicated(k)`
+//!    acknowledgement against the flushed stores as it is given; the
+//!    engine's invariants after every step; after every crash, that the
+//!    flushed store kept what it held; identical heads and content
+//!    everywhere, and again after the final reopen; Jepsen's set-full per
+//!    element; counters against acknowledged and indeterminate deltas;
+//!    registers, text and causal pairs; no change without its
+//!    dependencies; no rejected message; every write acknowledged durable;
+//!    digests that agree with their documents.
+//!
+//! A catalogue of planted bugs ([`PlantedBug`], `murmur-sim mutants`)
+//! proves that the checkers can fail.
 //!
 //! The same seed on the same commit gives a byte-identical event trace
 //! ([`RunOutcome::trace_hash`]). A failing run can be shrunk ([`shrink`])
@@ -68,115 +78,59 @@ pub use schedule::{Repro, Schedule};
 pub use sim::{RunOptions, RunOutcome};
 
 /// A bug the simulator can plant in every replica, to show that the
-/// checkers catch it (`murmur-sim mutants`, `tests/planted_bug.rs`). Each
-/// is one of the engine's [`FaultInjection`] switches.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum PlantedBug {
-    /// None: the engine as written.
-    #[default]
-    None,
-    /// Writes are acknowledged durable before their flush.
-    AckDurableBeforeFlush,
-    /// A pushed change missing dependencies is dropped, never applied.
-    DropPushWithMissingDependencies,
-    /// A stalled sync is not resent (first stall safeguard gone).
-    NoSyncResend,
-    /// Reconciliation does not reset in-flight sync state (second
-    /// safeguard gone).
-    NoSyncResetOnReconcile,
-    /// Compaction deletes old chunks before the snapshot is on disk.
-    CompactDeletesBeforeSnapshot,
-    /// Pushes to a peer with anything queued are silently skipped.
-    SkipPushToBusyPeer,
-    /// `Replicated(k)` counts one copy too many.
-    ReplicatedOvercount,
-    /// A clean restart followed by a crash reuses the actor.
-    ReuseActorAfterCleanClose,
-    /// Eviction takes documents with unflushed changes.
-    EvictDirtyDocuments,
-    /// Flushes leave the digest's leaves stale.
-    StaleDigestLeaf,
-    /// Sent messages never give their bytes back to the peer's budget.
-    LeakQueuedBytes,
-    /// A quiet sync conversation is never restarted by its timer (third
-    /// stall safeguard gone).
-    NoSyncRetry,
-}
+/// checkers catch it (`murmur-sim mutants`, `tests/planted_bug.rs`): one of
+/// the engine's [`FaultInjection`] switches, named for the command line and
+/// repro files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PlantedBug(pub FaultInjection);
 
 impl PlantedBug {
-    /// Every bug (not [`PlantedBug::None`]).
-    pub const ALL: [PlantedBug; 12] = [
-        PlantedBug::AckDurableBeforeFlush,
-        PlantedBug::DropPushWithMissingDependencies,
-        PlantedBug::NoSyncResend,
-        PlantedBug::NoSyncResetOnReconcile,
-        PlantedBug::CompactDeletesBeforeSnapshot,
-        PlantedBug::SkipPushToBusyPeer,
-        PlantedBug::ReplicatedOvercount,
-        PlantedBug::ReuseActorAfterCleanClose,
-        PlantedBug::EvictDirtyDocuments,
-        PlantedBug::StaleDigestLeaf,
-        PlantedBug::LeakQueuedBytes,
-        PlantedBug::NoSyncRetry,
-    ];
+    /// None: the engine as written.
+    pub const NONE: PlantedBug = PlantedBug(FaultInjection::None);
+
+    /// Every bug of the catalogue (not [`PlantedBug::NONE`]).
+    pub fn all() -> impl Iterator<Item = PlantedBug> {
+        FaultInjection::ALL.into_iter().map(PlantedBug)
+    }
 
     /// The engine's switch for it.
     pub fn fault_injection(self) -> FaultInjection {
-        match self {
-            PlantedBug::None => FaultInjection::None,
-            PlantedBug::AckDurableBeforeFlush => FaultInjection::AckDurableBeforeFlush,
-            PlantedBug::DropPushWithMissingDependencies => {
-                FaultInjection::DropPushWithMissingDependencies
-            }
-            PlantedBug::NoSyncResend => FaultInjection::NoSyncResend,
-            PlantedBug::NoSyncResetOnReconcile => FaultInjection::NoSyncResetOnReconcile,
-            PlantedBug::CompactDeletesBeforeSnapshot => {
-                FaultInjection::CompactDeletesBeforeSnapshot
-            }
-            PlantedBug::SkipPushToBusyPeer => FaultInjection::SkipPushToBusyPeer,
-            PlantedBug::ReplicatedOvercount => FaultInjection::ReplicatedOvercount,
-            PlantedBug::ReuseActorAfterCleanClose => FaultInjection::ReuseActorAfterCleanClose,
-            PlantedBug::EvictDirtyDocuments => FaultInjection::EvictDirtyDocuments,
-            PlantedBug::StaleDigestLeaf => FaultInjection::StaleDigestLeaf,
-            PlantedBug::LeakQueuedBytes => FaultInjection::LeakQueuedBytes,
-            PlantedBug::NoSyncRetry => FaultInjection::NoSyncRetry,
-        }
+        self.0
     }
 
     /// Its command-line name.
     pub fn name(self) -> &'static str {
-        match self {
-            PlantedBug::None => "none",
-            PlantedBug::AckDurableBeforeFlush => "ack-durable-before-flush",
-            PlantedBug::DropPushWithMissingDependencies => "drop-push-with-missing-dependencies",
-            PlantedBug::NoSyncResend => "no-sync-resend",
-            PlantedBug::NoSyncResetOnReconcile => "no-sync-reset-on-reconcile",
-            PlantedBug::CompactDeletesBeforeSnapshot => "compact-deletes-before-snapshot",
-            PlantedBug::SkipPushToBusyPeer => "skip-push-to-busy-peer",
-            PlantedBug::ReplicatedOvercount => "replicated-overcount",
-            PlantedBug::ReuseActorAfterCleanClose => "reuse-actor-after-clean-close",
-            PlantedBug::EvictDirtyDocuments => "evict-dirty-documents",
-            PlantedBug::StaleDigestLeaf => "stale-digest-leaf",
-            PlantedBug::LeakQueuedBytes => "leak-queued-bytes",
-            PlantedBug::NoSyncRetry => "no-sync-retry",
+        match self.0 {
+            FaultInjection::AckDurableBeforeFlush => "ack-durable-before-flush",
+            FaultInjection::DropPushWithMissingDependencies => {
+                "drop-push-with-missing-dependencies"
+            }
+            FaultInjection::NoSyncResend => "no-sync-resend",
+            FaultInjection::NoSyncResetOnReconcile => "no-sync-reset-on-reconcile",
+            FaultInjection::CompactDeletesBeforeSnapshot => "compact-deletes-before-snapshot",
+            FaultInjection::SkipPushToBusyPeer => "skip-push-to-busy-peer",
+            FaultInjection::ReplicatedOvercount => "replicated-overcount",
+            FaultInjection::ReuseActorAfterCleanClose => "reuse-actor-after-clean-close",
+            FaultInjection::EvictDirtyDocuments => "evict-dirty-documents",
+            FaultInjection::StaleDigestLeaf => "stale-digest-leaf",
+            FaultInjection::LeakQueuedBytes => "leak-queued-bytes",
+            FaultInjection::NoSyncRetry => "no-sync-retry",
+            _ => "none",
         }
     }
 
     /// The bug named `name` (as [`PlantedBug::name`] spells it).
     pub fn from_name(name: &str) -> Option<PlantedBug> {
-        std::iter::once(PlantedBug::None)
-            .chain(PlantedBug::ALL)
+        std::iter::once(PlantedBug::NONE)
+            .chain(PlantedBug::all())
             .find(|bug| bug.name() == name)
     }
 
     /// Why the mutation suite does not expect to catch this bug, for the
     /// few it cannot: a known gap, printed, not a failure.
     pub fn known_gap(self) -> Option<&'static str> {
-        match self {
-            PlantedBug::NoSyncResend => Some(
+        match self.0 {
+            FaultInjection::NoSyncResend => Some(
                 "redundant with the reset on reconciliation (which both sides run) and the retry timer: no run measured so far converges slower without it",
             ),
             _ => None,
@@ -186,21 +140,36 @@ impl PlantedBug {
     /// The scenario files (in `simulations/`) whose runs should catch it:
     /// the mutation suite (`murmur-sim mutants`) runs it there.
     pub fn caught_by(self) -> &'static [&'static str] {
-        match self {
-            PlantedBug::None => &[],
-            PlantedBug::AckDurableBeforeFlush => &["crash-restart"],
-            PlantedBug::DropPushWithMissingDependencies => &["no-anti-entropy"],
-            PlantedBug::NoSyncResend => &["sync-stalls-bare"],
-            PlantedBug::NoSyncResetOnReconcile => &["sync-stalls-bare"],
-            PlantedBug::CompactDeletesBeforeSnapshot => &["compaction-crash"],
-            PlantedBug::SkipPushToBusyPeer => &["no-anti-entropy"],
-            PlantedBug::ReplicatedOvercount => &["partition-halves"],
-            PlantedBug::ReuseActorAfterCleanClose => &["restarts"],
-            PlantedBug::EvictDirtyDocuments => &["many-docs"],
-            PlantedBug::StaleDigestLeaf => &["partition-halves"],
-            PlantedBug::LeakQueuedBytes => &["partition-halves"],
-            PlantedBug::NoSyncRetry => &["sync-stalls"],
+        match self.0 {
+            FaultInjection::AckDurableBeforeFlush => &["crash-restart"],
+            FaultInjection::DropPushWithMissingDependencies
+            | FaultInjection::SkipPushToBusyPeer => &["no-anti-entropy"],
+            FaultInjection::NoSyncResend | FaultInjection::NoSyncResetOnReconcile => {
+                &["sync-stalls-bare"]
+            }
+            FaultInjection::NoSyncRetry => &["sync-stalls"],
+            FaultInjection::CompactDeletesBeforeSnapshot => &["compaction-crash"],
+            FaultInjection::ReuseActorAfterCleanClose => &["restarts"],
+            FaultInjection::EvictDirtyDocuments => &["many-docs"],
+            FaultInjection::ReplicatedOvercount
+            | FaultInjection::StaleDigestLeaf
+            | FaultInjection::LeakQueuedBytes => &["partition-halves"],
+            _ => &[],
         }
+    }
+}
+
+impl Serialize for PlantedBug {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for PlantedBug {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        PlantedBug::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown planted bug `{name}`")))
     }
 }
 

@@ -154,8 +154,8 @@ struct BenchArgs {
 
 fn parse_plant(text: &str) -> Result<PlantedBug, String> {
     PlantedBug::from_name(text).ok_or_else(|| {
-        let known: Vec<&str> = std::iter::once(PlantedBug::None)
-            .chain(PlantedBug::ALL)
+        let known: Vec<&str> = std::iter::once(PlantedBug::NONE)
+            .chain(PlantedBug::all())
             .map(PlantedBug::name)
             .collect();
         format!("unknown bug `{text}`; known: {}", known.join(", "))
@@ -239,7 +239,7 @@ fn bench(args: &BenchArgs) -> Result<bool> {
     let threads = threads(args.threads);
     let bar = progress(&scenario.name, args.seeds);
     let started = Instant::now();
-    let results = runner::run_many(&scenario, 0..args.seeds, threads, PlantedBug::None, &|_| {
+    let results = runner::run_many(&scenario, 0..args.seeds, threads, PlantedBug::NONE, &|_| {
         bar.inc(1)
     });
     bar.finish_and_clear();
@@ -344,7 +344,7 @@ fn mutants(args: &MutantsArgs) -> Result<bool> {
     let threads = threads(args.threads);
     let bugs: Vec<PlantedBug> = match args.bug {
         Some(bug) => vec![bug],
-        None => PlantedBug::ALL.to_vec(),
+        None => PlantedBug::all().collect(),
     };
     let started = Instant::now();
     let mut rows = Vec::new();
@@ -364,7 +364,7 @@ fn mutants(args: &MutantsArgs) -> Result<bool> {
             let results = runner::run_many(&scenario, 0..args.seeds, threads, bug, &|_| {});
             let reference = references.entry(name.to_string()).or_insert_with(|| {
                 let clean =
-                    runner::run_many(&scenario, 0..args.seeds, threads, PlantedBug::None, &|_| {});
+                    runner::run_many(&scenario, 0..args.seeds, threads, PlantedBug::NONE, &|_| {});
                 runner::summarise(&scenario.name, &clean, 0.0)
             });
             let regressions = baseline::compare_runs(
@@ -484,7 +484,7 @@ fn print_mechanisms(runs: &[(Summary, Vec<SeedResult>)]) {
 
 fn seed_command(path: &Path, seed: u64, plant: PlantedBug) -> String {
     let plant = match plant {
-        PlantedBug::None => String::new(),
+        PlantedBug::NONE => String::new(),
         other => format!(" --plant {}", other.name()),
     };
     format!(

@@ -56,7 +56,7 @@ fn a_kept_trace_hashes_the_same_as_an_unkept_one() {
         4,
         RunOptions {
             keep_trace: true,
-            plant: PlantedBug::None,
+            plant: PlantedBug::NONE,
         },
     );
     let hashed = run_seed(&scenario, 4, RunOptions::default());
@@ -67,7 +67,7 @@ fn a_kept_trace_hashes_the_same_as_an_unkept_one() {
 #[test]
 fn a_saved_repro_replays_to_the_same_trace() {
     let scenario = busy_scenario();
-    let repro = Repro::from_seed(&scenario, 5, PlantedBug::None);
+    let repro = Repro::from_seed(&scenario, 5, PlantedBug::NONE);
     let dir = std::env::temp_dir().join(format!("murmur-sim-test-{}", std::process::id()));
     let path = dir.join("seed-5.repro.json");
     repro.save(&path).expect("saves");
@@ -82,7 +82,7 @@ fn a_saved_repro_replays_to_the_same_trace() {
 #[test]
 fn running_seeds_on_two_threads_changes_no_trace() {
     let scenario = busy_scenario();
-    let parallel = murmur_sim::runner::run_many(&scenario, 20..24, 2, PlantedBug::None, &|_| {});
+    let parallel = murmur_sim::runner::run_many(&scenario, 20..24, 2, PlantedBug::NONE, &|_| {});
     for result in parallel {
         let alone = run_seed(&scenario, result.seed, RunOptions::default());
         assert_eq!(result.trace_hash, alone.trace_hash, "seed {}", result.seed);

@@ -29,7 +29,7 @@ fn checkers(scenario: &Scenario, seed: u64, bug: PlantedBug) -> Vec<String> {
 
 fn assert_caught_by(name: &str, seed: u64, bug: PlantedBug, checker: &str) {
     let scenario = scenario(name);
-    let clean = checkers(&scenario, seed, PlantedBug::None);
+    let clean = checkers(&scenario, seed, PlantedBug::NONE);
     assert!(
         clean.is_empty(),
         "{name} seed {seed} fails as written: {clean:?}"
@@ -47,7 +47,7 @@ fn a_replicated_ack_counting_one_copy_too_many_is_caught_as_it_is_given() {
     assert_caught_by(
         "partition-halves",
         0,
-        PlantedBug::ReplicatedOvercount,
+        PlantedBug(murmur_core::FaultInjection::ReplicatedOvercount),
         "replicated-ack",
     );
 }
@@ -57,14 +57,19 @@ fn a_leaked_queue_budget_breaks_an_engine_invariant() {
     assert_caught_by(
         "partition-halves",
         0,
-        PlantedBug::LeakQueuedBytes,
+        PlantedBug(murmur_core::FaultInjection::LeakQueuedBytes),
         "invariants",
     );
 }
 
 #[test]
 fn a_stale_digest_is_caught_by_the_digest_check() {
-    assert_caught_by("partition-halves", 0, PlantedBug::StaleDigestLeaf, "digest");
+    assert_caught_by(
+        "partition-halves",
+        0,
+        PlantedBug(murmur_core::FaultInjection::StaleDigestLeaf),
+        "digest",
+    );
 }
 
 #[test]
@@ -72,7 +77,7 @@ fn without_anti_entropy_a_dropped_push_never_converges() {
     assert_caught_by(
         "no-anti-entropy",
         1,
-        PlantedBug::DropPushWithMissingDependencies,
+        PlantedBug(murmur_core::FaultInjection::DropPushWithMissingDependencies),
         "liveness",
     );
 }
@@ -82,7 +87,7 @@ fn a_compaction_that_deletes_first_loses_flushed_data_in_a_crash() {
     assert_caught_by(
         "compaction-crash",
         6,
-        PlantedBug::CompactDeletesBeforeSnapshot,
+        PlantedBug(murmur_core::FaultInjection::CompactDeletesBeforeSnapshot),
         "durable-lost",
     );
 }

@@ -70,7 +70,7 @@ fn every_planted_bug_names_scenarios_that_exist_and_every_scenario_has_a_baselin
         .iter()
         .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .collect();
-    for bug in murmur_sim::PlantedBug::ALL {
+    for bug in murmur_sim::PlantedBug::all() {
         assert!(
             !bug.caught_by().is_empty(),
             "{} names no scenario",
