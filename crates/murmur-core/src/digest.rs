@@ -236,15 +236,7 @@ pub(crate) fn rebuild_if_missing(store: &dyn Storage) -> Result<(), StoreError> 
 /// The heads of the document stored under `key`, from its log.
 fn stored_heads(store: &dyn Storage, key: &DocKey) -> Result<Vec<ChangeHash>, String> {
     let log = layout::load_document(store, key).map_err(|e| e.to_string())?;
-    let mut automerge = match &log.snapshot {
-        Some(snapshot) => automerge::Automerge::load(&snapshot.bytes).map_err(|e| e.to_string())?,
-        None => automerge::Automerge::new(),
-    };
-    for chunk in &log.chunks {
-        automerge
-            .load_incremental(&chunk.bytes)
-            .map_err(|e| e.to_string())?;
-    }
+    let automerge = crate::document::assemble(&log).map_err(|e| e.to_string())?;
     Ok(automerge.get_heads())
 }
 

@@ -60,7 +60,7 @@ impl DurableIndex {
         let held = self
             .loaded
             .get(&(node, doc))
-            .is_some_and(|loaded| loaded.doc.get_change_by_hash(&hash).is_some());
+            .is_some_and(|loaded| loaded.doc.get_change_meta_by_hash(&hash).is_some());
         if held {
             self.known.entry((node, doc)).or_default().insert(hash);
         }
@@ -81,7 +81,7 @@ impl DurableIndex {
             let missing: Vec<&ChangeHash> = match &stored {
                 Ok(stored) => hashes
                     .iter()
-                    .filter(|hash| stored.get_change_by_hash(hash).is_none())
+                    .filter(|hash| stored.get_change_meta_by_hash(hash).is_none())
                     .collect(),
                 Err(_) => hashes.iter().collect(),
             };
@@ -134,14 +134,21 @@ impl DurableIndex {
         let Some(loaded) = self.loaded.get_mut(&(node, doc)) else {
             return false;
         };
-        for chunk in &log.chunks {
-            if loaded.last_chunk.is_some_and(|last| chunk.seq <= last) {
-                continue;
-            }
-            if loaded.doc.load_incremental(&chunk.bytes).is_err() {
+        // New chunks go to Automerge in one call (one batch apply).
+        let fresh: Vec<&layout::Record> = log
+            .chunks
+            .iter()
+            .filter(|chunk| loaded.last_chunk.is_none_or(|last| chunk.seq > last))
+            .collect();
+        if let Some(newest) = fresh.last().map(|chunk| chunk.seq) {
+            let joined: Vec<u8> = fresh
+                .iter()
+                .flat_map(|chunk| chunk.bytes.iter().copied())
+                .collect();
+            if loaded.doc.load_incremental(&joined).is_err() {
                 return false;
             }
-            loaded.last_chunk = Some(chunk.seq);
+            loaded.last_chunk = Some(newest);
         }
         loaded.generation = generation;
         true
