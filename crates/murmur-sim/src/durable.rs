@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{Automerge, ChangeHash, ReadDoc};
+use automerge::{Automerge, ChangeHash};
 use murmur_core::testkit;
 use murmur_core::DocumentId;
 use murmur_store::{layout, MemStore};
