@@ -131,7 +131,7 @@ impl PlantedBug {
     pub fn known_gap(self) -> Option<&'static str> {
         match self.0 {
             FaultInjection::NoSyncResend => Some(
-                "redundant with the reset on reconciliation (which both sides run) and the retry timer: no run measured so far converges slower without it",
+                "it only slows repair, by about a third at p95 over 50 seeds of sync-stalls-bare (`mutants --seeds 50` catches it by the baseline rule); 10 seeds do not show it",
             ),
             _ => None,
         }
