@@ -25,8 +25,10 @@
 //!      for has come);
 //! 3. after every input, drains the outputs:
 //!    - [`Replica::poll_transmit`] until `None`: messages to send,
-//!    - [`Replica::poll_event`] until `None`: documents that changed and
-//!      writes that reached an acknowledgement level,
+//!    - [`Replica::poll_event`] until `None`: documents that changed (with
+//!      Automerge patches of what changed, for the documents the driver
+//!      [`Replica::observe`]s) and writes that reached an acknowledgement
+//!      level,
 //!    - [`Replica::poll_timeout`]: when to call `handle_timeout` next.
 //!
 //! Storage is the one thing the engine touches directly, through the narrow

@@ -46,7 +46,7 @@ pub enum Origin {
 }
 
 /// Something the application (or the driver) should hear about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A document's heads moved.
     DocumentChanged {
@@ -56,6 +56,11 @@ pub enum Event {
         heads: Vec<ChangeHash>,
         /// Who changed it.
         origin: Origin,
+        /// What changed, as Automerge patches, if the document is observed
+        /// ([`Replica::observe`]): computed from the changes just applied
+        /// (Automerge's patch log), so they cost what changed, never a
+        /// walk of the whole document. `None` for an unobserved document.
+        patches: Option<Vec<automerge::Patch>>,
     },
     /// A local write reached `level`.
     Acknowledged {
@@ -133,6 +138,8 @@ pub struct Replica {
     dirty_docs: BTreeSet<DocumentId>,
     dirty_sync: BTreeSet<(DocumentId, NodeId)>,
     replication: Replication,
+    /// Documents whose changes come with patches (someone subscribes).
+    observed: BTreeSet<DocumentId>,
     /// Sync conversations waiting for the peer's answer.
     retries: SyncRetries,
     membership: Option<Membership>,
@@ -182,6 +189,7 @@ impl Replica {
             dirty_docs: BTreeSet::new(),
             dirty_sync: BTreeSet::new(),
             replication: Replication::default(),
+            observed: BTreeSet::new(),
             retries: SyncRetries::default(),
             membership: None,
             flush_at: None,
@@ -266,12 +274,21 @@ impl Replica {
     ) -> Result<LocalWrite<O>, ReplicaError> {
         let _span = tracing::debug_span!("local_change", doc = %doc).entered();
         self.observe_clock(now);
+        let observed = self.observed.contains(&doc);
         let document = self.document_mut(doc)?;
         let options = CommitOptions::default().with_time(now.as_automerge_seconds());
-        let success = document
-            .doc
-            .transact_with(|_| options, change)
-            .map_err(|failure| ReplicaError::ChangeRejected(failure.error))?;
+        let (success, patches) = if observed {
+            let (result, hash, patches) =
+                transact_logging_patches(&mut document.doc, options, change)?;
+            (Committed { result, hash }, Some(patches))
+        } else {
+            let success = document
+                .doc
+                .transact_with(|_| options, change)
+                .map_err(|failure| ReplicaError::ChangeRejected(failure.error))?;
+            let (result, hash) = (success.result, success.hash);
+            (Committed { result, hash }, None)
+        };
         let raw_change = success
             .hash
             .and_then(|hash| document.doc.get_change_by_hash(&hash))
@@ -307,12 +324,24 @@ impl Replica {
                 level: AckLevel::Durable,
             });
         }
-        self.changed(now, doc, Origin::Local);
+        self.changed(now, doc, Origin::Local, patches);
         Ok(LocalWrite {
             write,
             change: Some(hash),
             output: success.result,
         })
+    }
+
+    /// Starts (`true`) or stops (`false`) computing patches for `doc`: while
+    /// it is observed, every [`Event::DocumentChanged`] about it carries the
+    /// patches of the changes just applied. The driver observes the
+    /// documents someone subscribes to, and only those: patches cost work.
+    pub fn observe(&mut self, doc: DocumentId, on: bool) {
+        if on {
+            self.observed.insert(doc);
+        } else {
+            self.observed.remove(&doc);
+        }
     }
 
     /// A connection to `peer` is up (and authenticated). Starts document-set
@@ -411,6 +440,7 @@ impl Replica {
         let drop_orphans = self
             .config
             .planted(FaultInjection::DropPushWithMissingDependencies);
+        let observed = self.observed.contains(&doc);
         let document = self.document_or_new(now, doc)?;
         let changes = if drop_orphans {
             keep_changes_with_dependencies(&document.doc, changes)
@@ -418,15 +448,17 @@ impl Replica {
             changes
         };
         let before = document.heads();
+        let mut log = patch_log(observed);
         document
             .doc
-            .apply_changes(changes)
+            .apply_changes_log_patches(changes, &mut log)
             .map_err(|error| invalid(error.to_string()))?;
+        let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
         let missing = !document.doc.get_missing_deps(&[]).is_empty();
         self.metrics.changes_received += count as u64;
         if before != after {
-            self.changed(now, doc, Origin::Remote(from));
+            self.changed(now, doc, Origin::Remote(from), patches);
             self.replication.owe(doc, from);
         }
         if missing {
@@ -456,20 +488,27 @@ impl Replica {
         let message =
             automerge::sync::Message::decode(bytes).map_err(|e| invalid(e.to_string()))?;
         self.retries.heard(doc, from);
+        let observed = self.observed.contains(&doc);
         let document = self.document_or_new(now, doc)?;
         let before = document.heads();
         let state = document.sync.entry(from).or_default();
         let their_before = state.their_heads.clone();
         // Automerge may have applied part of the message before failing; the
         // heads comparison below still records what changed.
-        let result =
-            automerge::sync::SyncDoc::receive_sync_message(&mut document.doc, state, message);
+        let mut log = patch_log(observed);
+        let result = automerge::sync::SyncDoc::receive_sync_message_log_patches(
+            &mut document.doc,
+            state,
+            message,
+            &mut log,
+        );
+        let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
         let reply = document.after_sync_message(from, &before, their_before.as_deref());
         self.mark_sync_dirty(doc, from);
         self.metrics.sync_messages_received += 1;
         if before != after {
-            self.changed(now, doc, Origin::Remote(from));
+            self.changed(now, doc, Origin::Remote(from), patches);
             self.replication.owe(doc, from);
         }
         result.map_err(|error| invalid(error.to_string()))?;
@@ -893,13 +932,20 @@ impl Replica {
         }
     }
 
-    fn changed(&mut self, now: Time, doc: DocumentId, origin: Origin) {
+    fn changed(
+        &mut self,
+        now: Time,
+        doc: DocumentId,
+        origin: Origin,
+        patches: Option<Vec<automerge::Patch>>,
+    ) {
         self.mark_dirty(now, doc);
         if let Some(document) = self.docs.get(&doc) {
             self.events.push_back(Event::DocumentChanged {
                 doc,
                 heads: document.heads(),
                 origin,
+                patches,
             });
         }
     }
@@ -1610,4 +1656,40 @@ fn keep_changes_with_dependencies(doc: &automerge::Automerge, changes: Vec<Chang
         }
     }
     kept
+}
+
+/// A patch log that records only when `active`: an inactive one costs
+/// nothing, so unobserved documents apply changes as before.
+fn patch_log(active: bool) -> automerge::PatchLog {
+    automerge::PatchLog::new(active)
+}
+
+/// What a committed local transaction returned.
+struct Committed<O> {
+    result: O,
+    hash: Option<ChangeHash>,
+}
+
+/// A local change to an observed document: `change` in one transaction
+/// stamped with `options`, rolled back if it fails, with the patches of
+/// what it did.
+fn transact_logging_patches<O>(
+    doc: &mut automerge::Automerge,
+    options: CommitOptions,
+    change: impl FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
+) -> Result<(O, Option<ChangeHash>, Vec<automerge::Patch>), ReplicaError> {
+    let mut transaction = doc
+        .transaction_log_patches(automerge::PatchLog::active())
+        .map_err(|mismatch| ReplicaError::ChangeRejected(AutomergeError::from(mismatch)))?;
+    match change(&mut transaction) {
+        Ok(result) => {
+            let (hash, mut log) = transaction.commit_with(options);
+            let patches = doc.make_patches(&mut log);
+            Ok((result, hash, patches))
+        }
+        Err(error) => {
+            transaction.rollback();
+            Err(ReplicaError::ChangeRejected(error))
+        }
+    }
 }

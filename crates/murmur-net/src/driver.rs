@@ -79,7 +79,8 @@ pub struct DocumentChange {
     /// Who made it.
     pub origin: Origin,
     /// What changed, as Automerge patches against the previous heads this
-    /// subscription saw.
+    /// subscription saw: computed from the changes just applied, so they
+    /// cost what changed, whatever the document's size.
     pub patches: Vec<Patch>,
 }
 
@@ -541,6 +542,7 @@ impl Driver {
         doc: DocumentId,
     ) -> Result<broadcast::Receiver<DocumentChange>, ReplicaError> {
         let heads = self.replica.heads(doc)?;
+        self.replica.observe(doc, true);
         let subscription = self
             .subscriptions
             .entry(doc)
@@ -586,7 +588,12 @@ impl Driver {
         while let Some(event) = self.replica.poll_event() {
             match event {
                 Event::Acknowledged { write, level, .. } => self.acknowledge(write, level),
-                Event::DocumentChanged { doc, heads, origin } => self.notify(doc, heads, origin),
+                Event::DocumentChanged {
+                    doc,
+                    heads,
+                    origin,
+                    patches,
+                } => self.notify(doc, heads, origin, patches),
                 Event::MemberUp { node, addr } => self.member_up(node, &addr),
                 Event::MemberDown { node } => {
                     tracing::info!(peer = %node.short(), "membership declared the peer down");
@@ -647,19 +654,33 @@ impl Driver {
         }
     }
 
-    fn notify(&mut self, doc: DocumentId, heads: Vec<ChangeHash>, origin: Origin) {
+    /// Tells `doc`'s subscribers what changed. The patches come with the
+    /// event, from the changes just applied (the replica observes every
+    /// subscribed document); only a change that raced the subscription
+    /// falls back to a diff from the heads the subscribers last saw.
+    fn notify(
+        &mut self,
+        doc: DocumentId,
+        heads: Vec<ChangeHash>,
+        origin: Origin,
+        patches: Option<Vec<automerge::Patch>>,
+    ) {
         let Some(subscription) = self.subscriptions.get_mut(&doc) else {
             return;
         };
         if subscription.sender.receiver_count() == 0 {
             self.subscriptions.remove(&doc);
+            self.replica.observe(doc, false);
             return;
         }
-        // The document may have been evicted since it changed.
-        let Ok(document) = self.replica.read_document(doc) else {
-            return;
+        let patches = match patches {
+            Some(patches) => patches,
+            None => match self.replica.read_document(doc) {
+                Ok(document) => document.diff(&subscription.heads, &heads),
+                // The document may have been evicted since it changed.
+                Err(_) => return,
+            },
         };
-        let patches = document.diff(&subscription.heads, &heads);
         subscription.heads = heads.clone();
         let _ = subscription.sender.send(DocumentChange {
             doc,

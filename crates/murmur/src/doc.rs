@@ -105,7 +105,10 @@ impl DocHandle {
     }
 
     /// A stream of this document's changes (local and from peers), from now
-    /// on, each with the patches that describe it.
+    /// on, each with the patches that describe it. While a stream is open
+    /// the node records patches as it applies this document's changes
+    /// (Automerge's patch log): a subscriber costs work proportional to
+    /// what changed, never a walk of the whole document.
     pub async fn changes(&self) -> Result<ChangeStream, Error> {
         let doc = self.id;
         let receiver = self
