@@ -318,6 +318,10 @@ impl Driver {
                 () = tokio::time::sleep(wait) => {}
                 Some(event) = next_net_event(&mut self.net_events) => self.handle_net_events(event),
             }
+            // What the inputs produced (`Applied` acknowledgements, eager
+            // pushes, replies) goes out before any flush runs: none of it
+            // waits for an fsync. Only `Durable` and stronger do.
+            self.drain();
             let now = wall_clock();
             // Commands arriving without pause must not starve the timers
             // (the group-commit flush among them).
