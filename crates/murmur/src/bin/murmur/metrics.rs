@@ -154,6 +154,11 @@ fn replication(out: &mut Exposition, status: &Status) {
         m.sync_restarts,
     );
     out.counter(
+        "murmur_sync_retries_total",
+        "Sync conversations restarted by their timer because the peer went quiet.",
+        m.sync_retries,
+    );
+    out.counter(
         "murmur_missing_dependency_syncs_total",
         "Pushed changes that missed dependencies and started a sync.",
         m.missing_dependency_syncs,
