@@ -359,47 +359,10 @@ fn mutants(args: &MutantsArgs) -> Result<bool> {
     for bug in bugs {
         let mut caught_anywhere = false;
         for name in bug.caught_by() {
-            let path = args.dir.join(format!("{name}.toml"));
-            let scenario = Scenario::load(&path)?;
-            let results = runner::run_many(&scenario, 0..args.seeds, threads, bug, &|_| {});
-            let reference = references.entry(name.to_string()).or_insert_with(|| {
-                let clean =
-                    runner::run_many(&scenario, 0..args.seeds, threads, PlantedBug::NONE, &|_| {});
-                runner::summarise(&scenario.name, &clean, 0.0)
-            });
-            let regressions = baseline::compare_runs(
-                reference,
-                &runner::summarise(&scenario.name, &results, 0.0),
-            );
-            let caught: Vec<&SeedResult> = results.iter().filter(|r| !r.valid).collect();
-            let checkers: BTreeSet<&str> = caught
-                .iter()
-                .filter_map(|r| r.findings.first().map(|f| f.checker.as_str()))
-                .collect();
-            let first_seed = caught.first().map(|r| r.seed);
-            println!(
-                "{:<38} {:<18} {:>3} / {:<3} {}{}",
-                bug.name(),
-                name,
-                caught.len(),
-                results.len(),
-                checkers.into_iter().collect::<Vec<_>>().join(", "),
-                first_seed
-                    .map(|seed| format!(" (replay: {})", seed_command(&path, seed, bug)))
-                    .unwrap_or_default()
-            );
-            for regression in &regressions {
-                println!("{:<38} {:<18} baseline rule: {regression}", "", "");
-            }
-            caught_anywhere |= !caught.is_empty() || !regressions.is_empty();
-            rows.push(serde_json::json!({
-                "bug": bug.name(),
-                "scenario": name,
-                "seeds": results.len(),
-                "caught": caught.len(),
-                "caught_seeds": caught.iter().map(|r| r.seed).collect::<Vec<_>>(),
-                "regressions": regressions,
-            }));
+            let row = mutant_row(args, threads, bug, name, &mut references)?;
+            caught_anywhere |= row["caught"].as_u64().unwrap_or(0) > 0
+                || row["regressions"].as_array().is_some_and(|r| !r.is_empty());
+            rows.push(row);
         }
         match (caught_anywhere, bug.known_gap()) {
             (true, _) => {}
@@ -423,6 +386,55 @@ fn mutants(args: &MutantsArgs) -> Result<bool> {
         started.elapsed().as_secs_f64()
     );
     Ok(all_caught)
+}
+
+/// Runs `bug` on scenario `name`, prints its row (seeds caught, the
+/// checkers that fired, regressions against the same seeds without the
+/// bug) and returns it as JSON.
+fn mutant_row(
+    args: &MutantsArgs,
+    threads: usize,
+    bug: PlantedBug,
+    name: &str,
+    references: &mut std::collections::BTreeMap<String, Summary>,
+) -> Result<serde_json::Value> {
+    let path = args.dir.join(format!("{name}.toml"));
+    let scenario = Scenario::load(&path)?;
+    let results = runner::run_many(&scenario, 0..args.seeds, threads, bug, &|_| {});
+    let reference = references.entry(name.to_string()).or_insert_with(|| {
+        let clean = runner::run_many(&scenario, 0..args.seeds, threads, PlantedBug::NONE, &|_| {});
+        runner::summarise(&scenario.name, &clean, 0.0)
+    });
+    let regressions =
+        baseline::compare_runs(reference, &runner::summarise(&scenario.name, &results, 0.0));
+    let caught: Vec<&SeedResult> = results.iter().filter(|r| !r.valid).collect();
+    let checkers: BTreeSet<&str> = caught
+        .iter()
+        .filter_map(|r| r.findings.first().map(|f| f.checker.as_str()))
+        .collect();
+    let replay = caught
+        .first()
+        .map(|r| format!(" (replay: {})", seed_command(&path, r.seed, bug)))
+        .unwrap_or_default();
+    println!(
+        "{:<38} {:<18} {:>3} / {:<3} {}{replay}",
+        bug.name(),
+        name,
+        caught.len(),
+        results.len(),
+        checkers.into_iter().collect::<Vec<_>>().join(", "),
+    );
+    for regression in &regressions {
+        println!("{:<38} {:<18} baseline rule: {regression}", "", "");
+    }
+    Ok(serde_json::json!({
+        "bug": bug.name(),
+        "scenario": name,
+        "seeds": results.len(),
+        "caught": caught.len(),
+        "caught_seeds": caught.iter().map(|r| r.seed).collect::<Vec<_>>(),
+        "regressions": regressions,
+    }))
 }
 
 fn print_summary(runs: &[(Summary, Vec<SeedResult>)]) {
