@@ -344,20 +344,8 @@ pub fn compact_deleting_first(
     covers: u64,
     snapshot: Vec<u8>,
 ) -> Result<(), StoreError> {
-    let mut remove = WriteBatch::new();
-    for tag in [SNAPSHOT_TAG, CHUNK_TAG] {
-        let prefix = tagged(doc, tag);
-        for (key, _) in store.scan_prefix(&prefix)? {
-            if parse_seq(&key, prefix.len())? <= covers {
-                remove.delete(key);
-            }
-        }
-    }
-    store.apply(remove)?;
-    let mut write = WriteBatch::new();
-    write.put(index_key(doc), Vec::new());
-    write.put(sequenced(doc, SNAPSHOT_TAG, covers), snapshot);
-    store.apply(write)?;
+    store.apply(covered_by(store, doc, covers)?)?;
+    store.apply(snapshot_batch(doc, covers, snapshot))?;
     store.flush()
 }
 
@@ -374,12 +362,22 @@ pub fn compact(
     covers: u64,
     snapshot: Vec<u8>,
 ) -> Result<(), StoreError> {
+    store.apply(snapshot_batch(doc, covers, snapshot))?;
+    store.flush()?;
+    store.apply(covered_by(store, doc, covers)?)
+}
+
+/// The batch that writes `doc`'s new snapshot (and marks it existing).
+fn snapshot_batch(doc: &DocKey, covers: u64, snapshot: Vec<u8>) -> WriteBatch {
     let mut write = WriteBatch::new();
     write.put(index_key(doc), Vec::new());
     write.put(sequenced(doc, SNAPSHOT_TAG, covers), snapshot);
-    store.apply(write)?;
-    store.flush()?;
+    write
+}
 
+/// The batch that deletes what a snapshot at `covers` replaces: older
+/// snapshots and the chunks up to and including `covers`.
+fn covered_by(store: &dyn Storage, doc: &DocKey, covers: u64) -> Result<WriteBatch, StoreError> {
     let mut remove = WriteBatch::new();
     let snapshot_prefix = tagged(doc, SNAPSHOT_TAG);
     for (key, _) in store.scan_prefix(&snapshot_prefix)? {
@@ -393,5 +391,5 @@ pub fn compact(
             remove.delete(key);
         }
     }
-    store.apply(remove)
+    Ok(remove)
 }

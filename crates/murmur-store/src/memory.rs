@@ -169,6 +169,14 @@ fn apply_ops(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, ops: &[WriteOp]) {
     }
 }
 
+/// Every key of `map` starting with `prefix`, in order, with its value.
+fn scan(map: &BTreeMap<Vec<u8>, Vec<u8>>, prefix: &[u8]) -> Vec<KeyValue> {
+    map.range(prefix.to_vec()..)
+        .take_while(|(key, _)| key.starts_with(prefix))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
 /// Counts one write operation against a planted failure: `Err` if the
 /// store must fail it.
 fn spend_operation(inner: &mut Inner) -> Result<(), StoreError> {
@@ -203,13 +211,7 @@ impl Storage for DurableView<'_> {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        let inner = self.store.lock();
-        Ok(inner
-            .durable
-            .range(prefix.to_vec()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+        Ok(scan(&self.store.lock().durable, prefix))
     }
 
     fn apply(&self, _batch: WriteBatch) -> Result<(), StoreError> {
@@ -227,13 +229,7 @@ impl Storage for MemStore {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        let inner = self.lock();
-        Ok(inner
-            .current
-            .range(prefix.to_vec()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+        Ok(scan(&self.lock().current, prefix))
     }
 
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
