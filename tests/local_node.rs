@@ -143,3 +143,39 @@ async fn a_data_dir_that_is_a_file_is_a_clear_error() {
         .unwrap();
     assert!(matches!(error, Error::DataDir { .. }), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_while_the_engine_is_busy() {
+    let node = Node::builder().in_memory().start().await.unwrap();
+    let doc = node.create_doc().await.unwrap();
+    let (started, engine_busy) = std::sync::mpsc::channel();
+    // A change that holds the engine for two seconds.
+    let slow = {
+        let doc = doc.clone();
+        tokio::spawn(async move {
+            doc.change(move |tx| {
+                let _ = started.send(());
+                std::thread::sleep(Duration::from_secs(2));
+                tx.put(ROOT, "slow", 1_i64)
+            })
+            .await
+        })
+    };
+    tokio::task::spawn_blocking(move || engine_busy.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, fresh) = node
+        .status_within(std::time::Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(!fresh, "the engine is inside the slow change");
+    assert_eq!(status.node_id, node.id());
+    slow.await.unwrap().unwrap();
+    let (_, fresh) = node
+        .status_within(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(fresh, "an idle engine answers itself");
+    node.shutdown().await.unwrap();
+}

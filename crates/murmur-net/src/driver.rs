@@ -18,7 +18,7 @@ use murmur_core::{
     WriteId,
 };
 use murmur_wire::encode_frame;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::transport::{Link, NetEvent, Network, SendOutcome};
@@ -36,6 +36,9 @@ const COMMAND_BATCH: usize = 256;
 /// Changes a subscriber may fall behind before it misses some (and is told
 /// so by the broadcast channel).
 pub const SUBSCRIBER_BACKLOG: usize = 1024;
+/// How often, at most, the driver publishes its status for readers that
+/// must not wait for it ([`DriverHandle::last_status`]).
+pub const STATUS_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The result of a change, once acknowledged at the level asked for.
 pub struct ChangeReceipt {
@@ -82,6 +85,24 @@ pub struct DocumentChange {
     /// subscription saw: computed from the changes just applied, so they
     /// cost what changed, whatever the document's size.
     pub patches: Vec<Patch>,
+}
+
+impl Status {
+    /// The status of a node whose driver has not run a turn yet.
+    fn starting(node_id: NodeId) -> Status {
+        Status {
+            node_id,
+            listen: None,
+            documents: 0,
+            peers: Vec::new(),
+            allowed: Vec::new(),
+            members: Vec::new(),
+            traffic: Traffic::default(),
+            writes_awaiting_flush: 0,
+            outbox: 0,
+            metrics: Metrics::default(),
+        }
+    }
 }
 
 /// A connected peer, as the driver sees it.
@@ -208,6 +229,7 @@ pub enum Command {
 #[derive(Clone)]
 pub struct DriverHandle {
     commands: mpsc::Sender<Command>,
+    status: watch::Receiver<Status>,
 }
 
 /// The driver is gone (shut down, or its task ended).
@@ -216,6 +238,13 @@ pub struct DriverHandle {
 pub struct DriverClosed;
 
 impl DriverHandle {
+    /// The status the driver published last (at most
+    /// [`STATUS_PUBLISH_INTERVAL`] older than its last turn). Never waits
+    /// for the driver: it answers even while the engine is busy.
+    pub fn last_status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
     /// Sends `command`, waiting for room in the queue.
     pub async fn send(&self, command: Command) -> Result<(), DriverClosed> {
         self.commands.send(command).await.map_err(|_| DriverClosed)
@@ -269,6 +298,9 @@ struct Driver {
     replication_deadlines: std::collections::BTreeSet<(tokio::time::Instant, WriteId)>,
     subscriptions: BTreeMap<DocumentId, Subscription>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Where the status is published, and when it last was.
+    published: watch::Sender<Status>,
+    published_at: tokio::time::Instant,
 }
 
 /// Starts the driver task for `replica`, on `network` if given; it runs
@@ -282,7 +314,8 @@ pub fn spawn(
         Some((network, events)) => (Some(network), Some(events)),
         None => (None, None),
     };
-    let driver = Driver {
+    let (published, status) = watch::channel(Status::starting(replica.node_id()));
+    let mut driver = Driver {
         replica,
         commands,
         network,
@@ -293,13 +326,22 @@ pub fn spawn(
         replication_deadlines: std::collections::BTreeSet::new(),
         subscriptions: BTreeMap::new(),
         shutdown: None,
+        published,
+        published_at: tokio::time::Instant::now(),
     };
+    driver.publish_status();
     let node = driver.replica.node_id().short();
     let task = tokio::spawn(tracing::Instrument::instrument(
         driver.run(),
         tracing::info_span!("node", node = %node),
     ));
-    (DriverHandle { commands: sender }, task)
+    (
+        DriverHandle {
+            commands: sender,
+            status,
+        },
+        task,
+    )
 }
 
 impl Driver {
@@ -330,6 +372,9 @@ impl Driver {
             }
             self.expire_replication_waits();
             self.drain();
+            if self.published_at.elapsed() >= STATUS_PUBLISH_INTERVAL {
+                self.publish_status();
+            }
             if self.shutdown.is_some() {
                 break;
             }
@@ -555,6 +600,12 @@ impl Driver {
                 heads,
             });
         Ok(subscription.sender.subscribe())
+    }
+
+    /// Publishes the status for readers that must not wait for a turn.
+    fn publish_status(&mut self) {
+        self.published.send_replace(self.status());
+        self.published_at = tokio::time::Instant::now();
     }
 
     fn status(&self) -> Status {

@@ -259,6 +259,17 @@ impl Node {
             .await?)
     }
 
+    /// The node's state, answered even while the engine is busy (a cold
+    /// document loading, a flush on a slow disk): asks the engine and waits
+    /// up to `wait`; past it, returns the status the engine last published
+    /// (at most 50 ms older than its last turn) with `false` for "fresh".
+    pub async fn status_within(&self, wait: Duration) -> Result<(Status, bool), Error> {
+        match tokio::time::timeout(wait, self.status()).await {
+            Ok(status) => Ok((status?, true)),
+            Err(_) => Ok((self.handle.last_status(), false)),
+        }
+    }
+
     /// Flushes everything and stops the node.
     pub async fn shutdown(self) -> Result<(), Error> {
         self.handle

@@ -412,21 +412,24 @@ fn event_json(name: &str, data: Json) -> Event {
     Event::default().event(name).data(data.to_string())
 }
 
+/// How long `/status`, `/peers` and `/metrics` wait for the engine before
+/// answering with the status it last published.
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 async fn status(State(state): State<AppState>) -> ApiResult<JsonBody<Json>> {
-    let status = state.node.status().await?;
-    Ok(JsonBody(status_json(
-        &status,
-        state.started.elapsed().as_secs(),
-    )))
+    let (status, fresh) = state.node.status_within(STATUS_WAIT).await?;
+    let mut body = status_json(&status, state.started.elapsed().as_secs());
+    body["stale"] = json!(!fresh);
+    Ok(JsonBody(body))
 }
 
 async fn peers(State(state): State<AppState>) -> ApiResult<JsonBody<Json>> {
-    let status = state.node.status().await?;
+    let (status, _) = state.node.status_within(STATUS_WAIT).await?;
     Ok(JsonBody(json!({ "peers": peers_json(&status) })))
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let status = state.node.status().await?;
+    let (status, _) = state.node.status_within(STATUS_WAIT).await?;
     let body = metrics::render(&status, state.started.elapsed());
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
