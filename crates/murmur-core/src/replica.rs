@@ -277,25 +277,17 @@ impl Replica {
         let observed = self.observed.contains(&doc);
         let document = self.document_mut(doc)?;
         let options = CommitOptions::default().with_time(now.as_automerge_seconds());
-        let (success, patches) = if observed {
-            let (result, hash, patches) =
-                transact_logging_patches(&mut document.doc, options, change)?;
-            (Committed { result, hash }, Some(patches))
-        } else {
-            let success = document
-                .doc
-                .transact_with(|_| options, change)
-                .map_err(|failure| ReplicaError::ChangeRejected(failure.error))?;
-            let (result, hash) = (success.result, success.hash);
-            (Committed { result, hash }, None)
-        };
-        let raw_change = success
-            .hash
+        let Committed {
+            result,
+            hash,
+            patches,
+        } = transact(&mut document.doc, options, observed, change)?;
+        let raw_change = hash
             .and_then(|hash| document.doc.get_change_by_hash(&hash))
             .map(|change| change.raw_bytes().to_vec());
         let write = WriteId(self.next_write);
         self.next_write += 1;
-        let (Some(hash), Some(raw_change)) = (success.hash, raw_change) else {
+        let (Some(hash), Some(raw_change)) = (hash, raw_change) else {
             self.events.push_back(Event::Acknowledged {
                 write,
                 doc,
@@ -304,7 +296,7 @@ impl Replica {
             return Ok(LocalWrite {
                 write,
                 change: None,
-                output: success.result,
+                output: result,
             });
         };
         self.metrics.local_changes += 1;
@@ -328,7 +320,7 @@ impl Replica {
         Ok(LocalWrite {
             write,
             change: Some(hash),
-            output: success.result,
+            output: result,
         })
     }
 
@@ -448,7 +440,7 @@ impl Replica {
             changes
         };
         let before = document.heads();
-        let mut log = patch_log(observed);
+        let mut log = automerge::PatchLog::new(observed);
         document
             .doc
             .apply_changes_log_patches(changes, &mut log)
@@ -495,7 +487,7 @@ impl Replica {
         let their_before = state.their_heads.clone();
         // Automerge may have applied part of the message before failing; the
         // heads comparison below still records what changed.
-        let mut log = patch_log(observed);
+        let mut log = automerge::PatchLog::new(observed);
         let result = automerge::sync::SyncDoc::receive_sync_message_log_patches(
             &mut document.doc,
             state,
@@ -918,17 +910,20 @@ impl Replica {
 
     fn mark_dirty(&mut self, now: Time, doc: DocumentId) {
         self.dirty_docs.insert(doc);
-        if self.flush_at.is_none() {
-            self.flush_at = Some(now.add(self.config.group_commit_delay));
-        }
+        self.schedule_flush(now);
     }
 
     /// A sync state changed: it is flushed with the next group commit
     /// (scheduled now if none is), so its document can be evicted after.
     fn mark_sync_dirty(&mut self, doc: DocumentId, peer: NodeId) {
         self.dirty_sync.insert((doc, peer));
+        self.schedule_flush(self.now);
+    }
+
+    /// Schedules the group commit after `now`, unless one is scheduled.
+    fn schedule_flush(&mut self, now: Time) {
         if self.flush_at.is_none() {
-            self.flush_at = Some(self.now.add(self.config.group_commit_delay));
+            self.flush_at = Some(now.add(self.config.group_commit_delay));
         }
     }
 
@@ -1072,7 +1067,6 @@ impl Replica {
             tracing::debug!(peer = %peer.short(), doc = %doc, attempts, "sync went quiet; restarting it");
             self.metrics.sync_retries += 1;
             self.sync_with(doc, peer, true);
-            self.retries.heard(doc, peer);
             let wait = self.config.sync_retry;
             self.retries.restarted(now, doc, peer, wait, attempts + 1);
         }
@@ -1228,8 +1222,8 @@ impl Replica {
                 self.cache.remove(doc);
                 self.metrics.documents_evicted += 1;
             }
-            if excess > 0 && !self.dirty_sync.is_empty() && self.flush_at.is_none() {
-                self.flush_at = Some(now.add(self.config.group_commit_delay));
+            if excess > 0 && !self.dirty_sync.is_empty() {
+                self.schedule_flush(now);
             }
         }
         self.metrics.cached_documents = self.docs.len() as u64;
@@ -1416,9 +1410,7 @@ impl Replica {
         let reset = !self.config.planted(FaultInjection::NoSyncResetOnReconcile);
         self.sync_with(doc, peer, reset);
         // Its sync state must be flushed before it can be evicted.
-        if self.flush_at.is_none() {
-            self.flush_at = Some(now.add(self.config.group_commit_delay));
-        }
+        self.schedule_flush(now);
     }
 
     fn receive_membership(
@@ -1658,34 +1650,37 @@ fn keep_changes_with_dependencies(doc: &automerge::Automerge, changes: Vec<Chang
     kept
 }
 
-/// A patch log that records only when `active`: an inactive one costs
-/// nothing, so unobserved documents apply changes as before.
-fn patch_log(active: bool) -> automerge::PatchLog {
-    automerge::PatchLog::new(active)
-}
-
-/// What a committed local transaction returned.
+/// A committed local transaction.
 struct Committed<O> {
+    /// What the closure returned.
     result: O,
+    /// The change's hash; none if it changed nothing.
     hash: Option<ChangeHash>,
+    /// The patches of what it did, for an observed document.
+    patches: Option<Vec<automerge::Patch>>,
 }
 
-/// A local change to an observed document: `change` in one transaction
-/// stamped with `options`, rolled back if it fails, with the patches of
-/// what it did.
-fn transact_logging_patches<O>(
+/// A local change: `change` in one transaction stamped with `options`,
+/// rolled back if it fails, with patches for an `observed` document (an
+/// inactive patch log costs nothing).
+fn transact<O>(
     doc: &mut automerge::Automerge,
     options: CommitOptions,
+    observed: bool,
     change: impl FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
-) -> Result<(O, Option<ChangeHash>, Vec<automerge::Patch>), ReplicaError> {
+) -> Result<Committed<O>, ReplicaError> {
     let mut transaction = doc
-        .transaction_log_patches(automerge::PatchLog::active())
+        .transaction_log_patches(automerge::PatchLog::new(observed))
         .map_err(|mismatch| ReplicaError::ChangeRejected(AutomergeError::from(mismatch)))?;
     match change(&mut transaction) {
         Ok(result) => {
             let (hash, mut log) = transaction.commit_with(options);
-            let patches = doc.make_patches(&mut log);
-            Ok((result, hash, patches))
+            let patches = observed.then(|| doc.make_patches(&mut log));
+            Ok(Committed {
+                result,
+                hash,
+                patches,
+            })
         }
         Err(error) => {
             transaction.rollback();

@@ -552,14 +552,14 @@ impl<'a> Runner<'a> {
             self.writes_indeterminate(node, "node crashed before the write was durable");
         }
         if let Fault::Restart { node, then_crash } = windows[changed].fault {
-            self.restart_event(&state, node, start, then_crash);
+            self.restart_event(node, start, then_crash);
         }
     }
 
     /// The edges of a restart window: a clean restart at its start; with
-    /// `then_crash`, a crash (losing every unflushed write) and a restart
-    /// at its end.
-    fn restart_event(&mut self, state: &FaultState, node: usize, start: bool, then_crash: bool) {
+    /// `then_crash`, at its end the node is marked to crash (losing every
+    /// unflushed write) just before its next flush, and restart.
+    fn restart_event(&mut self, node: usize, start: bool, then_crash: bool) {
         if node >= self.params.nodes || !self.cluster.is_up(node) {
             return;
         }
@@ -574,7 +574,6 @@ impl<'a> Runner<'a> {
             };
             self.writes_indeterminate(node, why);
         } else if then_crash {
-            let _ = state;
             self.crash_before_flush.insert(node);
         }
     }
