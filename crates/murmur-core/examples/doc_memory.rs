@@ -48,11 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ids.push(doc);
             if i % 1000 == 999 {
                 now = now.add(Duration::from_millis(1));
-                replica.handle_timeout(now);
+                replica.flush_now(now)?;
                 while replica.poll_event().is_some() {}
             }
         }
-        replica.flush_now(now);
+        replica.flush_now(now)?;
         stored_bytes = replica.metrics().bytes_flushed.max(stored_bytes);
     }
     let config = Config {

@@ -128,14 +128,14 @@ fn build(dir: &Path, docs: usize) -> Result<()> {
         }
         if i % GROUP_COMMIT_DOCS == GROUP_COMMIT_DOCS - 1 || i + 1 == docs {
             now = now.add(Duration::from_millis(1));
-            replica.handle_timeout(now);
+            replica.flush_now(now)?;
             while replica.poll_event().is_some() {}
             if i % 100_000 == 99_999 {
                 eprintln!("  {} documents written", i + 1);
             }
         }
     }
-    replica.flush_now(now);
+    replica.flush_now(now)?;
     let ids: Vec<u8> = sample.iter().flat_map(|d| d.as_bytes().to_vec()).collect();
     std::fs::write(dir.join("sample-ids"), ids)?;
     Ok(())
@@ -176,6 +176,7 @@ fn exchange(a: &mut Replica, b: &mut Replica, now: &mut Time, tally: &mut Tally)
             };
             // Flushes (and evictions) due now.
             from.handle_timeout(*now);
+            from.flush_now(*now)?;
             let mut batch = Vec::new();
             while let Some(transmit) = from.poll_transmit() {
                 batch.push(transmit.message);
@@ -219,8 +220,8 @@ fn measure(dir: &Path, docs: usize, differ: usize) -> Result<()> {
         replica.handle_local_change(now, *doc, |tx| tx.put(ROOT, "edited", i as i64))?;
     }
     now = now.add(Duration::from_millis(1));
-    a.handle_timeout(now);
-    b.handle_timeout(now);
+    a.flush_now(now)?;
+    b.flush_now(now)?;
     while a.poll_event().is_some() {}
     while b.poll_event().is_some() {}
 

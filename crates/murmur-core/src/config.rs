@@ -22,6 +22,10 @@ pub struct Config {
     /// flushes at the next [`handle_timeout`](crate::Replica::handle_timeout),
     /// which still groups every write of the same driver turn.
     pub group_commit_delay: Duration,
+    /// How long a changed sync state may wait for a group commit when no
+    /// write needs one sooner. A sync state lost in a crash only costs
+    /// bandwidth, so sync messages alone do not cost an fsync each.
+    pub sync_state_flush_delay: Duration,
     /// How long to wait before retrying a flush that failed.
     pub flush_retry_delay: Duration,
     /// How long a sync conversation may wait for the peer's answer before
@@ -154,6 +158,7 @@ impl Config {
             anti_entropy_jitter: Duration::from_millis(250),
             group_commit_delay: Duration::ZERO,
             flush_retry_delay: Duration::from_millis(100),
+            sync_state_flush_delay: Duration::from_millis(500),
             sync_retry: Duration::from_millis(500),
             max_watched_syncs: 65_536,
             max_push_batch: 256,

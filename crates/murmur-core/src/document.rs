@@ -48,7 +48,26 @@ pub(crate) enum SyncReply {
 /// What a pending write of a document will do to it once it is applied.
 pub(crate) struct PendingSave {
     heads: Vec<ChangeHash>,
-    wrote_chunk: Option<usize>,
+    written: Option<Written>,
+}
+
+/// What a save wrote.
+enum Written {
+    /// One more chunk, of this many bytes.
+    Chunk(usize),
+    /// A snapshot of everything, at sequence number `covers`.
+    Snapshot { covers: u64, bytes: usize },
+}
+
+impl PendingSave {
+    /// The sequence number a snapshot written by this save covers: once it
+    /// is durable, older snapshots and chunks up to it can go.
+    pub(crate) fn snapshot_covers(&self) -> Option<u64> {
+        match self.written {
+            Some(Written::Snapshot { covers, .. }) => Some(covers),
+            _ => None,
+        }
+    }
 }
 
 impl Document {
@@ -122,8 +141,16 @@ impl Document {
     }
 
     /// Adds whatever is not yet stored to `batch`; returns what to record
-    /// once the batch is durable.
-    pub(crate) fn save_into(&mut self, id: DocumentId, batch: &mut WriteBatch) -> PendingSave {
+    /// once the batch is durable. A document whose chunks outgrew its
+    /// snapshot (`compact_at`: (min bytes, max chunks)) is written as a new
+    /// snapshot of everything instead of one more chunk; the keys it
+    /// replaces go once it is flushed ([`PendingSave::snapshot_covers`]).
+    pub(crate) fn save_into(
+        &mut self,
+        id: DocumentId,
+        batch: &mut WriteBatch,
+        compact_at: (usize, usize),
+    ) -> PendingSave {
         let key = *id.as_bytes();
         if self.unindexed {
             batch.put(layout::index_key(&key), Vec::new());
@@ -132,15 +159,22 @@ impl Document {
             batch.delete(stale.clone());
         }
         let heads = self.doc.get_heads();
-        let mut wrote_chunk = None;
-        if heads != self.saved_heads {
+        let mut written = None;
+        if self.wants_compaction(compact_at.0, compact_at.1) {
+            let snapshot = self.doc.save();
+            written = Some(Written::Snapshot {
+                covers: self.next_seq,
+                bytes: snapshot.len(),
+            });
+            layout::put_snapshot(batch, &key, self.next_seq, snapshot);
+        } else if heads != self.saved_heads {
             let bytes = self.doc.save_after(&self.saved_heads);
             if !bytes.is_empty() {
-                wrote_chunk = Some(bytes.len());
+                written = Some(Written::Chunk(bytes.len()));
                 layout::put_chunk(batch, &key, self.next_seq, bytes);
             }
         }
-        PendingSave { heads, wrote_chunk }
+        PendingSave { heads, written }
     }
 
     /// Records that the batch built by [`Document::save_into`] is durable.
@@ -148,11 +182,31 @@ impl Document {
         self.unindexed = false;
         self.stale_keys.clear();
         self.saved_heads = pending.heads;
-        if let Some(bytes) = pending.wrote_chunk {
-            self.next_seq += 1;
-            self.chunk_bytes += bytes;
-            self.chunk_count += 1;
+        match pending.written {
+            Some(Written::Chunk(bytes)) => {
+                self.chunk_bytes += bytes;
+                self.chunk_count += 1;
+            }
+            Some(Written::Snapshot { bytes, .. }) => {
+                tracing::debug!(
+                    chunks = self.chunk_count,
+                    chunk_bytes = self.chunk_bytes,
+                    snapshot_bytes = bytes,
+                    "compacted document"
+                );
+                self.snapshot_bytes = bytes;
+                self.chunk_bytes = 0;
+                self.chunk_count = 0;
+            }
+            None => return,
         }
+        self.next_seq += 1;
+    }
+
+    /// The heads as last saved: after a flush settles, what the store
+    /// durably holds.
+    pub(crate) fn saved_heads(&self) -> &[ChangeHash] {
+        &self.saved_heads
     }
 
     /// Decides how to answer a sync message from `peer` that has just been
@@ -211,47 +265,6 @@ impl Document {
             && (self.chunk_count > max_chunks
                 || self.chunk_bytes > self.snapshot_bytes.max(min_bytes))
     }
-
-    /// Folds the stored chunks into one snapshot. Only call right after a
-    /// successful flush, when everything in memory is stored.
-    pub(crate) fn compact(
-        &mut self,
-        id: DocumentId,
-        store: &dyn Storage,
-        delete_first: bool,
-    ) -> Result<(), StoreError> {
-        debug_assert_eq!(self.saved_heads, self.doc.get_heads());
-        let covers = self.next_seq.saturating_sub(1);
-        let snapshot = self.doc.save();
-        let snapshot_bytes = snapshot.len();
-        compact_log(store, id, covers, snapshot, delete_first)?;
-        tracing::debug!(
-            doc = %id, chunks = self.chunk_count, chunk_bytes = self.chunk_bytes,
-            snapshot_bytes, "compacted document"
-        );
-        self.snapshot_bytes = snapshot_bytes;
-        self.chunk_bytes = 0;
-        self.chunk_count = 0;
-        Ok(())
-    }
-}
-
-/// Builds the Automerge document a log describes.
-/// Compacts the stored log: the right way, or (the planted bug
-/// [`crate::FaultInjection::CompactDeletesBeforeSnapshot`]) deleting first.
-fn compact_log(
-    store: &dyn Storage,
-    id: DocumentId,
-    covers: u64,
-    snapshot: Vec<u8>,
-    delete_first: bool,
-) -> Result<(), StoreError> {
-    #[cfg(feature = "planted-bugs")]
-    if delete_first {
-        return layout::compact_deleting_first(store, id.as_bytes(), covers, snapshot);
-    }
-    let _ = delete_first;
-    layout::compact(store, id.as_bytes(), covers, snapshot)
 }
 
 /// Builds a document from its stored log. The chunks go to Automerge in

@@ -63,4 +63,10 @@ pub enum ReplicaError {
     /// back and nothing changed.
     #[error("the change was rolled back: {0}")]
     ChangeRejected(#[source] automerge::AutomergeError),
+    /// A call that flushes on the calling thread ([`crate::Replica::flush_now`],
+    /// [`crate::Replica::close`]) came while a flush handed out by
+    /// [`crate::Replica::poll_flush`] was still in flight. Nothing changed:
+    /// complete that one first.
+    #[error("a flush is still in flight; complete it first")]
+    FlushInFlight,
 }

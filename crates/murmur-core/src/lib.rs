@@ -22,18 +22,28 @@
 //!      connection to a peer opened or closed),
 //!    - [`Replica::handle_message`] (a message arrived from a peer),
 //!    - [`Replica::handle_timeout`] (the time [`Replica::poll_timeout`] asked
-//!      for has come);
+//!      for has come),
+//!    - [`Replica::handle_flush_complete`] (a group commit handed out by
+//!      `poll_flush` was written, or failed);
 //! 3. after every input, drains the outputs:
 //!    - [`Replica::poll_transmit`] until `None`: messages to send,
 //!    - [`Replica::poll_event`] until `None`: documents that changed (with
 //!      Automerge patches of what changed, for the documents the driver
 //!      [`Replica::observe`]s) and writes that reached an acknowledgement
 //!      level,
+//!    - [`Replica::poll_flush`]: a group commit ([`Flush`]) that is due, for
+//!      the driver to write off the engine's path (on a blocking thread) and
+//!      report with `handle_flush_complete`. One is in flight at a time;
+//!      writes that arrive meanwhile gather for the next (pipelined group
+//!      commit),
 //!    - [`Replica::poll_timeout`]: when to call `handle_timeout` next.
 //!
-//! Storage is the one thing the engine touches directly, through the narrow
-//! [`murmur_store::Storage`] trait: when a document loads, when a
-//! reconciliation digest node or bucket is first read, and at a flush.
+//! Writes leave the engine as that effect: no engine call waits for a
+//! disk. The engine still reads its store directly, through the narrow
+//! [`murmur_store::Storage`] trait: when a document loads and when a
+//! reconciliation digest node or bucket is first read.
+//! [`Replica::flush_now`] and [`Replica::close`] flush on the calling
+//! thread, for shutdown, tests and examples.
 //!
 //! # Memory: lazy loading and a bounded cache
 //!
@@ -77,9 +87,12 @@
 //!   is restarted by its own timer, unless both sides last said the same
 //!   heads.
 //! * **Acknowledgements.** A local write is [`AckLevel::Applied`] when
-//!   `handle_local_change` returns and [`AckLevel::Durable`] after the next
-//!   flush. Flushes are group commits: every write since the last flush goes
-//!   out in one batch and one `flush`. A peer that applies our changes
+//!   `handle_local_change` returns (its eager push is queued then too) and
+//!   [`AckLevel::Durable`] when the flush that carries it completes.
+//!   Flushes are group commits: every write since the last one goes out in
+//!   one batch and one `flush`, and while one is in flight the next
+//!   gathers. Sync states alone wait up to
+//!   [`Config::sync_state_flush_delay`]: no fsync per sync message. A peer that applies our changes
 //!   reports its heads after its own flush; a durable write included in k
 //!   peers' heads is [`AckLevel::Replicated`]`(k)`.
 //! * **Membership.** With [`Config::membership_addr`] set, SWIM (foca) runs
@@ -145,6 +158,7 @@ mod config;
 mod digest;
 mod document;
 mod error;
+mod flush;
 mod membership;
 mod replica;
 mod replication;
@@ -154,6 +168,7 @@ mod time;
 
 pub use config::{Config, FaultInjection};
 pub use error::ReplicaError;
+pub use flush::Flush;
 pub use membership::Member;
 pub use replica::{AckLevel, Event, LocalWrite, Origin, Replica, Transmit, WriteId};
 pub use time::Time;
@@ -193,6 +208,9 @@ pub struct Metrics {
     pub flush_failures: u64,
     /// Bytes written by flushes.
     pub bytes_flushed: u64,
+    /// Local writes made durable by flushes (over `flushes`: how many
+    /// writes one fsync covers).
+    pub writes_flushed: u64,
     /// Documents compacted.
     pub compactions: u64,
     /// Documents loaded from the store into memory.
@@ -237,6 +255,7 @@ impl Metrics {
             flushes,
             flush_failures,
             bytes_flushed,
+            writes_flushed,
             compactions,
             documents_loaded,
             documents_evicted,
@@ -262,6 +281,7 @@ impl Metrics {
         self.flushes += flushes;
         self.flush_failures += flush_failures;
         self.bytes_flushed += bytes_flushed;
+        self.writes_flushed += writes_flushed;
         self.compactions += compactions;
         self.documents_loaded += documents_loaded;
         self.documents_evicted += documents_evicted;

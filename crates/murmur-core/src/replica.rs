@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, AutomergeError, Change, ChangeHash, ReadDoc};
 use murmur_store::layout;
-use murmur_store::{Storage, WriteBatch};
+use murmur_store::{Storage, StoreError, WriteBatch};
 use murmur_wire::{DigestNode, DocumentId, Message, NodeId, MAX_DIGEST_NODES};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::cache::{self, Cache};
 use crate::digest::{self, Digest, LeafUpdate, NodeValue, LEAF_LEVEL};
 use crate::document::{self, Document, LoadError, SyncReply};
+use crate::flush::{Flush, InFlight};
 use crate::membership::{Member, Membership, MembershipEvent};
 use crate::replication::Replication;
 use crate::retry::{SyncRetries, MAX_ATTEMPTS};
@@ -120,7 +121,7 @@ pub struct Replica {
     actor: ActorId,
     /// This opening's incarnation (see [`Replica::close`]).
     incarnation: u64,
-    store: Box<dyn Storage>,
+    store: std::sync::Arc<dyn Storage>,
     rng: ChaCha8Rng,
     /// Documents in memory: loaded on first use, evicted when cold.
     docs: BTreeMap<DocumentId, Document>,
@@ -143,7 +144,10 @@ pub struct Replica {
     /// Sync conversations waiting for the peer's answer.
     retries: SyncRetries,
     membership: Option<Membership>,
+    /// When the next group commit is due (none: nothing to flush).
     flush_at: Option<Time>,
+    /// The group commit the driver is carrying out, if any.
+    flushing: Option<InFlight>,
     anti_entropy_at: Time,
     /// The time of the latest input.
     now: Time,
@@ -176,7 +180,7 @@ impl Replica {
             ),
             actor,
             incarnation,
-            store,
+            store: std::sync::Arc::from(store),
             docs: BTreeMap::new(),
             cache: Cache::default(),
             digest: Digest::default(),
@@ -193,6 +197,7 @@ impl Replica {
             retries: SyncRetries::default(),
             membership: None,
             flush_at: None,
+            flushing: None,
             anti_entropy_at: now,
             now,
             metrics: Metrics::default(),
@@ -519,16 +524,15 @@ impl Replica {
         Ok(())
     }
 
-    /// Runs what is due at `now`: the group-commit flush, and a round of
-    /// anti-entropy with one peer.
+    /// Runs what is due at `now`: membership probes, quiet sync
+    /// conversations, a round of anti-entropy with one peer, eviction. (A
+    /// group commit that falls due is handed out by
+    /// [`Replica::poll_flush`].)
     pub fn handle_timeout(&mut self, now: Time) {
         self.observe_clock(now);
         if let Some(membership) = self.membership.as_mut() {
             membership.handle_timeout(now);
             self.drain_membership(now);
-        }
-        if self.flush_at.is_some_and(|at| at <= now) {
-            self.flush(now);
         }
         if self.retries.next_due().is_some_and(|at| at <= now) {
             self.restart_quiet_syncs(now);
@@ -542,22 +546,47 @@ impl Replica {
         self.evict_cold_documents(now);
     }
 
-    /// Flushes every pending write now, whatever the group-commit timer
-    /// says: for a graceful shutdown.
-    pub fn flush_now(&mut self, now: Time) {
-        if self.flush_at.is_some() {
-            self.flush(now);
+    /// Flushes every pending write now, on the calling thread, whatever
+    /// the group-commit timer says: for a graceful shutdown, tests and
+    /// examples. It blocks on the disk; a driver's hot path uses
+    /// [`Replica::poll_flush`] instead. A flush already handed out must
+    /// have completed first ([`ReplicaError::FlushInFlight`]). On a storage
+    /// error the writes stay unacknowledged (and the flush is retried
+    /// later), as with any flush.
+    pub fn flush_now(&mut self, now: Time) -> Result<(), ReplicaError> {
+        if self.flushing.is_some() {
+            return Err(ReplicaError::FlushInFlight);
         }
+        self.observe_clock(now);
+        // A flush can leave a document due for compaction, which is one
+        // more: two rounds settle everything.
+        for _ in 0..2 {
+            if self.flush_at.is_none() {
+                break;
+            }
+            self.flush_at = Some(now);
+            let Some(flush) = self.poll_flush() else {
+                break;
+            };
+            let result = flush.write();
+            let failed = result.as_ref().err().map(ToString::to_string);
+            self.handle_flush_complete(now, result);
+            if let Some(error) = failed {
+                return Err(StoreError::Backend(error).into());
+            }
+        }
+        Ok(())
     }
 
     /// Closes the replica cleanly: flushes everything and marks the store
     /// so that the next opening may write as the same Automerge actor (a
     /// crash, with no mark, makes the next opening a new actor). Call it
-    /// last; nothing may change after it.
+    /// last, after the flush in flight (if any) completed, on a thread that
+    /// may block; nothing may change after it.
     pub fn close(mut self, now: Time) -> Result<(), ReplicaError> {
-        self.flush_now(now);
+        self.flush_now(now)?;
         if self.flush_at.is_some() {
-            return Err(ReplicaError::Storage(murmur_store::StoreError::Backend(
+            return Err(ReplicaError::Storage(StoreError::Backend(
                 "the final flush failed; the store is not marked clean".into(),
             )));
         }
@@ -587,7 +616,8 @@ impl Replica {
         let latest_flush = now.add(
             self.config
                 .group_commit_delay
-                .max(self.config.flush_retry_delay),
+                .max(self.config.flush_retry_delay)
+                .max(self.config.sync_state_flush_delay),
         );
         if self.flush_at.is_some_and(|at| at > latest_flush) {
             self.flush_at = Some(now);
@@ -615,10 +645,27 @@ impl Replica {
         self.events.pop_front()
     }
 
-    /// When [`Replica::handle_timeout`] must next run.
+    /// The next group commit for the driver to carry out, if one is due
+    /// and none is in flight. Call it after every input, like
+    /// [`Replica::poll_transmit`]; write the [`Flush`] off the engine's path
+    /// (a blocking thread) and report with
+    /// [`Replica::handle_flush_complete`]. Writes that arrive meanwhile
+    /// gather for the next one.
+    pub fn poll_flush(&mut self) -> Option<Flush> {
+        if self.flushing.is_some() || self.flush_at.is_none_or(|at| at > self.now) {
+            return None;
+        }
+        self.start_flush(self.now)
+    }
+
+    /// When [`Replica::handle_timeout`] must next run (or, for a due group
+    /// commit, [`Replica::poll_flush`]).
     pub fn poll_timeout(&self) -> Time {
         let membership = self.membership.as_ref().and_then(Membership::poll_timeout);
-        [self.flush_at, membership, self.retries.next_due()]
+        // While a flush is in flight the next one waits for it, not for
+        // the clock.
+        let flush = self.flush_at.filter(|_| self.flushing.is_none());
+        [flush, membership, self.retries.next_due()]
             .into_iter()
             .flatten()
             .fold(self.anti_entropy_at, Time::min)
@@ -738,9 +785,22 @@ impl Replica {
         self.outbox.len()
     }
 
-    /// Local writes not yet durable.
+    /// Local writes not yet durable (waiting for a flush, or in the one in
+    /// flight).
     pub fn writes_awaiting_flush(&self) -> usize {
-        self.awaiting_flush.len()
+        self.awaiting_flush.len() + self.flushing.as_ref().map_or(0, |f| f.writes.len())
+    }
+
+    /// True while something waits for a group commit (one is scheduled)
+    /// or one is in flight.
+    pub fn flush_pending(&self) -> bool {
+        self.flush_at.is_some() || self.flushing.is_some()
+    }
+
+    /// True while a [`Flush`] handed out by [`Replica::poll_flush`] has not
+    /// been reported complete.
+    pub fn flush_in_flight(&self) -> bool {
+        self.flushing.is_some()
     }
 
     // ----- invariants ---------------------------------------------------
@@ -755,7 +815,8 @@ impl Replica {
     ///   queued for a peer that is not connected;
     /// - unflushed state (dirty documents, writes awaiting their flush,
     ///   dirty sync states) implies a scheduled flush, and every dirty
-    ///   document is in memory (evicting one would lose it).
+    ///   document, and every one the flush in flight writes, is in memory
+    ///   (evicting one would lose it).
     pub fn check_invariants(&self) -> Result<(), String> {
         self.cache.check()?;
         if self.cache.len() != self.docs.len() {
@@ -783,8 +844,10 @@ impl Replica {
         }
         let dirty = self.dirty_docs.iter();
         let awaiting = self.awaiting_flush.iter().map(|(_, doc)| doc);
+        let flushing = self.flushing.iter().flat_map(|flight| flight.pinned.iter());
         if let Some(doc) = dirty
             .chain(awaiting)
+            .chain(flushing)
             .find(|doc| !self.docs.contains_key(doc))
         {
             return Err(format!(
@@ -792,6 +855,13 @@ impl Replica {
             ));
         }
         Ok(())
+    }
+
+    /// Roughly how many entries [`Replica::check_invariants`] walks:
+    /// documents in memory, watched sync conversations, queued messages.
+    /// A caller checking after every step can space its checks by it.
+    pub fn invariant_check_size(&self) -> usize {
+        self.docs.len() + self.retries.len() + self.outbox.len()
     }
 
     fn check_queues(&self) -> Result<(), String> {
@@ -913,18 +983,24 @@ impl Replica {
         self.schedule_flush(now);
     }
 
-    /// A sync state changed: it is flushed with the next group commit
-    /// (scheduled now if none is), so its document can be evicted after.
+    /// A sync state changed: it is flushed with the next group commit, or
+    /// within [`Config::sync_state_flush_delay`] if nothing else needs one
+    /// (a lost sync state only costs bandwidth: no fsync per sync message),
+    /// so its document can be evicted after.
     fn mark_sync_dirty(&mut self, doc: DocumentId, peer: NodeId) {
         self.dirty_sync.insert((doc, peer));
-        self.schedule_flush(self.now);
+        self.schedule_flush_by(self.now.add(self.config.sync_state_flush_delay));
     }
 
-    /// Schedules the group commit after `now`, unless one is scheduled.
+    /// Schedules the group commit after `now`, unless one is scheduled
+    /// sooner.
     fn schedule_flush(&mut self, now: Time) {
-        if self.flush_at.is_none() {
-            self.flush_at = Some(now.add(self.config.group_commit_delay));
-        }
+        self.schedule_flush_by(now.add(self.config.group_commit_delay));
+    }
+
+    /// Makes the next group commit due by `at` at the latest.
+    fn schedule_flush_by(&mut self, at: Time) {
+        self.flush_at = Some(self.flush_at.map_or(at, |due| due.min(at)));
     }
 
     fn changed(
@@ -1086,30 +1162,39 @@ impl Replica {
         self.start_reconciliation(peer);
     }
 
-    /// Group commit: writes every dirty document, its digest leaf and the
-    /// digest nodes above it, and every dirty sync state, in one batch;
-    /// flushes once, then acknowledges every write that waited.
-    fn flush(&mut self, now: Time) {
+    /// Group commit, first half: builds one batch of every dirty document
+    /// (a new chunk, or a snapshot when its chunks outgrew the last one),
+    /// its digest leaf and the digest nodes above it, and every dirty sync
+    /// state, and hands it out. What it covers is remembered until
+    /// [`Replica::handle_flush_complete`]; what changes meanwhile is dirty
+    /// again and goes in the next one.
+    fn start_flush(&mut self, now: Time) -> Option<Flush> {
         let mut batch = WriteBatch::new();
-        let mut pending = Vec::new();
+        let mut saves = Vec::new();
         let mut leaves = Vec::new();
+        let compact_at = (
+            self.config.compaction_min_bytes,
+            self.config.compaction_max_chunks,
+        );
         for id in &self.dirty_docs {
             if let Some(document) = self.docs.get_mut(id) {
                 if document.leaf_outdated() && !self.config.planted(FaultInjection::StaleDigestLeaf)
                 {
                     leaves.push((*id, digest::leaf_value(id, &document.heads())));
                 }
-                pending.push((*id, document.save_into(*id, &mut batch)));
+                saves.push((*id, document.save_into(*id, &mut batch, compact_at)));
             }
         }
         let staged = match self.stage_digest(&leaves, &mut batch) {
             Ok(staged) => staged,
             Err(error) => {
-                self.flush_failed(now, &error.into());
-                return;
+                self.flush_failed(now, &error);
+                return None;
             }
         };
-        for (doc, peer) in &self.dirty_sync {
+        let sync: Vec<(DocumentId, NodeId)> =
+            std::mem::take(&mut self.dirty_sync).into_iter().collect();
+        for (doc, peer) in &sync {
             if let Some(state) = self.docs.get(doc).and_then(|d| d.sync.get(peer)) {
                 batch.put(
                     layout::sync_state_key(doc.as_bytes(), &peer.0),
@@ -1117,26 +1202,82 @@ impl Replica {
                 );
             }
         }
-        let bytes = batch.payload_bytes();
-        let result = self.store.apply(batch).and_then(|()| self.store.flush());
+        let snapshots = saves
+            .iter()
+            .filter_map(|(id, save)| {
+                save.snapshot_covers()
+                    .map(|covers| (*id.as_bytes(), covers))
+            })
+            .collect();
+        let pinned = saves
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(sync.iter().map(|(doc, _)| *doc))
+            .collect();
+        self.dirty_docs.clear();
+        self.flush_at = None;
+        self.flushing = Some(InFlight {
+            saves,
+            staged,
+            writes: std::mem::take(&mut self.awaiting_flush),
+            sync,
+            owed: self.replication.take_owed().into_iter().collect(),
+            bytes: batch.payload_bytes(),
+            started: now,
+            pinned,
+        });
+        let delete_first = self
+            .config
+            .planted(FaultInjection::CompactDeletesBeforeSnapshot);
+        Some(Flush::new(
+            batch,
+            snapshots,
+            delete_first,
+            self.store.clone(),
+        ))
+    }
+
+    /// The [`Flush`] handed out last was carried out with `result`. On
+    /// success its writes are acknowledged `Durable` (and `Replicated(k)`
+    /// where k peers already hold them), peers whose changes it made
+    /// durable are told our heads, and the next group commit, gathered
+    /// meanwhile, is due at once. On failure nothing is acknowledged: its
+    /// writes wait for the next flush, retried after
+    /// [`Config::flush_retry_delay`]. A completion with no flush in flight
+    /// is ignored.
+    pub fn handle_flush_complete(&mut self, now: Time, result: Result<(), StoreError>) {
+        self.observe_clock(now);
+        let Some(flight) = self.flushing.take() else {
+            tracing::warn!("a flush completed that was not in flight; ignored");
+            return;
+        };
         if let Err(error) = result {
-            self.flush_failed(now, &error.into());
+            self.requeue(flight);
+            self.flush_failed(now, &error);
             return;
         }
-        self.digest.commit(staged);
+        self.digest.commit(flight.staged);
         self.metrics.flushes += 1;
-        self.metrics.bytes_flushed += bytes as u64;
-        self.flush_at = None;
-        self.dirty_sync.clear();
-        self.dirty_docs.clear();
-        let mut flushed = Vec::with_capacity(pending.len());
-        for (id, save) in pending {
+        self.metrics.bytes_flushed += flight.bytes as u64;
+        self.metrics.writes_flushed += flight.writes.len() as u64;
+        let compact_at = (
+            self.config.compaction_min_bytes,
+            self.config.compaction_max_chunks,
+        );
+        for (id, save) in flight.saves {
+            if save.snapshot_covers().is_some() {
+                self.metrics.compactions += 1;
+            }
             if let Some(document) = self.docs.get_mut(&id) {
                 document.saved(save);
-                flushed.push(id);
+                let estimate = cache::estimate_bytes(document.stored_bytes());
+                if document.wants_compaction(compact_at.0, compact_at.1) {
+                    self.dirty_docs.insert(id);
+                }
+                self.cache.resize(id, estimate);
             }
         }
-        for (write, doc) in std::mem::take(&mut self.awaiting_flush) {
+        for (write, doc) in flight.writes {
             self.events.push_back(Event::Acknowledged {
                 write,
                 doc,
@@ -1147,18 +1288,33 @@ impl Replica {
                 self.acknowledge_replicated(write, doc, copies);
             }
         }
-        self.send_owed_heads();
-        self.compact_grown_documents(&flushed);
-        for id in flushed {
-            if let Some(document) = self.docs.get(&id) {
-                self.cache
-                    .resize(id, cache::estimate_bytes(document.stored_bytes()));
-            }
+        self.send_owed_heads(flight.owed);
+        if !self.dirty_docs.is_empty() {
+            self.schedule_flush(now);
         }
+        tracing::trace!(
+            bytes = flight.bytes,
+            took_ms = now.since(flight.started).as_millis() as u64,
+            "flush complete"
+        );
         self.evict_cold_documents(now);
     }
 
-    fn flush_failed(&mut self, now: Time, error: &ReplicaError) {
+    /// Puts what a failed flush covered back among what waits for the next
+    /// one: its writes first, in their order.
+    fn requeue(&mut self, flight: InFlight) {
+        self.dirty_docs
+            .extend(flight.saves.iter().map(|(id, _)| *id));
+        self.dirty_sync.extend(flight.sync);
+        let mut writes = flight.writes;
+        writes.append(&mut self.awaiting_flush);
+        self.awaiting_flush = writes;
+        for (doc, peer) in flight.owed {
+            self.replication.owe(doc, peer);
+        }
+    }
+
+    fn flush_failed(&mut self, now: Time, error: &StoreError) {
         self.metrics.flush_failures += 1;
         // The store may or may not hold the staged digest nodes: forget the
         // cached ones, they reload from what the store says.
@@ -1202,9 +1358,14 @@ impl Replica {
                 if excess == 0 {
                     break;
                 }
+                let flushing = self
+                    .flushing
+                    .as_ref()
+                    .is_some_and(|flight| flight.pinned.contains(&doc));
                 let pinned = self.dirty_docs.contains(&doc)
                     || awaiting.contains(&doc)
-                    || syncing.contains(&doc);
+                    || syncing.contains(&doc)
+                    || flushing;
                 if pinned && !self.config.planted(FaultInjection::EvictDirtyDocuments) {
                     continue;
                 }
@@ -1458,20 +1619,21 @@ impl Replica {
         }
     }
 
-    /// Tells each peer whose changes were just made durable what this node
-    /// now holds, so it can count copies of its writes.
-    fn send_owed_heads(&mut self) {
-        for (doc, peer) in self.replication.take_owed() {
+    /// Tells each peer whose changes a flush just made durable what this
+    /// node now durably holds (the heads as saved, not any newer ones in
+    /// memory), so it can count copies of its writes.
+    fn send_owed_heads(&mut self, owed: Vec<(DocumentId, NodeId)>) {
+        for (doc, peer) in owed {
             if self.load_if_stored(doc).is_err() {
                 continue;
             }
             let Some(document) = self.docs.get(&doc) else {
                 continue;
             };
-            let mut heads = document.heads();
-            heads.truncate(murmur_wire::MAX_HEADS);
-            let heads = heads
-                .into_iter()
+            let heads = document
+                .saved_heads()
+                .iter()
+                .take(murmur_wire::MAX_HEADS)
                 .map(|hash| murmur_wire::ChangeHash(hash.0))
                 .collect();
             self.enqueue(peer, Message::Heads { doc, heads });
@@ -1518,31 +1680,6 @@ impl Replica {
             doc,
             level: AckLevel::Replicated(u32::try_from(copies).unwrap_or(u32::MAX)),
         });
-    }
-
-    /// Compacts those of `ids` whose chunks outgrew their snapshot.
-    fn compact_grown_documents(&mut self, ids: &[DocumentId]) {
-        let (min_bytes, max_chunks) = (
-            self.config.compaction_min_bytes,
-            self.config.compaction_max_chunks,
-        );
-        for id in ids {
-            let Some(document) = self.docs.get_mut(id) else {
-                continue;
-            };
-            if document.wants_compaction(min_bytes, max_chunks) {
-                let delete_first = self
-                    .config
-                    .planted(FaultInjection::CompactDeletesBeforeSnapshot);
-                if let Err(error) = document.compact(*id, &*self.store, delete_first) {
-                    // The chunks are still there: nothing is lost, the
-                    // document just loads more slowly until the next try.
-                    tracing::warn!(doc = %id, %error, "compaction failed");
-                } else {
-                    self.metrics.compactions += 1;
-                }
-            }
-        }
     }
 }
 

@@ -107,7 +107,6 @@ impl SyncRetries {
     }
 
     /// Conversations watched now.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.waiting.len()
     }

@@ -10,7 +10,10 @@
 //! in one direction (the connection stays up, messages one way vanish);
 //! nodes can crash (losing what their store had not flushed) and restart
 //! from their store, be paused (they hear nothing and their timers stand
-//! still while messages to them queue up), and have their clock jump. Time
+//! still while messages to them queue up), and have their clock jump. Each
+//! group commit takes a drawn time on a simulated [`Disk`], so writes
+//! gather behind the flush in flight and a crash can strike in the middle
+//! of one. Time
 //! only moves when [`Cluster::step`] jumps it to the next delivery or timer,
 //! so a run is fast and the same seed always gives the same run.
 //!
@@ -78,6 +81,28 @@ impl Default for Network {
             delay_max: Duration::ZERO,
             link_queue_bytes: 0,
             link_bytes_per_ms: 0,
+        }
+    }
+}
+
+/// How the simulated disk behaves: how long a group commit
+/// ([`crate::Flush`]) takes from being handed out to its completion, drawn
+/// uniformly per flush. The batch is applied when the flush is handed out
+/// and made durable when it completes; a crash in between keeps a random
+/// prefix of what was applied, or none of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disk {
+    /// Shortest flush.
+    pub flush_min: Duration,
+    /// Longest flush.
+    pub flush_max: Duration,
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Disk {
+            flush_min: Duration::from_micros(200),
+            flush_max: Duration::from_millis(2),
         }
     }
 }
@@ -180,6 +205,13 @@ pub enum WorldEvent {
         /// Higher-numbered node.
         b: usize,
     },
+    /// A node's group commit completed (`ok`) or failed.
+    Flushed {
+        /// The node.
+        node: usize,
+        /// Whether it succeeded.
+        ok: bool,
+    },
     /// A node crashed because its store failed in the middle of an engine
     /// call ([`Cluster::fail_storage_after`]): what that call produced was
     /// lost with it, and the store kept the oldest `kept` unflushed
@@ -220,6 +252,16 @@ struct Node {
     retired_metrics: crate::Metrics,
     /// Outputs wait for [`Cluster::release`] (several inputs in one turn).
     holding: bool,
+    /// The group commit the "driver" is carrying out.
+    flushing: Option<Flushing>,
+}
+
+/// A flush on the simulated disk: applied, durable at `done_at`.
+struct Flushing {
+    done_at: Time,
+    flush: crate::Flush,
+    /// What applying the batch returned.
+    applied: Result<(), murmur_store::StoreError>,
 }
 
 /// One direction of a connection: what it is still sending.
@@ -261,8 +303,12 @@ pub struct Cluster {
     last_stepped: Option<usize>,
     /// The network's behaviour; change it at any time.
     pub network: Network,
+    /// The disk's behaviour; change it at any time.
+    pub disk: Disk,
     traffic: Traffic,
     trace: Option<Vec<TraceEntry>>,
+    /// Crashes that struck while the node had a flush in flight.
+    crashes_mid_flush: u64,
 }
 
 /// The start of virtual time: a plausible wall clock, so Automerge change
@@ -344,6 +390,7 @@ impl Cluster {
                     held: VecDeque::new(),
                     retired_metrics: crate::Metrics::default(),
                     holding: false,
+                    flushing: None,
                 }
             })
             .collect();
@@ -360,8 +407,10 @@ impl Cluster {
             generations: 0,
             last_stepped: None,
             network: Network::default(),
+            disk: Disk::default(),
             traffic: Traffic::default(),
             trace: None,
+            crashes_mid_flush: 0,
         };
         for index in 0..cluster.nodes.len() {
             cluster.drain(index);
@@ -553,6 +602,11 @@ impl Cluster {
             node.retired_metrics.accumulate(replica.metrics());
         }
         node.holding = false;
+        // A flush in flight dies with the process: what it applied is
+        // unflushed, and the store keeps a prefix of that or nothing.
+        if node.flushing.take().is_some() {
+            self.crashes_mid_flush += 1;
+        }
         node.store.crash_keeping(keep);
         // Acknowledgements belong to an incarnation: write ids start again.
         node.acks.clear();
@@ -590,8 +644,12 @@ impl Cluster {
         // A node shutting down flushes and reports what became durable
         // before it closes.
         node.holding = false;
-        if let Some(replica) = node.replica.as_mut() {
-            replica.flush_now(now);
+        if self.nodes[index].flushing.is_some() {
+            self.complete_flush(index);
+        }
+        if let Some(replica) = self.nodes[index].replica.as_mut() {
+            // An error is retried by `close`, which then reports it.
+            let _ = replica.flush_now(now);
         }
         self.drain(index);
         let node = &mut self.nodes[index];
@@ -659,6 +717,18 @@ impl Cluster {
             }
         }
         total
+    }
+
+    /// True while a running node has a group commit due or in flight.
+    pub fn flushes_pending(&self) -> bool {
+        self.nodes.iter().any(|node| {
+            node.flushing.is_some() || node.replica.as_ref().is_some_and(Replica::flush_pending)
+        })
+    }
+
+    /// How many crashes struck a node while it had a flush in flight.
+    pub fn crashes_mid_flush(&self) -> u64 {
+        self.crashes_mid_flush
     }
 
     /// The node the last [`Cluster::step`] delivered to or woke, if any.
@@ -767,6 +837,11 @@ impl Cluster {
                 acks.push((write, doc, level));
             }
         }
+        let flush = if node.flushing.is_none() {
+            replica.poll_flush()
+        } else {
+            None
+        };
         let delay = replica.poll_timeout().since(local_now);
         node.wake_at = Some(self.now.add(delay));
         for (write, doc, level) in acks {
@@ -785,6 +860,53 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("replica produced an unencodable message: {e}"));
             self.send(index, to, message_kind(&transmit.message), frame);
         }
+        if let Some(flush) = flush {
+            self.start_flush(index, flush);
+        }
+    }
+
+    /// Node `index` handed out a group commit: the disk applies it now and
+    /// makes it durable after a drawn delay (or the node crashes first).
+    fn start_flush(&mut self, index: usize, mut flush: crate::Flush) {
+        let applied = flush.apply();
+        if self.nodes[index].store.tripped() {
+            self.storage_crash(index);
+            return;
+        }
+        let (min, max) = (
+            self.disk.flush_min,
+            self.disk.flush_max.max(self.disk.flush_min),
+        );
+        let micros = self
+            .rng
+            .gen_range(min.as_micros() as u64..=max.as_micros() as u64);
+        self.nodes[index].flushing = Some(Flushing {
+            done_at: self.now.add(Duration::from_micros(micros)),
+            flush,
+            applied,
+        });
+    }
+
+    /// Node `index`'s flush reaches the disk: it completes (or fails) and
+    /// the replica hears of it.
+    fn complete_flush(&mut self, index: usize) {
+        let Some(Flushing { flush, applied, .. }) = self.nodes[index].flushing.take() else {
+            return;
+        };
+        let result = applied.and_then(|()| flush.finish());
+        if self.nodes[index].store.tripped() {
+            self.storage_crash(index);
+            return;
+        }
+        self.record(WorldEvent::Flushed {
+            node: index,
+            ok: result.is_ok(),
+        });
+        let now = self.local_now(index);
+        if let Some(replica) = self.nodes[index].replica.as_mut() {
+            replica.handle_flush_complete(now, result);
+        }
+        self.drain(index);
     }
 
     /// The node's store failed inside the engine call just made: the
@@ -891,14 +1013,21 @@ impl Cluster {
         Duration::from_micros(micros)
     }
 
-    /// The next timer due: (virtual time, node), among running, unpaused
-    /// nodes; the lowest-numbered node first on a tie.
+    /// The next timer or flush completion due: (virtual time, node), among
+    /// running, unpaused nodes; the lowest-numbered node first on a tie.
     fn next_timer(&self) -> Option<(Time, usize)> {
         self.nodes
             .iter()
             .enumerate()
             .filter(|(_, node)| node.replica.is_some() && !node.paused)
-            .filter_map(|(index, node)| node.wake_at.map(|at| (at, index)))
+            .filter_map(|(index, node)| {
+                let flushed = node.flushing.as_ref().map(|flushing| flushing.done_at);
+                [node.wake_at, flushed]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|at| (at, index))
+            })
             .min()
     }
 
@@ -928,6 +1057,11 @@ impl Cluster {
     fn fire_timer(&mut self, timer: Time, index: usize) {
         self.now = self.now.max(timer);
         self.last_stepped = Some(index);
+        let node = &self.nodes[index];
+        if node.flushing.as_ref().is_some_and(|f| f.done_at <= timer) {
+            self.complete_flush(index);
+            return;
+        }
         self.record(WorldEvent::Timer { node: index });
         let now = self.local_now(index);
         self.replica_mut(index).handle_timeout(now);

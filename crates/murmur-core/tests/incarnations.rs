@@ -33,7 +33,7 @@ fn a_clean_close_keeps_the_actor_and_a_crash_changes_it() {
         first,
         "a clean close keeps the actor"
     );
-    replica.flush_now(NOW);
+    replica.flush_now(NOW).unwrap();
     // A crash: no close. Changes may have reached peers before a flush, so
     // the next start must not reuse this actor's sequence numbers.
     drop(replica);

@@ -258,7 +258,7 @@ fn a_store_from_before_the_digest_gets_one_when_it_opens() {
         replica
             .handle_local_change(now, doc, |tx| tx.put(ROOT, "x", 1_i64))
             .unwrap();
-        replica.flush_now(now);
+        replica.flush_now(now).unwrap();
         doc
     };
     // Take the digest away, as an older release would have left the store.
@@ -344,8 +344,8 @@ fn a_bucket_sent_in_several_ranges_still_reconciles_every_document() {
     for i in 6..16 {
         give_document(&mut b, now, id(i), i64::from(i));
     }
-    a.flush_now(now);
-    b.flush_now(now);
+    a.flush_now(now).unwrap();
+    b.flush_now(now).unwrap();
     assert_eq!(
         a.heads_fingerprint(id(6)).unwrap(),
         b.heads_fingerprint(id(6)).unwrap()

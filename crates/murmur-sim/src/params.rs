@@ -105,6 +105,9 @@ pub struct Limits {
     pub push_batch: u64,
     /// Entries per reconciliation message.
     pub digest_leaves: u64,
+    /// Longest group commit on the simulated disk, in microseconds.
+    #[serde(default)]
+    pub flush_max_us: u64,
 }
 
 impl Limits {
@@ -118,6 +121,16 @@ impl Limits {
         config.max_push_batch = size(self.push_batch);
         config.max_digest_leaves = size(self.digest_leaves);
         config
+    }
+
+    /// The simulated disk: each flush takes between a quarter of the
+    /// longest and the longest.
+    pub fn disk(&self) -> murmur_core::testkit::Disk {
+        let max = Duration::from_micros(self.flush_max_us);
+        murmur_core::testkit::Disk {
+            flush_min: max / 4,
+            flush_max: max,
+        }
     }
 }
 
@@ -248,6 +261,7 @@ impl Params {
                 compaction_max_chunks: scenario.limits.compaction_max_chunks.draw(&mut rng),
                 push_batch: scenario.limits.push_batch.draw(&mut rng),
                 digest_leaves: scenario.limits.digest_leaves.draw(&mut rng),
+                flush_max_us: scenario.limits.flush_max_us.draw(&mut rng),
             },
             anti_entropy: scenario.anti_entropy,
             anti_entropy_interval_ms: scenario.anti_entropy_interval_ms.draw(&mut rng),

@@ -170,11 +170,13 @@ pub enum Mechanism {
     Burst,
     /// A SWIM membership message delivered.
     Membership,
+    /// A node crashed while a group commit was in flight.
+    CrashMidFlush,
 }
 
 impl Mechanism {
     /// Every mechanism, in report order.
-    pub const ALL: [Mechanism; 14] = [
+    pub const ALL: [Mechanism; 15] = [
         Mechanism::Backpressure,
         Mechanism::QueueFull,
         Mechanism::Eviction,
@@ -189,6 +191,7 @@ impl Mechanism {
         Mechanism::GracefulRestart,
         Mechanism::Burst,
         Mechanism::Membership,
+        Mechanism::CrashMidFlush,
     ];
 
     /// Its name in scenario files and reports.
@@ -208,6 +211,7 @@ impl Mechanism {
             Mechanism::GracefulRestart => "graceful-restart",
             Mechanism::Burst => "burst",
             Mechanism::Membership => "membership",
+            Mechanism::CrashMidFlush => "crash-mid-flush",
         }
     }
 }
@@ -243,6 +247,11 @@ pub struct LimitsSpec {
     /// How fast a connection sends, bytes per millisecond (0: at once).
     #[serde(default = "defaults::link_bytes_per_ms")]
     pub link_bytes_per_ms: Spec<u64>,
+    /// Longest group commit on the simulated disk, in microseconds (each
+    /// takes between a quarter of it and all of it). Slow disks make writes
+    /// gather behind the flush in flight and crashes strike during one.
+    #[serde(default = "defaults::flush_max_us")]
+    pub flush_max_us: Spec<u64>,
 }
 
 /// The network outside fault windows.
@@ -460,6 +469,9 @@ mod defaults {
     pub fn link_bytes_per_ms() -> Spec<u64> {
         Spec::Range([20, 2_000])
     }
+    pub fn flush_max_us() -> Spec<u64> {
+        Spec::Range([50, 20_000])
+    }
 }
 
 impl Default for LimitsSpec {
@@ -494,7 +506,10 @@ impl LimitsSpec {
             .map_err(at("limits.link_queue_bytes"))?;
         self.link_bytes_per_ms
             .check(0, 1 << 30)
-            .map_err(at("limits.link_bytes_per_ms"))
+            .map_err(at("limits.link_bytes_per_ms"))?;
+        self.flush_max_us
+            .check(0, 10_000_000)
+            .map_err(at("limits.flush_max_us"))
     }
 }
 

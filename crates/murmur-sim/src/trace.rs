@@ -80,6 +80,13 @@ pub enum TraceEvent {
         /// The other.
         b: usize,
     },
+    /// A node's group commit completed (or failed).
+    Flush {
+        /// The node.
+        node: usize,
+        /// Whether it succeeded.
+        ok: bool,
+    },
     /// A node's store failed inside an engine call and the node crashed.
     StorageCrash {
         /// The node.
@@ -238,6 +245,10 @@ fn from_world(event: &WorldEvent) -> TraceEvent {
             node: *node,
             kept: *kept,
         },
+        WorldEvent::Flushed { node, ok } => TraceEvent::Flush {
+            node: *node,
+            ok: *ok,
+        },
     }
 }
 
@@ -323,6 +334,9 @@ fn feed(hasher: &mut Sha256, event: &TraceEvent) {
         }
         TraceEvent::StorageCrash { node, kept } => {
             feed_numbers(hasher, 12, &[*node as u64, *kept as u64]);
+        }
+        TraceEvent::Flush { node, ok } => {
+            feed_numbers(hasher, 13, &[*node as u64, u64::from(*ok)]);
         }
     }
 }

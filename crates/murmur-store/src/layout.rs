@@ -332,23 +332,6 @@ pub fn put_chunk(batch: &mut WriteBatch, doc: &DocKey, seq: u64, bytes: Vec<u8>)
     batch.put(sequenced(doc, CHUNK_TAG, seq), bytes);
 }
 
-/// [`compact`] done wrong, on purpose: deletes the old snapshot and chunks
-/// first, then writes the new snapshot and flushes. A crash between the
-/// two loses the document's history. Only for the simulator's planted bug
-/// (feature `planted-bugs`).
-#[cfg(feature = "planted-bugs")]
-#[doc(hidden)]
-pub fn compact_deleting_first(
-    store: &dyn Storage,
-    doc: &DocKey,
-    covers: u64,
-    snapshot: Vec<u8>,
-) -> Result<(), StoreError> {
-    store.apply(covered_by(store, doc, covers)?)?;
-    store.apply(snapshot_batch(doc, covers, snapshot))?;
-    store.flush()
-}
-
 /// Replaces `doc`'s log with `snapshot`, which must contain every change of
 /// every record up to and including sequence number `covers`.
 ///
@@ -370,14 +353,27 @@ pub fn compact(
 /// The batch that writes `doc`'s new snapshot (and marks it existing).
 fn snapshot_batch(doc: &DocKey, covers: u64, snapshot: Vec<u8>) -> WriteBatch {
     let mut write = WriteBatch::new();
-    write.put(index_key(doc), Vec::new());
-    write.put(sequenced(doc, SNAPSHOT_TAG, covers), snapshot);
+    put_snapshot(&mut write, doc, covers, snapshot);
     write
 }
 
+/// Adds a snapshot of `doc` to `batch` that holds every change of every
+/// record up to and including sequence number `covers` (and marks the
+/// document as existing). What it replaces goes with [`covered_by`], once
+/// it is flushed.
+pub fn put_snapshot(batch: &mut WriteBatch, doc: &DocKey, covers: u64, snapshot: Vec<u8>) {
+    batch.put(index_key(doc), Vec::new());
+    batch.put(sequenced(doc, SNAPSHOT_TAG, covers), snapshot);
+}
+
 /// The batch that deletes what a snapshot at `covers` replaces: older
-/// snapshots and the chunks up to and including `covers`.
-fn covered_by(store: &dyn Storage, doc: &DocKey, covers: u64) -> Result<WriteBatch, StoreError> {
+/// snapshots and the chunks up to and including `covers`. Apply it only once
+/// the snapshot is flushed.
+pub fn covered_by(
+    store: &dyn Storage,
+    doc: &DocKey,
+    covers: u64,
+) -> Result<WriteBatch, StoreError> {
     let mut remove = WriteBatch::new();
     let snapshot_prefix = tagged(doc, SNAPSHOT_TAG);
     for (key, _) in store.scan_prefix(&snapshot_prefix)? {
