@@ -17,6 +17,7 @@ use murmur_core::{
     AckLevel, DocumentId, Event, Metrics, NodeId, Origin, Replica, ReplicaError, Time, Transmit,
     WriteId,
 };
+use murmur_store::StoreError;
 use murmur_wire::encode_frame;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -220,8 +221,9 @@ pub enum Command {
     },
     /// Flush and stop.
     Shutdown {
-        /// Answered once everything is flushed.
-        reply: oneshot::Sender<()>,
+        /// Answered once the node stopped: `Ok` if everything was flushed
+        /// and the store marked clean, otherwise why not.
+        reply: oneshot::Sender<Result<(), ReplicaError>>,
     },
 }
 
@@ -297,10 +299,12 @@ struct Driver {
     /// When waits for `Replicated(k)` give up, soonest first.
     replication_deadlines: std::collections::BTreeSet<(tokio::time::Instant, WriteId)>,
     subscriptions: BTreeMap<DocumentId, Subscription>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<oneshot::Sender<Result<(), ReplicaError>>>,
     /// Where the status is published, and when it last was.
     published: watch::Sender<Status>,
     published_at: tokio::time::Instant,
+    /// The group commit running on a blocking thread, if any.
+    flushing: Option<JoinHandle<Result<(), StoreError>>>,
 }
 
 /// Starts the driver task for `replica`, on `network` if given; it runs
@@ -328,6 +332,7 @@ pub fn spawn(
         shutdown: None,
         published,
         published_at: tokio::time::Instant::now(),
+        flushing: None,
     };
     driver.publish_status();
     let node = driver.replica.node_id().short();
@@ -359,6 +364,10 @@ impl Driver {
                 },
                 () = tokio::time::sleep(wait) => {}
                 Some(event) = next_net_event(&mut self.net_events) => self.handle_net_events(event),
+                result = flush_done(&mut self.flushing) => {
+                    self.flushing = None;
+                    self.replica.handle_flush_complete(wall_clock(), result);
+                }
             }
             // What the inputs produced (`Applied` acknowledgements, eager
             // pushes, replies) goes out before any flush runs: none of it
@@ -372,6 +381,7 @@ impl Driver {
             }
             self.expire_replication_waits();
             self.drain();
+            self.start_flush();
             if self.published_at.elapsed() >= STATUS_PUBLISH_INTERVAL {
                 self.publish_status();
             }
@@ -380,6 +390,18 @@ impl Driver {
             }
         }
         self.stop().await;
+    }
+
+    /// Hands the group commit that is due, if any, to a blocking thread:
+    /// the engine goes on while it is written, and what arrives meanwhile
+    /// gathers for the next one.
+    fn start_flush(&mut self) {
+        if self.flushing.is_some() {
+            return;
+        }
+        if let Some(flush) = self.replica.poll_flush() {
+            self.flushing = Some(tokio::task::spawn_blocking(move || flush.write()));
+        }
     }
 
     /// Handles `first` and whatever other network events are already
@@ -676,19 +698,7 @@ impl Driver {
     }
 
     fn acknowledge(&mut self, write: WriteId, level: AckLevel) {
-        let Some(pending) = self.pending.get_mut(&write) else {
-            return;
-        };
-        pending.reached = pending.reached.max(level);
-        if level < pending.wanted {
-            return;
-        }
-        if let Some(pending) = self.pending.remove(&write) {
-            let _ = pending.reply.send(Ok(ChangeReceipt {
-                change: pending.change,
-                output: pending.output,
-            }));
-        }
+        answer_if_reached(&mut self.pending, write, level);
     }
 
     /// Answers the `Replicated(k)` waits whose time is up with how far
@@ -745,23 +755,97 @@ impl Driver {
         });
     }
 
-    /// Flushes what is left, closes the network and answers the shutdown.
+    /// Waits for the flush in flight, flushes what is left, closes the
+    /// network and answers the shutdown.
     async fn stop(mut self) {
-        self.replica.flush_now(wall_clock());
+        if self.flushing.is_some() {
+            let result = flush_done(&mut self.flushing).await;
+            self.flushing = None;
+            self.replica.handle_flush_complete(wall_clock(), result);
+        }
         self.drain();
         if let Some(network) = &self.network {
             network.shutdown().await;
         }
-        let unacknowledged = self.pending.len();
         let reply = self.shutdown.take();
-        // Closing cleanly lets the next start keep this Automerge actor.
-        if let Err(error) = self.replica.close(wall_clock()) {
-            tracing::error!(%error, "the node did not close cleanly; its next start uses a new actor");
+        let Driver {
+            replica,
+            mut pending,
+            ..
+        } = self;
+        // The last flush and the clean-close mark block on the disk.
+        let closed = tokio::task::spawn_blocking(move || -> (Result<(), ReplicaError>, Vec<_>) {
+            let mut replica = replica;
+            let flushed = replica.flush_now(wall_clock());
+            let mut durable = Vec::new();
+            while let Some(event) = replica.poll_event() {
+                if let Event::Acknowledged { write, level, .. } = event {
+                    durable.push((write, level));
+                }
+            }
+            // Closing cleanly lets the next start keep this Automerge actor.
+            (flushed.and_then(|()| replica.close(wall_clock())), durable)
+        })
+        .await;
+        let result = match closed {
+            Ok((result, durable)) => {
+                for (write, level) in durable {
+                    answer_if_reached(&mut pending, write, level);
+                }
+                result
+            }
+            Err(error) => Err(ReplicaError::Storage(StoreError::Backend(format!(
+                "the final flush did not finish: {error}"
+            )))),
+        };
+        match &result {
+            Ok(()) => tracing::info!(unacknowledged = pending.len(), "node stopped"),
+            Err(error) => tracing::error!(
+                %error, unacknowledged = pending.len(),
+                "the node did not close cleanly; its next start uses a new actor"
+            ),
         }
-        tracing::info!(unacknowledged, "node stopped");
         if let Some(reply) = reply {
-            let _ = reply.send(());
+            let _ = reply.send(result);
         }
+    }
+}
+
+/// Records that `write` reached `level`, and answers its caller if that is
+/// the level it waits for.
+fn answer_if_reached(
+    pending: &mut BTreeMap<WriteId, PendingWrite>,
+    write: WriteId,
+    level: AckLevel,
+) {
+    let Some(entry) = pending.get_mut(&write) else {
+        return;
+    };
+    entry.reached = entry.reached.max(level);
+    if level < entry.wanted {
+        return;
+    }
+    if let Some(entry) = pending.remove(&write) {
+        let _ = entry.reply.send(Ok(ChangeReceipt {
+            change: entry.change,
+            output: entry.output,
+        }));
+    }
+}
+
+/// The result of the flush running on a blocking thread, or never if none
+/// is.
+async fn flush_done(
+    flushing: &mut Option<JoinHandle<Result<(), StoreError>>>,
+) -> Result<(), StoreError> {
+    match flushing {
+        Some(task) => match task.await {
+            Ok(result) => result,
+            Err(error) => Err(StoreError::Backend(format!(
+                "the flush task failed: {error}"
+            ))),
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -107,6 +107,11 @@ pub enum Error {
     /// The node has shut down.
     #[error("the node has shut down")]
     Closed,
+    /// [`Node::shutdown`] gave up: the node did not stop within this time
+    /// (a flush stuck on the disk, or an engine turn that does not end).
+    /// Writes not acknowledged `Durable` may be lost, as in a crash.
+    #[error("the node did not stop within {0:?}")]
+    ShutdownTimedOut(std::time::Duration),
     /// A subscriber fell more than this many changes behind and missed
     /// them; read the document to catch up.
     #[error("fell behind and missed {0} document changes")]

@@ -270,12 +270,30 @@ impl Node {
         }
     }
 
-    /// Flushes everything and stops the node.
+    /// Flushes everything and stops the node, within
+    /// [`SHUTDOWN_TIMEOUT`](murmur_net::driver::SHUTDOWN_TIMEOUT) whatever it
+    /// is doing. `Ok` means every write was flushed and the store marked
+    /// clean; an error says what was not (writes not yet acknowledged
+    /// `Durable` may then be lost, as in a crash; acknowledged ones never
+    /// are).
     pub async fn shutdown(self) -> Result<(), Error> {
-        self.handle
-            .request(|reply| Command::Shutdown { reply })
-            .await?;
-        let _ = tokio::time::timeout(driver::SHUTDOWN_TIMEOUT, self.task).await;
-        Ok(())
+        let stop = async {
+            let closed = self
+                .handle
+                .request(|reply| Command::Shutdown { reply })
+                .await?;
+            let _ = self.task.await;
+            closed.map_err(Error::from)
+        };
+        match tokio::time::timeout(driver::SHUTDOWN_TIMEOUT, stop).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!(
+                    timeout_s = driver::SHUTDOWN_TIMEOUT.as_secs(),
+                    "the node did not stop in time (a flush or an engine turn is stuck); giving up on it"
+                );
+                Err(Error::ShutdownTimedOut(driver::SHUTDOWN_TIMEOUT))
+            }
+        }
     }
 }

@@ -237,6 +237,11 @@ fn storage(out: &mut Exposition, status: &Status) {
         m.bytes_flushed,
     );
     out.counter(
+        "murmur_flushed_writes_total",
+        "Local writes made durable by flushes (over murmur_flushes_total: writes per fsync).",
+        m.writes_flushed,
+    );
+    out.counter(
         "murmur_compactions_total",
         "Documents compacted into a new snapshot.",
         m.compactions,
