@@ -26,6 +26,13 @@ pub struct Config {
     /// write needs one sooner. A sync state lost in a crash only costs
     /// bandwidth, so sync messages alone do not cost an fsync each.
     pub sync_state_flush_delay: Duration,
+    /// Free bytes the disk holding the store must keep: below it (as the
+    /// driver measures it, [`Replica::handle_disk_space`](crate::Replica::handle_disk_space)),
+    /// new local writes are refused with
+    /// [`ReplicaError::DiskFull`](crate::ReplicaError::DiskFull), like
+    /// etcd's NOSPACE alarm. sled must never reach ENOSPC: it then hangs in
+    /// a flush or aborts. 0 turns the check off.
+    pub min_free_bytes: u64,
     /// How long to wait before retrying a flush that failed.
     pub flush_retry_delay: Duration,
     /// How long a sync conversation may wait for the peer's answer before
@@ -159,6 +166,7 @@ impl Config {
             group_commit_delay: Duration::ZERO,
             flush_retry_delay: Duration::from_millis(100),
             sync_state_flush_delay: Duration::from_millis(500),
+            min_free_bytes: 64 * 1024 * 1024,
             sync_retry: Duration::from_millis(500),
             max_watched_syncs: 65_536,
             max_push_batch: 256,

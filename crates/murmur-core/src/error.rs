@@ -69,4 +69,18 @@ pub enum ReplicaError {
     /// complete that one first.
     #[error("a flush is still in flight; complete it first")]
     FlushInFlight,
+    /// The disk holding the store has less free space than
+    /// [`crate::Config::min_free_bytes`]: new local writes are refused
+    /// (nothing changed) until space is freed. Reads, replication and
+    /// flushes of what the node holds go on.
+    #[error(
+        "the disk is nearly full ({free_bytes} bytes free, {min_free_bytes} kept in reserve): \
+         the write was refused; free some space and retry"
+    )]
+    DiskFull {
+        /// Free bytes the driver last measured.
+        free_bytes: u64,
+        /// The watermark.
+        min_free_bytes: u64,
+    },
 }

@@ -234,6 +234,13 @@ pub struct Metrics {
     /// Sync conversations restarted because the peer went quiet (a lost
     /// message, most likely).
     pub sync_retries: u64,
+    /// Free bytes on the store's disk as last measured (a gauge; 0 until
+    /// measured).
+    pub disk_free_bytes: u64,
+    /// 1 while local writes are refused for want of disk space (a gauge).
+    pub disk_full: u64,
+    /// Local writes refused for want of disk space.
+    pub writes_refused_disk_full: u64,
 }
 
 impl Metrics {
@@ -266,6 +273,9 @@ impl Metrics {
             documents_reconciled,
             digest_buckets_split,
             sync_retries,
+            disk_free_bytes,
+            disk_full,
+            writes_refused_disk_full,
         } = other;
         self.local_changes += local_changes;
         self.changes_pushed += changes_pushed;
@@ -292,5 +302,8 @@ impl Metrics {
         self.documents_reconciled += documents_reconciled;
         self.digest_buckets_split += digest_buckets_split;
         self.sync_retries += sync_retries;
+        self.disk_free_bytes += disk_free_bytes;
+        self.disk_full += disk_full;
+        self.writes_refused_disk_full += writes_refused_disk_full;
     }
 }

@@ -131,7 +131,12 @@ pub struct Replica {
     digest: Digest,
     quarantined: BTreeMap<DocumentId, String>,
     peers: BTreeMap<NodeId, Peer>,
-    outbox: VecDeque<Transmit>,
+    /// Messages to send, each with its sequence number (ascending).
+    outbox: VecDeque<(u64, Transmit)>,
+    /// The sequence number the next queued message takes.
+    outbox_next: u64,
+    /// Per (document, peer), the queued push that more changes may join.
+    open_pushes: BTreeMap<(DocumentId, NodeId), u64>,
     events: VecDeque<Event>,
     next_write: u64,
     /// Writes waiting for the next flush to become durable.
@@ -187,6 +192,8 @@ impl Replica {
             quarantined: BTreeMap::new(),
             peers: BTreeMap::new(),
             outbox: VecDeque::new(),
+            outbox_next: 0,
+            open_pushes: BTreeMap::new(),
             events: VecDeque::new(),
             next_write: 0,
             awaiting_flush: Vec::new(),
@@ -270,7 +277,8 @@ impl Replica {
     /// transaction stamped with `now`. The change is acknowledged
     /// [`AckLevel::Applied`] when this returns, pushed to every connected
     /// peer, and acknowledged [`AckLevel::Durable`] (an [`Event`]) after the
-    /// next flush.
+    /// next flush. Refused with [`ReplicaError::DiskFull`] while the disk is
+    /// nearly full ([`Replica::handle_disk_space`]).
     pub fn handle_local_change<O>(
         &mut self,
         now: Time,
@@ -279,6 +287,7 @@ impl Replica {
     ) -> Result<LocalWrite<O>, ReplicaError> {
         let _span = tracing::debug_span!("local_change", doc = %doc).entered();
         self.observe_clock(now);
+        self.check_writable()?;
         let observed = self.observed.contains(&doc);
         let document = self.document_mut(doc)?;
         let options = CommitOptions::default().with_time(now.as_automerge_seconds());
@@ -329,6 +338,45 @@ impl Replica {
         })
     }
 
+    /// The driver measured `free_bytes` free on the disk holding the store.
+    /// Below [`Config::min_free_bytes`] new local writes are refused
+    /// ([`Replica::check_writable`]) until a later measurement is above
+    /// it again. Flushes go on: they carry writes already acknowledged
+    /// `Applied`, which the reserve is there to hold.
+    pub fn handle_disk_space(&mut self, now: Time, free_bytes: u64) {
+        let _ = now;
+        let min = self.config.min_free_bytes;
+        let full = min > 0 && free_bytes < min;
+        let was_full = self.metrics.disk_full == 1;
+        if full && !was_full {
+            tracing::error!(
+                free_bytes, min_free_bytes = min,
+                "disk nearly full: refusing new writes until space is freed (reads and replication go on)"
+            );
+        } else if !full && was_full {
+            tracing::warn!(
+                free_bytes,
+                min_free_bytes = min,
+                "disk space freed: accepting writes again"
+            );
+        }
+        self.metrics.disk_free_bytes = free_bytes;
+        self.metrics.disk_full = u64::from(full);
+    }
+
+    /// `Err(`[`ReplicaError::DiskFull`]`)` while new local writes are
+    /// refused for want of disk space (counted), `Ok` otherwise.
+    pub fn check_writable(&mut self) -> Result<(), ReplicaError> {
+        if self.metrics.disk_full == 0 {
+            return Ok(());
+        }
+        self.metrics.writes_refused_disk_full += 1;
+        Err(ReplicaError::DiskFull {
+            free_bytes: self.metrics.disk_free_bytes,
+            min_free_bytes: self.config.min_free_bytes,
+        })
+    }
+
     /// Starts (`true`) or stops (`false`) computing patches for `doc`: while
     /// it is observed, every [`Event::DocumentChanged`] about it carries the
     /// patches of the changes just applied. The driver observes the
@@ -375,7 +423,8 @@ impl Replica {
         }
         self.retries.forget_peer(peer);
         let before = self.outbox.len();
-        self.outbox.retain(|transmit| transmit.to != peer);
+        self.outbox.retain(|(_, transmit)| transmit.to != peer);
+        self.open_pushes.retain(|(_, to), _| *to != peer);
         tracing::info!(
             peer = %peer.short(),
             dropped_messages = before - self.outbox.len(),
@@ -629,7 +678,12 @@ impl Replica {
     /// The next message to send, if any. Call until `None` after every
     /// input.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let transmit = self.outbox.pop_front()?;
+        let (seq, transmit) = self.outbox.pop_front()?;
+        if let Message::Changes { doc, .. } = &transmit.message {
+            if self.open_pushes.get(&(*doc, transmit.to)) == Some(&seq) {
+                self.open_pushes.remove(&(*doc, transmit.to));
+            }
+        }
         let leak = self.config.planted(FaultInjection::LeakQueuedBytes);
         if let Some(peer) = self.peers.get_mut(&transmit.to).filter(|_| !leak) {
             peer.queued_bytes = peer
@@ -866,7 +920,7 @@ impl Replica {
 
     fn check_queues(&self) -> Result<(), String> {
         let mut queued: BTreeMap<NodeId, usize> = BTreeMap::new();
-        for transmit in &self.outbox {
+        for (_, transmit) in &self.outbox {
             if !self.peers.contains_key(&transmit.to) {
                 return Err(format!(
                     "a {} message is queued for {}, which is not connected",
@@ -1039,41 +1093,55 @@ impl Replica {
             return false;
         }
         peer.queued_bytes += bytes;
-        self.outbox.push_back(Transmit { to, message });
+        let seq = self.outbox_next;
+        self.outbox_next += 1;
+        if let Message::Changes { doc, .. } = &message {
+            self.open_pushes.insert((*doc, to), seq);
+        }
+        self.outbox.push_back((seq, Transmit { to, message }));
         true
     }
 
+    /// The queued push of `doc` to `peer` that more changes may still
+    /// join, if it is still queued.
+    fn open_push(&mut self, doc: DocumentId, peer: NodeId) -> Option<&mut Vec<Vec<u8>>> {
+        let seq = *self.open_pushes.get(&(doc, peer))?;
+        let index = self
+            .outbox
+            .binary_search_by_key(&seq, |(seq, _)| *seq)
+            .ok()?;
+        match &mut self.outbox.get_mut(index)?.1.message {
+            Message::Changes { changes, .. } => Some(changes),
+            _ => None,
+        }
+    }
+
     /// Eagerly pushes one new change to every connected peer, joining it to
-    /// a push for the same document still waiting in the queue.
+    /// the push of the same document still queued for that peer (wherever
+    /// it is in the queue, up to [`Config::max_push_batch`] changes): with
+    /// many peers and documents, changes made in a burst still travel in
+    /// few messages.
     fn push_to_all(&mut self, doc: DocumentId, change: Vec<u8>) {
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         let batch = self.config.push_batch();
         let skip_busy = self.config.planted(FaultInjection::SkipPushToBusyPeer);
+        let max_bytes = self.config.max_outbox_bytes_per_peer;
         for peer in peers {
-            if skip_busy && self.peers.get(&peer).is_some_and(|p| p.queued_bytes > 0) {
+            let queued = self.peers.get(&peer).map_or(0, |p| p.queued_bytes);
+            if skip_busy && queued > 0 {
                 continue;
             }
-            if let Some(Transmit {
-                to,
-                message:
-                    Message::Changes {
-                        doc: queued_doc,
-                        changes,
-                    },
-            }) = self.outbox.back_mut()
+            let fits = queued + change.len() <= max_bytes;
+            if let Some(changes) = self
+                .open_push(doc, peer)
+                .filter(|c| c.len() < batch && fits)
             {
-                if *to == peer && *queued_doc == doc && changes.len() < batch {
-                    if let Some(state) = self.peers.get_mut(&peer) {
-                        if state.queued_bytes + change.len()
-                            <= self.config.max_outbox_bytes_per_peer
-                        {
-                            state.queued_bytes += change.len();
-                            changes.push(change.clone());
-                            self.metrics.changes_pushed += 1;
-                            continue;
-                        }
-                    }
+                changes.push(change.clone());
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.queued_bytes += change.len();
                 }
+                self.metrics.changes_pushed += 1;
+                continue;
             }
             let message = Message::Changes {
                 doc,

@@ -163,8 +163,8 @@ pub struct Status {
 pub enum Command {
     /// Create a document.
     CreateDocument {
-        /// Gets the new id.
-        reply: oneshot::Sender<DocumentId>,
+        /// Gets the new id, or why not (a nearly full disk).
+        reply: oneshot::Sender<Result<DocumentId, ReplicaError>>,
     },
     /// Change a document and answer once the change reaches `ack`.
     Change {
@@ -305,13 +305,25 @@ struct Driver {
     published_at: tokio::time::Instant,
     /// The group commit running on a blocking thread, if any.
     flushing: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Where the store's disk is, to watch its free space.
+    disk: Option<std::path::PathBuf>,
+    /// A free-space measurement running on a blocking thread, and when the
+    /// last one started.
+    disk_probe: Option<JoinHandle<std::io::Result<u64>>>,
+    disk_probed_at: Option<tokio::time::Instant>,
 }
 
 /// Starts the driver task for `replica`, on `network` if given; it runs
 /// until a shutdown command or until every handle is dropped.
+///
+/// With `disk` (a path on the disk holding the store), the driver measures
+/// its free space every [`DISK_PROBE_INTERVAL`] and tells the replica
+/// ([`Replica::handle_disk_space`]), which refuses new writes below its
+/// watermark.
 pub fn spawn(
     replica: Replica,
     network: Option<(Network, mpsc::Receiver<NetEvent>)>,
+    disk: Option<std::path::PathBuf>,
 ) -> (DriverHandle, JoinHandle<()>) {
     let (sender, commands) = mpsc::channel(COMMAND_QUEUE);
     let (network, net_events) = match network {
@@ -333,6 +345,9 @@ pub fn spawn(
         published,
         published_at: tokio::time::Instant::now(),
         flushing: None,
+        disk,
+        disk_probe: None,
+        disk_probed_at: None,
     };
     driver.publish_status();
     let node = driver.replica.node_id().short();
@@ -357,6 +372,9 @@ impl Driver {
             if let Some((deadline, _)) = self.replication_deadlines.first() {
                 wait = wait.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             }
+            if self.disk.is_some() {
+                wait = wait.min(DISK_PROBE_INTERVAL);
+            }
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle_commands(command),
@@ -367,6 +385,13 @@ impl Driver {
                 result = flush_done(&mut self.flushing) => {
                     self.flushing = None;
                     self.replica.handle_flush_complete(wall_clock(), result);
+                }
+                measured = task_done(&mut self.disk_probe) => {
+                    self.disk_probe = None;
+                    match measured {
+                        Ok(free) => self.replica.handle_disk_space(wall_clock(), free),
+                        Err(error) => tracing::warn!(%error, "cannot measure the free disk space"),
+                    }
                 }
             }
             // What the inputs produced (`Applied` acknowledgements, eager
@@ -382,6 +407,7 @@ impl Driver {
             self.expire_replication_waits();
             self.drain();
             self.start_flush();
+            self.probe_disk();
             if self.published_at.elapsed() >= STATUS_PUBLISH_INTERVAL {
                 self.publish_status();
             }
@@ -402,6 +428,23 @@ impl Driver {
         if let Some(flush) = self.replica.poll_flush() {
             self.flushing = Some(tokio::task::spawn_blocking(move || flush.write()));
         }
+    }
+
+    /// Starts a free-space measurement of the store's disk on a blocking
+    /// thread, if one is due.
+    fn probe_disk(&mut self) {
+        let Some(path) = &self.disk else {
+            return;
+        };
+        let due = self
+            .disk_probed_at
+            .is_none_or(|at| at.elapsed() >= DISK_PROBE_INTERVAL);
+        if self.disk_probe.is_some() || !due {
+            return;
+        }
+        self.disk_probed_at = Some(tokio::time::Instant::now());
+        let path = path.clone();
+        self.disk_probe = Some(tokio::task::spawn_blocking(move || free_bytes(&path)));
     }
 
     /// Handles `first` and whatever other network events are already
@@ -481,16 +524,25 @@ impl Driver {
         }
     }
 
-    fn transmit(&mut self, transmit: Transmit) {
+    /// Sends `transmit`. `last` holds the previous message sent and its
+    /// frame: the same message for the next peer (a push goes to every
+    /// peer) is encoded once.
+    fn transmit(&mut self, transmit: Transmit, last: &mut Option<(murmur_core::Message, Vec<u8>)>) {
         let Some(link) = self.links.get(&transmit.to) else {
             return;
         };
-        let frame = match encode_frame(&transmit.message) {
-            Ok(frame) => frame,
-            Err(error) => {
-                tracing::error!(peer = %transmit.to.short(), kind = transmit.message.kind(), %error, "message does not fit a frame; dropped");
-                return;
-            }
+        let frame = match last.as_ref() {
+            Some((message, frame)) if *message == transmit.message => frame.clone(),
+            _ => match encode_frame(&transmit.message) {
+                Ok(frame) => {
+                    *last = Some((transmit.message, frame.clone()));
+                    frame
+                }
+                Err(error) => {
+                    tracing::error!(peer = %transmit.to.short(), kind = transmit.message.kind(), %error, "message does not fit a frame; dropped");
+                    return;
+                }
+            },
         };
         let bytes = frame.len() as u64;
         match link.send(frame) {
@@ -522,7 +574,11 @@ impl Driver {
         let now = wall_clock();
         match command {
             Command::CreateDocument { reply } => {
-                let _ = reply.send(self.replica.create_document(now));
+                let created = self
+                    .replica
+                    .check_writable()
+                    .map(|()| self.replica.create_document(now));
+                let _ = reply.send(created);
             }
             Command::Change {
                 doc,
@@ -659,8 +715,9 @@ impl Driver {
 
     /// Carries out the replica's outputs.
     fn drain(&mut self) {
+        let mut last = None;
         while let Some(transmit) = self.replica.poll_transmit() {
-            self.transmit(transmit);
+            self.transmit(transmit, &mut last);
         }
         while let Some(event) = self.replica.poll_event() {
             match event {
@@ -830,6 +887,26 @@ fn answer_if_reached(
             change: entry.change,
             output: entry.output,
         }));
+    }
+}
+
+/// How often the driver measures the free space of the store's disk.
+pub const DISK_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bytes an unprivileged process may still write on the file system that
+/// holds `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The result of a task running on a blocking thread, or never if none is.
+async fn task_done<T>(task: &mut Option<JoinHandle<std::io::Result<T>>>) -> std::io::Result<T> {
+    match task {
+        Some(task) => task
+            .await
+            .unwrap_or_else(|error| Err(std::io::Error::other(error))),
+        None => std::future::pending().await,
     }
 }
 

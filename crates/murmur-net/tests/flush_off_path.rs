@@ -58,10 +58,11 @@ async fn applied_writes_and_status_are_answered_while_a_flush_is_written() {
     let now = driver::wall_clock();
     let replica =
         Replica::open(Config::new(NodeId([7; 32])), Box::new(store.clone()), now).unwrap();
-    let (handle, task) = murmur_net::spawn(replica, None);
+    let (handle, task) = murmur_net::spawn(replica, None, None);
     let doc = handle
         .request(|reply| Command::CreateDocument { reply })
         .await
+        .unwrap()
         .unwrap();
 
     // A durable write starts a flush, which takes 400 ms.

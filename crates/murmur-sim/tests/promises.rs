@@ -84,9 +84,11 @@ fn without_anti_entropy_a_dropped_push_never_converges() {
 
 #[test]
 fn a_compaction_that_deletes_first_loses_flushed_data_in_a_crash() {
+    // (A seed on which the bug strikes; seeds move when the engine's
+    // message pattern does.)
     assert_caught_by(
         "compaction-crash",
-        6,
+        0,
         PlantedBug(murmur_core::FaultInjection::CompactDeletesBeforeSnapshot),
         "durable-lost",
     );

@@ -30,6 +30,7 @@ pub struct NodeBuilder {
     peers: Vec<(NodeId, SocketAddr)>,
     allowed: Vec<NodeId>,
     identity: Option<std::sync::Arc<Identity>>,
+    min_free_bytes: Option<u64>,
 }
 
 impl NodeBuilder {
@@ -86,6 +87,16 @@ impl NodeBuilder {
         self
     }
 
+    /// Free bytes the data directory's disk must keep (default 64 MiB):
+    /// below it, new writes are refused with
+    /// [`ReplicaError::DiskFull`](murmur_core::ReplicaError::DiskFull) until
+    /// space is freed, while reads and replication go on. 0 turns the check
+    /// off. An in-memory node has no disk to watch.
+    pub fn min_free_bytes(mut self, bytes: u64) -> Self {
+        self.min_free_bytes = Some(bytes);
+        self
+    }
+
     /// How long writes may wait so that more share one flush (default:
     /// none beyond the writes already queued together).
     pub fn group_commit_delay(mut self, delay: Duration) -> Self {
@@ -112,6 +123,13 @@ impl NodeBuilder {
         if let Some(delay) = self.group_commit_delay {
             config.group_commit_delay = delay;
         }
+        if let Some(bytes) = self.min_free_bytes {
+            config.min_free_bytes = bytes;
+        }
+        let disk = match &self.location {
+            Location::Directory(dir) => Some(dir.clone()),
+            Location::Memory => None,
+        };
         let network = match self.listen {
             Some(listen) => {
                 let mut network = NetworkConfig::new(listen);
@@ -126,7 +144,7 @@ impl NodeBuilder {
             None => None,
         };
         let replica = Replica::open(config, store, driver::wall_clock())?;
-        let (handle, task) = driver::spawn(replica, network);
+        let (handle, task) = driver::spawn(replica, network, disk);
         tracing::info!(node = %node_id, "node started");
         Ok(Node {
             node_id,
@@ -179,6 +197,7 @@ impl Node {
             peers: Vec::new(),
             allowed: Vec::new(),
             identity: None,
+            min_free_bytes: None,
         }
     }
 
@@ -192,7 +211,7 @@ impl Node {
         let id = self
             .handle
             .request(|reply| Command::CreateDocument { reply })
-            .await?;
+            .await??;
         Ok(DocHandle::new(id, self.handle.clone()))
     }
 

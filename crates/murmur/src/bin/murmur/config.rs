@@ -41,6 +41,11 @@ pub struct Config {
     /// How often, in milliseconds, the node reconciles with a peer.
     #[serde(default)]
     pub anti_entropy_ms: Option<u64>,
+    /// MiB the data directory's disk must keep free: below it, new writes
+    /// are refused (HTTP 507) until space is freed. Default 64; 0 turns the
+    /// check off.
+    #[serde(default)]
+    pub min_free_mb: Option<u64>,
     /// Peers to dial (and allow).
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
@@ -107,6 +112,8 @@ pub struct Settings {
     pub log: String,
     /// The anti-entropy interval, if set.
     pub anti_entropy: Option<Duration>,
+    /// The free-space watermark in bytes, if set.
+    pub min_free_bytes: Option<u64>,
     /// Peers with resolved addresses.
     pub peers: Vec<(NodeId, SocketAddr)>,
     /// Nodes allowed to connect.
@@ -158,6 +165,7 @@ fn check(config: Config, base: &Path) -> anyhow::Result<Settings> {
         http_token: config.http_token,
         log: config.log,
         anti_entropy,
+        min_free_bytes: config.min_free_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
         peers,
         allow: config.allow.iter().map(|id| id.0).collect(),
     })

@@ -125,6 +125,9 @@ impl From<murmur::Error> for ApiError {
             murmur::Error::Closed => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
             }
+            murmur::Error::Replica(error @ ReplicaError::DiskFull { .. }) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, error.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
@@ -465,6 +468,10 @@ pub fn status_json(status: &Status, uptime_secs: u64) -> Json {
             .map(|(id, addr)| json!({"id": id.to_string(), "addr": addr}))
             .collect::<Vec<_>>(),
         "writes_awaiting_flush": status.writes_awaiting_flush,
+        "disk": {
+            "free_bytes": m.disk_free_bytes,
+            "full": m.disk_full == 1,
+        },
         "outbox": status.outbox,
         "traffic": {
             "messages_out": t.messages_out,
@@ -507,6 +514,17 @@ mod tests {
         let bad = parse_ack("sometimes").unwrap_err();
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         assert!(bad.message.contains("`sometimes` is not one of"));
+    }
+
+    #[test]
+    fn a_full_disk_is_507_insufficient_storage() {
+        let error = murmur::Error::Replica(ReplicaError::DiskFull {
+            free_bytes: 1_000,
+            min_free_bytes: 2_000,
+        });
+        let api = ApiError::from(error);
+        assert_eq!(api.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(api.message.contains("nearly full"), "{}", api.message);
     }
 
     #[test]

@@ -246,4 +246,19 @@ fn storage(out: &mut Exposition, status: &Status) {
         "Documents compacted into a new snapshot.",
         m.compactions,
     );
+    out.gauge(
+        "murmur_disk_free_bytes",
+        "Free bytes on the data directory's disk, as last measured.",
+        m.disk_free_bytes as f64,
+    );
+    out.gauge(
+        "murmur_disk_full",
+        "1 while new writes are refused because the disk is nearly full.",
+        m.disk_full as f64,
+    );
+    out.counter(
+        "murmur_writes_refused_disk_full_total",
+        "Writes refused because the disk was nearly full.",
+        m.writes_refused_disk_full,
+    );
 }

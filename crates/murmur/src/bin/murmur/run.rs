@@ -77,6 +77,9 @@ async fn start_node(settings: &Settings) -> anyhow::Result<Node> {
     if let Some(interval) = settings.anti_entropy {
         builder = builder.anti_entropy_interval(interval);
     }
+    if let Some(bytes) = settings.min_free_bytes {
+        builder = builder.min_free_bytes(bytes);
+    }
     builder.start().await.with_context(|| {
         format!(
             "cannot start the node (data in {}, QUIC on udp {})",
