@@ -19,8 +19,9 @@ pub struct Config {
     /// nodes do not fall into step.
     pub anti_entropy_jitter: Duration,
     /// How long writes may wait for a flush so that many share one. Zero
-    /// flushes at the next [`handle_timeout`](crate::Replica::handle_timeout),
-    /// which still groups every write of the same driver turn.
+    /// makes the flush due at once: [`poll_flush`](crate::Replica::poll_flush)
+    /// hands it out after the input that made it due, and everything that
+    /// arrives while it is in flight shares the next one.
     pub group_commit_delay: Duration,
     /// How long a changed sync state may wait for a group commit when no
     /// write needs one sooner. A sync state lost in a crash only costs
@@ -56,6 +57,14 @@ pub struct Config {
     /// they load again from the store on their next use. Documents with
     /// unflushed state stay, so the bound can be overshot briefly.
     pub max_cached_document_bytes: usize,
+    /// Most document loads handed out by
+    /// [`poll_load`](crate::Replica::poll_load) and not yet landed.
+    pub max_loads_in_flight: usize,
+    /// Most inputs (peer messages, owed syncs) parked while their
+    /// documents load, and most documents waiting to load. Past it, a
+    /// peer's message about a document out of memory is dropped (and
+    /// counted): sync retries and anti-entropy repair what it carried.
+    pub max_parked_inputs: usize,
     /// Most (document, leaf) entries in one reconciliation message; a
     /// bucket holding more is sent as several id ranges. At most (and by
     /// default) the wire's limit, [`MAX_DIGEST_LEAVES`].
@@ -174,6 +183,8 @@ impl Config {
             compaction_min_bytes: 16 * 1024,
             compaction_max_chunks: 512,
             max_cached_document_bytes: 256 * 1024 * 1024,
+            max_loads_in_flight: 4,
+            max_parked_inputs: 4096,
             max_digest_leaves: MAX_DIGEST_LEAVES,
             max_tracked_replications: 65_536,
             anti_entropy: true,

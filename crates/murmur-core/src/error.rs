@@ -27,6 +27,11 @@ pub enum ReplicaError {
     /// A message came from a peer that is not connected. Nothing changed.
     #[error("message from {0:?}, which is not a connected peer")]
     PeerNotConnected(NodeId),
+    /// The document is stored but not in memory: its load was requested
+    /// ([`crate::Replica::poll_load`]). Nothing changed; retry once
+    /// [`crate::Replica::handle_document_loaded`] has taken it.
+    #[error("document {0} is loading; retry once it has loaded")]
+    Loading(DocumentId),
     /// A peer sent bytes that are not valid Automerge data. Nothing changed;
     /// the driver may count it against the peer.
     #[error("peer {peer:?} sent an invalid {what} for document {doc}: {reason}")]

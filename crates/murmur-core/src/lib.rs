@@ -24,7 +24,9 @@
 //!    - [`Replica::handle_timeout`] (the time [`Replica::poll_timeout`] asked
 //!      for has come),
 //!    - [`Replica::handle_flush_complete`] (a group commit handed out by
-//!      `poll_flush` was written, or failed);
+//!      `poll_flush` was written, or failed),
+//!    - [`Replica::handle_document_loaded`] (a document load handed out by
+//!      `poll_load` landed);
 //! 3. after every input, drains the outputs:
 //!    - [`Replica::poll_transmit`] until `None`: messages to send,
 //!    - [`Replica::poll_event`] until `None`: documents that changed (with
@@ -36,20 +38,28 @@
 //!      report with `handle_flush_complete`. One is in flight at a time;
 //!      writes that arrive meanwhile gather for the next (pipelined group
 //!      commit),
+//!    - [`Replica::poll_load`] until `None`: documents to load ([`Load`]),
+//!      on a blocking thread, for `handle_document_loaded`,
 //!    - [`Replica::poll_timeout`]: when to call `handle_timeout` next.
 //!
-//! Writes leave the engine as that effect: no engine call waits for a
-//! disk. The engine still reads its store directly, through the narrow
-//! [`murmur_store::Storage`] trait: when a document loads and when a
-//! reconciliation digest node or bucket is first read.
-//! [`Replica::flush_now`] and [`Replica::close`] flush on the calling
-//! thread, for shutdown, tests and examples.
+//! Writes and document loads leave the engine as those effects: no engine
+//! call waits for a flush or decodes a stored document. Before a local
+//! change or read, the driver asks [`Replica::request_load`]; a document
+//! still loading is waited for there, while the engine answers everything
+//! else. The engine still reads small records of its store directly,
+//! through the narrow [`murmur_store::Storage`] trait: whether a document
+//! exists, and the reconciliation digest's nodes and buckets.
+//! [`Replica::flush_now`], [`Replica::load_now`] and [`Replica::close`]
+//! run on the calling thread, for shutdown, tests and examples.
 //!
 //! # Memory: lazy loading and a bounded cache
 //!
 //! [`Replica::open`] scans nothing and loads nothing. A document loads from
 //! the store on first use (a local change, a peer's message about it, a
-//! reconciliation that finds it differing) and stays in a cache bounded by
+//! reconciliation that finds it differing), as an effect: what needs it
+//! is parked (at most [`Config::max_parked_inputs`] inputs, the rest
+//! dropped for repair to resend) until the load lands, and replayed in
+//! arrival order. It then stays in a cache bounded by
 //! [`Config::max_cached_document_bytes`] (estimated bytes); past it, the
 //! least recently used documents that are fully flushed are evicted. So a
 //! node holds a million documents with a few thousand in memory.
@@ -159,6 +169,7 @@ mod digest;
 mod document;
 mod error;
 mod flush;
+mod load;
 mod membership;
 mod replica;
 mod replication;
@@ -169,6 +180,7 @@ mod time;
 pub use config::{Config, FaultInjection};
 pub use error::ReplicaError;
 pub use flush::Flush;
+pub use load::{Load, Loaded, Residency};
 pub use membership::Member;
 pub use replica::{AckLevel, Event, LocalWrite, Origin, Replica, Transmit, WriteId};
 pub use time::Time;
@@ -215,6 +227,12 @@ pub struct Metrics {
     pub compactions: u64,
     /// Documents loaded from the store into memory.
     pub documents_loaded: u64,
+    /// Peer messages and owed syncs parked while their document loaded.
+    pub inputs_parked: u64,
+    /// Peer messages and owed syncs dropped because too many were parked
+    /// already (or their document's load failed): repaired by sync retries
+    /// and anti-entropy.
+    pub inputs_dropped_loading: u64,
     /// Documents evicted from memory (clean and cold).
     pub documents_evicted: u64,
     /// Documents in memory now (a gauge).
@@ -265,6 +283,8 @@ impl Metrics {
             writes_flushed,
             compactions,
             documents_loaded,
+            inputs_parked,
+            inputs_dropped_loading,
             documents_evicted,
             cached_documents,
             cached_document_bytes,
@@ -294,6 +314,8 @@ impl Metrics {
         self.writes_flushed += writes_flushed;
         self.compactions += compactions;
         self.documents_loaded += documents_loaded;
+        self.inputs_parked += inputs_parked;
+        self.inputs_dropped_loading += inputs_dropped_loading;
         self.documents_evicted += documents_evicted;
         self.cached_documents += cached_documents;
         self.cached_document_bytes += cached_document_bytes;

@@ -16,6 +16,7 @@ use crate::cache::{self, Cache};
 use crate::digest::{self, Digest, LeafUpdate, NodeValue, LEAF_LEVEL};
 use crate::document::{self, Document, LoadError, SyncReply};
 use crate::flush::{Flush, InFlight};
+use crate::load::{Load, Loaded, Parked, Residency};
 use crate::membership::{Member, Membership, MembershipEvent};
 use crate::replication::Replication;
 use crate::retry::{SyncRetries, MAX_ATTEMPTS};
@@ -108,6 +109,16 @@ pub struct LocalWrite<O> {
     pub output: O,
 }
 
+/// A document waiting to load.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Inputs to replay once it has loaded, in arrival order.
+    parked: Vec<Parked>,
+    /// The driver asked for it ([`Replica::request_load`]) and waits for
+    /// it: the load is kept even if no input is parked.
+    wanted: bool,
+}
+
 #[derive(Default)]
 struct Peer {
     /// Bytes (roughly: payload sizes) queued for this peer.
@@ -127,6 +138,15 @@ pub struct Replica {
     docs: BTreeMap<DocumentId, Document>,
     /// Use order and size estimates of `docs`.
     cache: Cache,
+    /// Documents waiting to load, with the inputs parked until they land.
+    loading: BTreeMap<DocumentId, Waiting>,
+    /// Documents whose load is requested and not yet handed out, oldest
+    /// first.
+    load_queue: VecDeque<DocumentId>,
+    /// Documents whose [`Load`] is handed out and has not landed.
+    loads_in_flight: BTreeSet<DocumentId>,
+    /// Inputs parked in `loading`, all documents together.
+    parked_inputs: usize,
     /// The reconciliation digest's nodes seen so far.
     digest: Digest,
     quarantined: BTreeMap<DocumentId, String>,
@@ -188,6 +208,10 @@ impl Replica {
             store: std::sync::Arc::from(store),
             docs: BTreeMap::new(),
             cache: Cache::default(),
+            loading: BTreeMap::new(),
+            load_queue: VecDeque::new(),
+            loads_in_flight: BTreeSet::new(),
+            parked_inputs: 0,
             digest: Digest::default(),
             quarantined: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -228,24 +252,6 @@ impl Replica {
         Ok(replica)
     }
 
-    fn load_document(&mut self, id: DocumentId) -> Result<(), ReplicaError> {
-        match Document::load(&*self.store, id, self.actor.clone()) {
-            Ok(doc) => {
-                self.cache
-                    .touch(id, cache::estimate_bytes(doc.stored_bytes()));
-                self.docs.insert(id, doc);
-                self.metrics.documents_loaded += 1;
-                Ok(())
-            }
-            Err(LoadError::Store(error)) => Err(error.into()),
-            Err(LoadError::Automerge(error)) => {
-                tracing::error!(doc = %id, %error, "document does not load; set aside, stored bytes kept");
-                self.quarantined.insert(id, error.to_string());
-                Ok(())
-            }
-        }
-    }
-
     // ----- inputs -------------------------------------------------------
 
     /// Creates a new, empty document with a random id, and announces it to
@@ -278,7 +284,10 @@ impl Replica {
     /// [`AckLevel::Applied`] when this returns, pushed to every connected
     /// peer, and acknowledged [`AckLevel::Durable`] (an [`Event`]) after the
     /// next flush. Refused with [`ReplicaError::DiskFull`] while the disk is
-    /// nearly full ([`Replica::handle_disk_space`]).
+    /// nearly full ([`Replica::handle_disk_space`]), and with
+    /// [`ReplicaError::Loading`] if `doc` is stored but not in memory (its
+    /// load is then requested: see [`Replica::request_load`] and
+    /// [`Replica::load_now`]); nothing changed then.
     pub fn handle_local_change<O>(
         &mut self,
         now: Time,
@@ -425,6 +434,12 @@ impl Replica {
         let before = self.outbox.len();
         self.outbox.retain(|(_, transmit)| transmit.to != peer);
         self.open_pushes.retain(|(_, to), _| *to != peer);
+        // Inputs parked for it belong to the connection that closed.
+        for waiting in self.loading.values_mut() {
+            let before = waiting.parked.len();
+            waiting.parked.retain(|input| input.peer() != peer);
+            self.parked_inputs -= before - waiting.parked.len();
+        }
         tracing::info!(
             peer = %peer.short(),
             dropped_messages = before - self.outbox.len(),
@@ -445,6 +460,10 @@ impl Replica {
         }
         self.observe_clock(now);
         self.metrics.messages_received += 1;
+        self.dispatch(now, from, message)
+    }
+
+    fn dispatch(&mut self, now: Time, from: NodeId, message: Message) -> Result<(), ReplicaError> {
         match message {
             Message::Changes { doc, changes } => self.receive_changes(now, from, doc, changes),
             Message::Sync { doc, message } => self.receive_sync(now, from, doc, &message),
@@ -472,6 +491,11 @@ impl Replica {
     ) -> Result<(), ReplicaError> {
         let _span =
             tracing::debug_span!("receive_changes", peer = %from.short(), doc = %doc).entered();
+        if let Err(ReplicaError::Loading(_)) = self.resident(doc) {
+            let message = Message::Changes { doc, changes: raw };
+            self.park(doc, Parked::Message { from, message });
+            return Ok(());
+        }
         let invalid = |reason: String| ReplicaError::InvalidPeerData {
             peer: from,
             doc,
@@ -525,6 +549,14 @@ impl Replica {
     ) -> Result<(), ReplicaError> {
         let _span =
             tracing::debug_span!("receive_sync", peer = %from.short(), doc = %doc).entered();
+        if let Err(ReplicaError::Loading(_)) = self.resident(doc) {
+            let message = Message::Sync {
+                doc,
+                message: bytes.to_vec(),
+            };
+            self.park(doc, Parked::Message { from, message });
+            return Ok(());
+        }
         let invalid = |reason: String| ReplicaError::InvalidPeerData {
             peer: from,
             doc,
@@ -712,6 +744,164 @@ impl Replica {
         self.start_flush(self.now)
     }
 
+    /// Asks for `doc` to be in memory, for a change or read of it:
+    /// [`Residency::Resident`] if it is (counting a use), otherwise
+    /// [`Residency::Loading`]: its [`Load`] is handed out by
+    /// [`Replica::poll_load`], and the caller retries once
+    /// [`Replica::handle_document_loaded`] has taken it. Fails if this node
+    /// does not hold `doc` or it is quarantined.
+    pub fn request_load(&mut self, doc: DocumentId) -> Result<Residency, ReplicaError> {
+        match self.resident(doc) {
+            Ok(true) => Ok(Residency::Resident),
+            Ok(false) => Err(ReplicaError::UnknownDocument(doc)),
+            Err(ReplicaError::Loading(_)) => {
+                if let Some(waiting) = self.loading.get_mut(&doc) {
+                    waiting.wanted = true;
+                }
+                Ok(Residency::Loading)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The next document load for the driver to carry out, if one is
+    /// requested and fewer than [`Config::max_loads_in_flight`] are out.
+    /// Call it after every input, like [`Replica::poll_flush`]; run the
+    /// [`Load`] off the engine's path (a blocking thread) and hand the
+    /// result to [`Replica::handle_document_loaded`]. Meanwhile every other
+    /// document goes on; inputs about this one wait for it.
+    pub fn poll_load(&mut self) -> Option<Load> {
+        if self.loads_in_flight.len() >= self.config.max_loads_in_flight.max(1) {
+            return None;
+        }
+        while let Some(doc) = self.load_queue.pop_front() {
+            if self.loading.contains_key(&doc) && self.loads_in_flight.insert(doc) {
+                return Some(Load::new(doc, self.store.clone(), self.actor.clone()));
+            }
+        }
+        None
+    }
+
+    /// A document load handed out by [`Replica::poll_load`] landed: the
+    /// document is cached (or, if its stored bytes do not load, set aside
+    /// as quarantined), and the inputs parked for it run now, in the order
+    /// they arrived. An `Err` is the store's failure to read it: the
+    /// document stays stored and out of memory, the inputs parked for it
+    /// are dropped (repair resends them), and a change or read waiting for
+    /// it should fail with this error.
+    pub fn handle_document_loaded(
+        &mut self,
+        now: Time,
+        loaded: Loaded,
+    ) -> Result<(), ReplicaError> {
+        self.observe_clock(now);
+        let doc = loaded.doc;
+        let _span = tracing::debug_span!("document_loaded", doc = %doc).entered();
+        if !self.loads_in_flight.remove(&doc) {
+            // Not the load out for it (one from before a `load_now`, say):
+            // it may have read the store before a later flush.
+            tracing::warn!(doc = %doc, "a document load nobody waits for landed; ignored");
+            return Ok(());
+        }
+        let parked = self
+            .loading
+            .remove(&doc)
+            .map(|waiting| waiting.parked)
+            .unwrap_or_default();
+        self.parked_inputs -= parked.len();
+        match loaded.result {
+            Ok(document) => {
+                // Nothing about a loading document runs, so it cannot be in
+                // memory already; if it were, the one in memory is newer.
+                if !self.docs.contains_key(&doc) {
+                    self.cache
+                        .touch(doc, cache::estimate_bytes(document.stored_bytes()));
+                    self.docs.insert(doc, document);
+                    self.metrics.documents_loaded += 1;
+                    self.metrics.cached_documents = self.docs.len() as u64;
+                    self.metrics.cached_document_bytes = self.cache.bytes() as u64;
+                }
+            }
+            Err(LoadError::Automerge(error)) => {
+                tracing::error!(doc = %doc, %error, "document does not load; set aside, stored bytes kept");
+                self.quarantined.insert(doc, error.to_string());
+            }
+            Err(LoadError::Store(error)) => {
+                tracing::warn!(doc = %doc, %error, dropped = parked.len(), "cannot read document from the store; inputs waiting for it dropped");
+                self.metrics.inputs_dropped_loading += parked.len() as u64;
+                return Err(error.into());
+            }
+        }
+        for input in parked {
+            self.replay(now, doc, input);
+        }
+        Ok(())
+    }
+
+    /// Loads `doc` on the calling thread if it is stored and not in memory,
+    /// blocking for as long as that takes, and runs what waited for it:
+    /// for tests, tools and applications that drive a replica from one
+    /// thread. A driver that must keep answering uses
+    /// [`Replica::poll_load`] instead. Fails if this node does not hold
+    /// `doc`, it is quarantined or unreadable, or its load is already
+    /// handed out ([`ReplicaError::Loading`]: wait for that one).
+    ///
+    /// ```
+    /// # use murmur_core::{Config, NodeId, Replica, Time};
+    /// # use murmur_store::MemStore;
+    /// # let store = MemStore::new();
+    /// # let now = Time::from_millis(1_700_000_000_000);
+    /// let mut replica = Replica::open(Config::new(NodeId([1; 32])), Box::new(store.clone()), now)?;
+    /// let doc = replica.create_document(now);
+    /// replica.close(now)?;
+    /// // Reopened, the document is stored but not in memory.
+    /// let mut replica = Replica::open(Config::new(NodeId([1; 32])), Box::new(store), now)?;
+    /// assert!(replica.document(doc).is_err());
+    /// replica.load_now(now, doc)?;
+    /// assert!(replica.document(doc).is_ok());
+    /// # Ok::<(), murmur_core::ReplicaError>(())
+    /// ```
+    pub fn load_now(&mut self, now: Time, doc: DocumentId) -> Result<(), ReplicaError> {
+        if self.request_load(doc)? == Residency::Resident {
+            return Ok(());
+        }
+        if self.loads_in_flight.contains(&doc) {
+            return Err(ReplicaError::Loading(doc));
+        }
+        self.load_queue.retain(|queued| *queued != doc);
+        self.loads_in_flight.insert(doc);
+        let loaded = Load::new(doc, self.store.clone(), self.actor.clone()).run();
+        self.handle_document_loaded(now, loaded)?;
+        if self.docs.contains_key(&doc) {
+            Ok(())
+        } else {
+            Err(self.missing(doc))
+        }
+    }
+
+    /// Runs an input that waited for `doc` to load.
+    fn replay(&mut self, now: Time, doc: DocumentId, input: Parked) {
+        if !self.peers.contains_key(&input.peer()) {
+            return;
+        }
+        match input {
+            Parked::Message { from, message } => {
+                if let Err(error) = self.dispatch(now, from, message) {
+                    tracing::debug!(peer = %from.short(), doc = %doc, %error, "message that waited for its document's load rejected");
+                }
+            }
+            Parked::SyncWith { peer, reset } => self.sync_with(doc, peer, reset),
+            Parked::Reconcile { peer } => self.reconcile_document(now, peer, doc),
+            Parked::OwedHeads { peer } => self.send_owed_heads(vec![(doc, peer)]),
+        }
+    }
+
+    /// True while a document load is requested or handed out and has not
+    /// landed.
+    pub fn loads_pending(&self) -> bool {
+        !self.loading.is_empty()
+    }
+
     /// When [`Replica::handle_timeout`] must next run (or, for a due group
     /// commit, [`Replica::poll_flush`]).
     pub fn poll_timeout(&self) -> Time {
@@ -745,7 +935,10 @@ impl Replica {
 
     /// The document `doc`, to read: borrowed if it is in memory, otherwise
     /// loaded from the store for this read only (the cache is not changed;
-    /// a document out of memory is always fully stored).
+    /// a document out of memory is always fully stored). That load runs on
+    /// the calling thread, for as long as it takes: for tests, checkers and
+    /// tools. A driver asks with [`Replica::request_load`] and reads with
+    /// [`Replica::document`] once the document is in memory.
     pub fn read_document(
         &self,
         doc: DocumentId,
@@ -809,8 +1002,8 @@ impl Replica {
         &self.quarantined
     }
 
-    /// The heads of `doc` (loading it for this read if it is not in
-    /// memory).
+    /// The heads of `doc` (loading it on the calling thread for this read
+    /// if it is not in memory, like [`Replica::read_document`]).
     pub fn heads(&self, doc: DocumentId) -> Result<Vec<ChangeHash>, ReplicaError> {
         self.read_document(doc).map(|d| d.get_heads())
     }
@@ -885,6 +1078,7 @@ impl Replica {
         }
         self.check_queues()?;
         self.retries.check()?;
+        self.check_loads()?;
         let unflushed = !self.dirty_docs.is_empty()
             || !self.awaiting_flush.is_empty()
             || !self.dirty_sync.is_empty();
@@ -916,6 +1110,34 @@ impl Replica {
     /// A caller checking after every step can space its checks by it.
     pub fn invariant_check_size(&self) -> usize {
         self.docs.len() + self.retries.len() + self.outbox.len()
+    }
+
+    fn check_loads(&self) -> Result<(), String> {
+        let parked: usize = self.loading.values().map(|w| w.parked.len()).sum();
+        if parked != self.parked_inputs {
+            return Err(format!(
+                "{parked} inputs are parked, {} counted",
+                self.parked_inputs
+            ));
+        }
+        if let Some(doc) = self.loading.keys().find(|doc| self.docs.contains_key(doc)) {
+            return Err(format!("document {doc} is loading but already in memory"));
+        }
+        let queued = self.load_queue.iter().chain(&self.loads_in_flight);
+        if let Some(doc) = queued.clone().find(|doc| !self.loading.contains_key(doc)) {
+            return Err(format!("a load of {doc} is queued or out but not waited for"));
+        }
+        // Every queued or handed-out load is waited for (above), once: so
+        // every document waiting has its load requested.
+        if self.load_queue.len() + self.loads_in_flight.len() != self.loading.len() {
+            return Err(format!(
+                "{} documents wait for loads, {} are queued and {} out",
+                self.loading.len(),
+                self.load_queue.len(),
+                self.loads_in_flight.len()
+            ));
+        }
+        Ok(())
     }
 
     fn check_queues(&self) -> Result<(), String> {
@@ -970,9 +1192,11 @@ impl Replica {
         }
     }
 
-    /// Makes sure `doc` is in memory if this node holds it, loading it from
-    /// the store, and counts a use of it. Returns whether it is in memory.
-    fn load_if_stored(&mut self, doc: DocumentId) -> Result<bool, ReplicaError> {
+    /// Whether `doc` is in memory, counting a use of it: `Ok(true)` if it
+    /// is, `Ok(false)` if this node does not hold it, and
+    /// [`ReplicaError::Loading`] if it is stored and not in memory (its
+    /// load is then requested: nothing loads inline).
+    fn resident(&mut self, doc: DocumentId) -> Result<bool, ReplicaError> {
         if let Some(document) = self.docs.get(&doc) {
             self.cache
                 .touch(doc, cache::estimate_bytes(document.stored_bytes()));
@@ -981,19 +1205,43 @@ impl Replica {
         if self.quarantined.contains_key(&doc) {
             return Err(self.missing(doc));
         }
+        if self.loading.contains_key(&doc) {
+            return Err(ReplicaError::Loading(doc));
+        }
         if !layout::document_exists(&*self.store, doc.as_bytes())? {
             return Ok(false);
         }
-        self.load_document(doc)?;
-        if self.docs.contains_key(&doc) {
-            Ok(true)
-        } else {
-            Err(self.missing(doc))
+        self.loading.insert(doc, Waiting::default());
+        self.load_queue.push_back(doc);
+        Err(ReplicaError::Loading(doc))
+    }
+
+    /// Parks `input` until `doc` (whose load is requested) lands. Past
+    /// [`Config::max_parked_inputs`] the input is dropped instead: what it
+    /// carried comes again through sync retries and anti-entropy.
+    fn park(&mut self, doc: DocumentId, input: Parked) {
+        let full = self.parked_inputs >= self.config.max_parked_inputs.max(1);
+        let Some(waiting) = self.loading.get_mut(&doc) else {
+            return;
+        };
+        if full {
+            self.metrics.inputs_dropped_loading += 1;
+            tracing::debug!(doc = %doc, peer = %input.peer().short(), "too many inputs wait for loads; dropped one, repair will resend it");
+            // A load nobody waits for any more is not worth its place.
+            if waiting.parked.is_empty() && !waiting.wanted && !self.loads_in_flight.contains(&doc)
+            {
+                self.loading.remove(&doc);
+                self.load_queue.retain(|queued| *queued != doc);
+            }
+            return;
         }
+        waiting.parked.push(input);
+        self.parked_inputs += 1;
+        self.metrics.inputs_parked += 1;
     }
 
     fn document_mut(&mut self, doc: DocumentId) -> Result<&mut Document, ReplicaError> {
-        if !self.load_if_stored(doc)? {
+        if !self.resident(doc)? {
             return Err(self.missing(doc));
         }
         self.docs
@@ -1014,7 +1262,7 @@ impl Replica {
                 reason: reason.clone(),
             });
         }
-        if !self.load_if_stored(doc)? {
+        if !self.resident(doc)? {
             self.docs.insert(doc, Document::new(self.actor.clone()));
             self.cache.touch(doc, cache::estimate_bytes(0));
             self.mark_dirty(now, doc);
@@ -1157,9 +1405,16 @@ impl Replica {
     /// `reset` first drops the in-flight part of the sync state, so a
     /// message is sent even if an earlier one is (or was lost) in flight.
     fn sync_with(&mut self, doc: DocumentId, peer: NodeId, reset: bool) {
-        if let Err(error) = self.load_if_stored(doc) {
-            tracing::debug!(doc = %doc, %error, "document does not load; not syncing it");
-            return;
+        match self.resident(doc) {
+            Ok(_) => {}
+            Err(ReplicaError::Loading(_)) => {
+                self.park(doc, Parked::SyncWith { peer, reset });
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(doc = %doc, %error, "document does not load; not syncing it");
+                return;
+            }
         }
         let Some(document) = self.docs.get_mut(&doc) else {
             return;
@@ -1631,9 +1886,16 @@ impl Replica {
     /// Syncs one document found to differ from `peer`'s, creating it here
     /// if only the peer holds it.
     fn reconcile_document(&mut self, now: Time, peer: NodeId, doc: DocumentId) {
-        if let Err(error) = self.document_or_new(now, doc) {
-            tracing::debug!(doc = %doc, %error, "cannot reconcile document");
-            return;
+        match self.document_or_new(now, doc) {
+            Ok(_) => {}
+            Err(ReplicaError::Loading(_)) => {
+                self.park(doc, Parked::Reconcile { peer });
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(doc = %doc, %error, "cannot reconcile document");
+                return;
+            }
         }
         self.metrics.documents_reconciled += 1;
         let reset = !self.config.planted(FaultInjection::NoSyncResetOnReconcile);
@@ -1692,8 +1954,13 @@ impl Replica {
     /// memory), so it can count copies of its writes.
     fn send_owed_heads(&mut self, owed: Vec<(DocumentId, NodeId)>) {
         for (doc, peer) in owed {
-            if self.load_if_stored(doc).is_err() {
-                continue;
+            match self.resident(doc) {
+                Ok(_) => {}
+                Err(ReplicaError::Loading(_)) => {
+                    self.park(doc, Parked::OwedHeads { peer });
+                    continue;
+                }
+                Err(_) => continue,
             }
             let Some(document) = self.docs.get(&doc) else {
                 continue;
@@ -1714,8 +1981,14 @@ impl Replica {
         if !self.replication.waits_for(doc, peer) {
             return;
         }
-        if self.load_if_stored(doc).is_err() {
-            return;
+        match self.resident(doc) {
+            Ok(_) => {}
+            Err(ReplicaError::Loading(_)) => {
+                let heads = heads.to_vec();
+                self.park(doc, Parked::Message { from: peer, message: Message::Heads { doc, heads } });
+                return;
+            }
+            Err(_) => return,
         }
         let Some(document) = self.docs.get(&doc) else {
             return;

@@ -96,6 +96,10 @@ pub struct Disk {
     pub flush_min: Duration,
     /// Longest flush.
     pub flush_max: Duration,
+    /// Shortest document load.
+    pub load_min: Duration,
+    /// Longest document load.
+    pub load_max: Duration,
 }
 
 impl Default for Disk {
@@ -103,6 +107,8 @@ impl Default for Disk {
         Disk {
             flush_min: Duration::from_micros(200),
             flush_max: Duration::from_millis(2),
+            load_min: Duration::from_micros(50),
+            load_max: Duration::from_millis(1),
         }
     }
 }
@@ -205,6 +211,16 @@ pub enum WorldEvent {
         /// Higher-numbered node.
         b: usize,
     },
+    /// A document load landed on a node (`ok`), or the store failed to
+    /// read it.
+    Loaded {
+        /// The node.
+        node: usize,
+        /// The document.
+        doc: DocumentId,
+        /// Whether the store read it.
+        ok: bool,
+    },
     /// A node's group commit completed (`ok`) or failed.
     Flushed {
         /// The node.
@@ -254,6 +270,8 @@ struct Node {
     holding: bool,
     /// The group commit the "driver" is carrying out.
     flushing: Option<Flushing>,
+    /// Document loads the "driver" is carrying out, with when each lands.
+    loads: Vec<(Time, crate::Load)>,
 }
 
 /// A flush on the simulated disk: applied, durable at `done_at`.
@@ -391,6 +409,7 @@ impl Cluster {
                     retired_metrics: crate::Metrics::default(),
                     holding: false,
                     flushing: None,
+                    loads: Vec::new(),
                 }
             })
             .collect();
@@ -536,6 +555,7 @@ impl Cluster {
         doc: DocumentId,
         change: impl FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
     ) -> Result<LocalWrite<O>, ReplicaError> {
+        self.load_now(index, doc);
         let now = self.local_now(index);
         let result = self
             .replica_mut(index)
@@ -607,6 +627,8 @@ impl Cluster {
         if node.flushing.take().is_some() {
             self.crashes_mid_flush += 1;
         }
+        // Loads in flight die with it too (they only read).
+        node.loads.clear();
         node.store.crash_keeping(keep);
         // Acknowledgements belong to an incarnation: write ids start again.
         node.acks.clear();
@@ -666,6 +688,7 @@ impl Cluster {
         node.paused = false;
         node.held.clear();
         node.holding = false;
+        node.loads.clear();
         // The connections close with the old process...
         self.refresh_connections();
         // ... and open again with the new one.
@@ -723,6 +746,13 @@ impl Cluster {
     pub fn flushes_pending(&self) -> bool {
         self.nodes.iter().any(|node| {
             node.flushing.is_some() || node.replica.as_ref().is_some_and(Replica::flush_pending)
+        })
+    }
+
+    /// True while a running node waits for a document load.
+    pub fn loads_pending(&self) -> bool {
+        self.nodes.iter().any(|node| {
+            !node.loads.is_empty() || node.replica.as_ref().is_some_and(Replica::loads_pending)
         })
     }
 
@@ -842,6 +872,10 @@ impl Cluster {
         } else {
             None
         };
+        let mut loads = Vec::new();
+        while let Some(load) = replica.poll_load() {
+            loads.push(load);
+        }
         let delay = replica.poll_timeout().since(local_now);
         node.wake_at = Some(self.now.add(delay));
         for (write, doc, level) in acks {
@@ -860,8 +894,59 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("replica produced an unencodable message: {e}"));
             self.send(index, to, message_kind(&transmit.message), frame);
         }
+        for load in loads {
+            let done_at = self.now.add(self.draw(self.disk.load_min, self.disk.load_max));
+            self.nodes[index].loads.push((done_at, load));
+        }
         if let Some(flush) = flush {
             self.start_flush(index, flush);
+        }
+    }
+
+    /// A delay drawn between `min` and `max` (at least `min`).
+    fn draw(&mut self, min: Duration, max: Duration) -> Duration {
+        let (min, max) = (min.as_micros() as u64, max.max(min).as_micros() as u64);
+        Duration::from_micros(self.rng.gen_range(min..=max))
+    }
+
+    /// Node `index`'s load number `at` (in its list) lands: the replica
+    /// takes the document and runs what waited for it.
+    fn complete_load(&mut self, index: usize, at: usize) {
+        let (_, load) = self.nodes[index].loads.remove(at);
+        let doc = load.doc();
+        let loaded = load.run();
+        let now = self.local_now(index);
+        let Some(replica) = self.nodes[index].replica.as_mut() else {
+            return;
+        };
+        let ok = replica.handle_document_loaded(now, loaded).is_ok();
+        self.record(WorldEvent::Loaded {
+            node: index,
+            doc,
+            ok,
+        });
+        self.drain(index);
+    }
+
+    /// Makes `doc` (if node `index` holds it) in memory there before a
+    /// local change, as a driver does: it asks for the load, and the
+    /// simulated disk completes every load out at once, that one among
+    /// them.
+    fn load_now(&mut self, index: usize, doc: DocumentId) {
+        loop {
+            let Some(replica) = self.nodes[index].replica.as_mut() else {
+                return;
+            };
+            if !matches!(replica.request_load(doc), Ok(crate::Residency::Loading)) {
+                return;
+            }
+            self.drain(index);
+            if self.nodes[index].loads.is_empty() {
+                return;
+            }
+            while !self.nodes[index].loads.is_empty() {
+                self.complete_load(index, 0);
+            }
         }
     }
 
@@ -877,11 +962,9 @@ impl Cluster {
             self.disk.flush_min,
             self.disk.flush_max.max(self.disk.flush_min),
         );
-        let micros = self
-            .rng
-            .gen_range(min.as_micros() as u64..=max.as_micros() as u64);
+        let delay = self.draw(min, max);
         self.nodes[index].flushing = Some(Flushing {
-            done_at: self.now.add(Duration::from_micros(micros)),
+            done_at: self.now.add(delay),
             flush,
             applied,
         });
@@ -1022,7 +1105,8 @@ impl Cluster {
             .filter(|(_, node)| node.replica.is_some() && !node.paused)
             .filter_map(|(index, node)| {
                 let flushed = node.flushing.as_ref().map(|flushing| flushing.done_at);
-                [node.wake_at, flushed]
+                let loaded = node.loads.iter().map(|(at, _)| *at).min();
+                [node.wake_at, flushed, loaded]
                     .into_iter()
                     .flatten()
                     .min()
@@ -1060,6 +1144,18 @@ impl Cluster {
         let node = &self.nodes[index];
         if node.flushing.as_ref().is_some_and(|f| f.done_at <= timer) {
             self.complete_flush(index);
+            return;
+        }
+        // The load landing soonest (the first listed on a tie).
+        let due = node
+            .loads
+            .iter()
+            .enumerate()
+            .filter(|(_, (at, _))| *at <= timer)
+            .min_by_key(|(_, (at, _))| *at)
+            .map(|(at, _)| at);
+        if let Some(at) = due {
+            self.complete_load(index, at);
             return;
         }
         self.record(WorldEvent::Timer { node: index });

@@ -13,6 +13,7 @@ fn open(store: &MemStore) -> Replica {
 
 /// Makes one change to `doc` and returns the actor it was written as.
 fn write(replica: &mut Replica, doc: murmur_core::DocumentId) -> ActorId {
+    replica.load_now(NOW, doc).unwrap();
     replica
         .handle_local_change(NOW, doc, |tx| tx.put(ROOT, "k", 1_i64))
         .unwrap();

@@ -14,13 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash, Patch};
 use murmur_core::{
-    AckLevel, DocumentId, Event, Metrics, NodeId, Origin, Replica, ReplicaError, Time, Transmit,
-    WriteId,
+    AckLevel, DocumentId, Event, Load, Loaded, Metrics, NodeId, Origin, Replica, ReplicaError,
+    Residency, Time, Transmit, WriteId,
 };
 use murmur_store::StoreError;
 use murmur_wire::encode_frame;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::transport::{Link, NetEvent, Network, SendOutcome};
 
@@ -34,6 +34,9 @@ pub type ReadFn = Box<dyn FnOnce(&Automerge) -> Box<dyn Any + Send> + Send>;
 pub const COMMAND_QUEUE: usize = 1024;
 /// Most commands handled before the driver looks at its timers again.
 const COMMAND_BATCH: usize = 256;
+/// Most commands waiting for their documents to load; past it the driver
+/// takes no new command until a load lands (the senders wait).
+pub const MAX_PARKED_COMMANDS: usize = 1024;
 /// Changes a subscriber may fall behind before it misses some (and is told
 /// so by the broadcast channel).
 pub const SUBSCRIBER_BACKLOG: usize = 1024;
@@ -305,6 +308,12 @@ struct Driver {
     published_at: tokio::time::Instant,
     /// The group commit running on a blocking thread, if any.
     flushing: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Document loads running on blocking threads.
+    loads: JoinSet<Loaded>,
+    /// Commands waiting for their document to load, in arrival order.
+    parked: BTreeMap<DocumentId, Vec<Command>>,
+    /// Commands in `parked`.
+    parked_commands: usize,
     /// Where the store's disk is, to watch its free space.
     disk: Option<std::path::PathBuf>,
     /// A free-space measurement running on a blocking thread, and when the
@@ -345,6 +354,9 @@ pub fn spawn(
         published,
         published_at: tokio::time::Instant::now(),
         flushing: None,
+        loads: JoinSet::new(),
+        parked: BTreeMap::new(),
+        parked_commands: 0,
         disk,
         disk_probe: None,
         disk_probed_at: None,
@@ -375,8 +387,9 @@ impl Driver {
             if self.disk.is_some() {
                 wait = wait.min(DISK_PROBE_INTERVAL);
             }
+            let room = self.parked_commands < MAX_PARKED_COMMANDS;
             tokio::select! {
-                command = self.commands.recv() => match command {
+                command = self.commands.recv(), if room => match command {
                     Some(command) => self.handle_commands(command),
                     None => break,
                 },
@@ -385,6 +398,9 @@ impl Driver {
                 result = flush_done(&mut self.flushing) => {
                     self.flushing = None;
                     self.replica.handle_flush_complete(wall_clock(), result);
+                }
+                Some(joined) = self.loads.join_next(), if !self.loads.is_empty() => {
+                    self.load_done(joined);
                 }
                 measured = task_done(&mut self.disk_probe) => {
                     self.disk_probe = None;
@@ -407,6 +423,7 @@ impl Driver {
             self.expire_replication_waits();
             self.drain();
             self.start_flush();
+            self.start_loads();
             self.probe_disk();
             if self.published_at.elapsed() >= STATUS_PUBLISH_INTERVAL {
                 self.publish_status();
@@ -428,6 +445,41 @@ impl Driver {
         if let Some(flush) = self.replica.poll_flush() {
             self.flushing = Some(tokio::task::spawn_blocking(move || flush.write()));
         }
+    }
+
+    /// Hands the document loads the engine asks for to blocking threads:
+    /// a large document decodes there for as long as it takes, while the
+    /// engine answers everything else.
+    fn start_loads(&mut self) {
+        while let Some(load) = self.replica.poll_load() {
+            self.loads.spawn_blocking(move || run_load(load));
+        }
+    }
+
+    /// A document load landed: the engine takes it, then the commands that
+    /// waited for it run, in the order they came.
+    fn load_done(&mut self, joined: Result<Loaded, tokio::task::JoinError>) {
+        let loaded = match joined {
+            Ok(loaded) => loaded,
+            // Only a runtime shutting down cancels one.
+            Err(error) => {
+                tracing::warn!(%error, "a document load did not finish");
+                return;
+            }
+        };
+        let doc = loaded.doc();
+        let result = self.replica.handle_document_loaded(wall_clock(), loaded);
+        let waiting = self.parked.remove(&doc).unwrap_or_default();
+        self.parked_commands -= waiting.len();
+        for command in waiting {
+            match &result {
+                Ok(()) => self.handle(command),
+                Err(error) => command.fail(ReplicaError::Storage(StoreError::Backend(
+                    error.to_string(),
+                ))),
+            }
+        }
+        self.drain();
     }
 
     /// Starts a free-space measurement of the store's disk on a blocking
@@ -572,6 +624,18 @@ impl Driver {
 
     fn handle(&mut self, command: Command) {
         let now = wall_clock();
+        // A command about a document out of memory waits for its load.
+        if let Some(doc) = command.document() {
+            match self.replica.request_load(doc) {
+                Ok(Residency::Resident) => {}
+                Ok(Residency::Loading) => {
+                    self.parked.entry(doc).or_default().push(command);
+                    self.parked_commands += 1;
+                    return;
+                }
+                Err(error) => return command.fail(error),
+            }
+        }
         match command {
             Command::CreateDocument { reply } => {
                 let created = self
@@ -587,8 +651,7 @@ impl Driver {
                 reply,
             } => self.change(now, doc, change, ack, reply),
             Command::Read { doc, read, reply } => {
-                // Loads the document read-only if it is not in memory.
-                let _ = reply.send(self.replica.read_document(doc).map(|d| read(&d)));
+                let _ = reply.send(self.replica.document(doc).map(read));
             }
             Command::Subscribe { doc, reply } => {
                 let _ = reply.send(self.subscribe(doc));
@@ -797,7 +860,7 @@ impl Driver {
         }
         let patches = match patches {
             Some(patches) => patches,
-            None => match self.replica.read_document(doc) {
+            None => match self.replica.document(doc) {
                 Ok(document) => document.diff(&subscription.heads, &heads),
                 // The document may have been evicted since it changed.
                 Err(_) => return,
@@ -907,6 +970,42 @@ async fn task_done<T>(task: &mut Option<JoinHandle<std::io::Result<T>>>) -> std:
             .await
             .unwrap_or_else(|error| Err(std::io::Error::other(error))),
         None => std::future::pending().await,
+    }
+}
+
+/// Runs a document load; a panic in it is the store's failure to read
+/// the document, so that what waits for it is answered.
+fn run_load(load: Load) -> Loaded {
+    let doc = load.doc();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load.run()))
+        .unwrap_or_else(|_| Loaded::failed(doc, "the document load panicked"))
+}
+
+impl Command {
+    /// The document the command needs in memory, if any.
+    fn document(&self) -> Option<DocumentId> {
+        match self {
+            Command::Change { doc, .. } | Command::Read { doc, .. } | Command::Subscribe { doc, .. } => {
+                Some(*doc)
+            }
+            _ => None,
+        }
+    }
+
+    /// Answers a command that needs a document with `error`.
+    fn fail(self, error: ReplicaError) {
+        match self {
+            Command::Change { reply, .. } => {
+                let _ = reply.send(Err(error.into()));
+            }
+            Command::Read { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Subscribe { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            _ => tracing::warn!(%error, "command failed"),
+        }
     }
 }
 

@@ -108,6 +108,13 @@ pub struct Limits {
     /// Longest group commit on the simulated disk, in microseconds.
     #[serde(default)]
     pub flush_max_us: u64,
+    /// Document loads out at once.
+    #[serde(default = "one")]
+    pub loads_in_flight: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Limits {
@@ -120,16 +127,19 @@ impl Limits {
         config.compaction_max_chunks = size(self.compaction_max_chunks);
         config.max_push_batch = size(self.push_batch);
         config.max_digest_leaves = size(self.digest_leaves);
+        config.max_loads_in_flight = size(self.loads_in_flight).max(1);
         config
     }
 
     /// The simulated disk: each flush takes between a quarter of the
-    /// longest and the longest.
+    /// longest and the longest, each load between a sixteenth and a half.
     pub fn disk(&self) -> murmur_core::testkit::Disk {
         let max = Duration::from_micros(self.flush_max_us);
         murmur_core::testkit::Disk {
             flush_min: max / 4,
             flush_max: max,
+            load_min: max / 16,
+            load_max: max / 2,
         }
     }
 }
@@ -262,6 +272,7 @@ impl Params {
                 push_batch: scenario.limits.push_batch.draw(&mut rng),
                 digest_leaves: scenario.limits.digest_leaves.draw(&mut rng),
                 flush_max_us: scenario.limits.flush_max_us.draw(&mut rng),
+                loads_in_flight: scenario.limits.loads_in_flight.draw(&mut rng),
             },
             anti_entropy: scenario.anti_entropy,
             anti_entropy_interval_ms: scenario.anti_entropy_interval_ms.draw(&mut rng),

@@ -172,11 +172,13 @@ pub enum Mechanism {
     Membership,
     /// A node crashed while a group commit was in flight.
     CrashMidFlush,
+    /// A peer's message (or an owed sync) waited for its document to load.
+    LoadParked,
 }
 
 impl Mechanism {
     /// Every mechanism, in report order.
-    pub const ALL: [Mechanism; 15] = [
+    pub const ALL: [Mechanism; 16] = [
         Mechanism::Backpressure,
         Mechanism::QueueFull,
         Mechanism::Eviction,
@@ -192,6 +194,7 @@ impl Mechanism {
         Mechanism::Burst,
         Mechanism::Membership,
         Mechanism::CrashMidFlush,
+        Mechanism::LoadParked,
     ];
 
     /// Its name in scenario files and reports.
@@ -212,6 +215,7 @@ impl Mechanism {
             Mechanism::Burst => "burst",
             Mechanism::Membership => "membership",
             Mechanism::CrashMidFlush => "crash-mid-flush",
+            Mechanism::LoadParked => "load-parked",
         }
     }
 }
@@ -252,6 +256,10 @@ pub struct LimitsSpec {
     /// gather behind the flush in flight and crashes strike during one.
     #[serde(default = "defaults::flush_max_us")]
     pub flush_max_us: Spec<u64>,
+    /// Document loads out at once (each takes up to half the longest
+    /// flush); inputs about a loading document wait for it.
+    #[serde(default = "defaults::loads_in_flight")]
+    pub loads_in_flight: Spec<u64>,
 }
 
 /// The network outside fault windows.
@@ -472,6 +480,9 @@ mod defaults {
     pub fn flush_max_us() -> Spec<u64> {
         Spec::Range([50, 20_000])
     }
+    pub fn loads_in_flight() -> Spec<u64> {
+        Spec::Range([1, 4])
+    }
 }
 
 impl Default for LimitsSpec {
@@ -509,7 +520,10 @@ impl LimitsSpec {
             .map_err(at("limits.link_bytes_per_ms"))?;
         self.flush_max_us
             .check(0, 10_000_000)
-            .map_err(at("limits.flush_max_us"))
+            .map_err(at("limits.flush_max_us"))?;
+        self.loads_in_flight
+            .check(1, 1_024)
+            .map_err(at("limits.loads_in_flight"))
     }
 }
 

@@ -660,7 +660,7 @@ impl<'a> Runner<'a> {
         let until = self.cluster.now().add(settle);
         self.advance_to(until);
         for _ in 0..10 {
-            if !self.cluster.flushes_pending() {
+            if !self.cluster.flushes_pending() && !self.cluster.loads_pending() {
                 break;
             }
             let until = self.cluster.now().add(Duration::from_millis(flush_ms));
@@ -906,6 +906,7 @@ impl<'a> Runner<'a> {
                     Mechanism::Burst => self.bursts,
                     Mechanism::Membership => self.membership_deliveries,
                     Mechanism::CrashMidFlush => self.cluster.crashes_mid_flush(),
+                    Mechanism::LoadParked => metrics.inputs_parked,
                 };
                 (mechanism.name().to_owned(), count)
             })

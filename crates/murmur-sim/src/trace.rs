@@ -80,6 +80,15 @@ pub enum TraceEvent {
         /// The other.
         b: usize,
     },
+    /// A document load landed on a node (or the store failed to read it).
+    Load {
+        /// The node.
+        node: usize,
+        /// The document.
+        doc: String,
+        /// Whether the store read it.
+        ok: bool,
+    },
     /// A node's group commit completed (or failed).
     Flush {
         /// The node.
@@ -249,6 +258,11 @@ fn from_world(event: &WorldEvent) -> TraceEvent {
             node: *node,
             ok: *ok,
         },
+        WorldEvent::Loaded { node, doc, ok } => TraceEvent::Load {
+            node: *node,
+            doc: doc.to_string(),
+            ok: *ok,
+        },
     }
 }
 
@@ -337,6 +351,10 @@ fn feed(hasher: &mut Sha256, event: &TraceEvent) {
         }
         TraceEvent::Flush { node, ok } => {
             feed_numbers(hasher, 13, &[*node as u64, u64::from(*ok)]);
+        }
+        TraceEvent::Load { node, doc, ok } => {
+            feed_numbers(hasher, 14, &[*node as u64, u64::from(*ok)]);
+            feed_str(hasher, doc);
         }
     }
 }
