@@ -34,6 +34,13 @@ pub struct Config {
     /// etcd's NOSPACE alarm. sled must never reach ENOSPC: it then hangs in
     /// a flush or aborts. 0 turns the check off.
     pub min_free_bytes: u64,
+    /// Most Automerge operations in one local change. A bigger one is
+    /// rolled back and refused with
+    /// [`ReplicaError::ChangeTooLarge`](crate::ReplicaError::ChangeTooLarge):
+    /// one request must not hold the engine for long (about a second per
+    /// million operations on a laptop core) nor make a change too big to
+    /// push to peers in one message.
+    pub max_change_ops: usize,
     /// How long to wait before retrying a flush that failed.
     pub flush_retry_delay: Duration,
     /// How long a sync conversation may wait for the peer's answer before
@@ -173,6 +180,7 @@ impl Config {
             anti_entropy_interval: Duration::from_secs(1),
             anti_entropy_jitter: Duration::from_millis(250),
             group_commit_delay: Duration::ZERO,
+            max_change_ops: 100_000,
             flush_retry_delay: Duration::from_millis(100),
             sync_state_flush_delay: Duration::from_millis(500),
             min_free_bytes: 64 * 1024 * 1024,

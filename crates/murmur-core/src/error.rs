@@ -68,6 +68,16 @@ pub enum ReplicaError {
     /// back and nothing changed.
     #[error("the change was rolled back: {0}")]
     ChangeRejected(#[source] automerge::AutomergeError),
+    /// The change holds more Automerge operations than
+    /// [`crate::Config::max_change_ops`]: it was rolled back and nothing
+    /// changed. Split it into several changes.
+    #[error("the change holds {ops} operations, more than the limit of {max_ops}: split it into smaller changes")]
+    ChangeTooLarge {
+        /// Operations in the refused change.
+        ops: usize,
+        /// The limit.
+        max_ops: usize,
+    },
     /// A call that flushes on the calling thread ([`crate::Replica::flush_now`],
     /// [`crate::Replica::close`]) came while a flush handed out by
     /// [`crate::Replica::poll_flush`] was still in flight. Nothing changed:

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use automerge::transaction::{CommitOptions, Transaction};
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::{ActorId, AutomergeError, Change, ChangeHash, ReadDoc};
 use murmur_store::layout;
 use murmur_store::{Storage, StoreError, WriteBatch};
@@ -105,6 +105,9 @@ pub struct LocalWrite<O> {
     /// The Automerge change it made, or `None` if the closure changed
     /// nothing (then it is acknowledged `Durable` at once).
     pub change: Option<ChangeHash>,
+    /// How many Automerge operations the change holds (at most
+    /// [`Config::max_change_ops`]).
+    pub ops: usize,
     /// What the closure returned.
     pub output: O,
 }
@@ -298,13 +301,15 @@ impl Replica {
         self.observe_clock(now);
         self.check_writable()?;
         let observed = self.observed.contains(&doc);
+        let max_ops = self.config.max_change_ops;
         let document = self.document_mut(doc)?;
         let options = CommitOptions::default().with_time(now.as_automerge_seconds());
         let Committed {
             result,
             hash,
             patches,
-        } = transact(&mut document.doc, options, observed, change)?;
+            ops,
+        } = transact(&mut document.doc, options, observed, max_ops, change)?;
         let raw_change = hash
             .and_then(|hash| document.doc.get_change_by_hash(&hash))
             .map(|change| change.raw_bytes().to_vec());
@@ -319,6 +324,7 @@ impl Replica {
             return Ok(LocalWrite {
                 write,
                 change: None,
+                ops,
                 output: result,
             });
         };
@@ -343,6 +349,7 @@ impl Replica {
         Ok(LocalWrite {
             write,
             change: Some(hash),
+            ops,
             output: result,
         })
     }
@@ -1125,7 +1132,9 @@ impl Replica {
         }
         let queued = self.load_queue.iter().chain(&self.loads_in_flight);
         if let Some(doc) = queued.clone().find(|doc| !self.loading.contains_key(doc)) {
-            return Err(format!("a load of {doc} is queued or out but not waited for"));
+            return Err(format!(
+                "a load of {doc} is queued or out but not waited for"
+            ));
         }
         // Every queued or handed-out load is waited for (above), once: so
         // every document waiting has its load requested.
@@ -1985,7 +1994,13 @@ impl Replica {
             Ok(_) => {}
             Err(ReplicaError::Loading(_)) => {
                 let heads = heads.to_vec();
-                self.park(doc, Parked::Message { from: peer, message: Message::Heads { doc, heads } });
+                self.park(
+                    doc,
+                    Parked::Message {
+                        from: peer,
+                        message: Message::Heads { doc, heads },
+                    },
+                );
                 return;
             }
             Err(_) => return,
@@ -2136,6 +2151,8 @@ struct Committed<O> {
     hash: Option<ChangeHash>,
     /// The patches of what it did, for an observed document.
     patches: Option<Vec<automerge::Patch>>,
+    /// Automerge operations in it.
+    ops: usize,
 }
 
 /// A local change: `change` in one transaction stamped with `options`,
@@ -2145,19 +2162,28 @@ fn transact<O>(
     doc: &mut automerge::Automerge,
     options: CommitOptions,
     observed: bool,
+    max_ops: usize,
     change: impl FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
 ) -> Result<Committed<O>, ReplicaError> {
     let mut transaction = doc
         .transaction_log_patches(automerge::PatchLog::new(observed))
         .map_err(|mismatch| ReplicaError::ChangeRejected(AutomergeError::from(mismatch)))?;
     match change(&mut transaction) {
+        Ok(_) if transaction.pending_ops() > max_ops => {
+            let ops = transaction.pending_ops();
+            transaction.rollback();
+            tracing::warn!(ops, max_ops, "change refused: too many operations");
+            Err(ReplicaError::ChangeTooLarge { ops, max_ops })
+        }
         Ok(result) => {
+            let ops = transaction.pending_ops();
             let (hash, mut log) = transaction.commit_with(options);
             let patches = observed.then(|| doc.make_patches(&mut log));
             Ok(Committed {
                 result,
                 hash,
                 patches,
+                ops,
             })
         }
         Err(error) => {

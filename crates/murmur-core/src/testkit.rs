@@ -895,7 +895,9 @@ impl Cluster {
             self.send(index, to, message_kind(&transmit.message), frame);
         }
         for load in loads {
-            let done_at = self.now.add(self.draw(self.disk.load_min, self.disk.load_max));
+            let done_at = self
+                .now
+                .add(self.draw(self.disk.load_min, self.disk.load_max));
             self.nodes[index].loads.push((done_at, load));
         }
         if let Some(flush) = flush {

@@ -16,6 +16,36 @@ fn without_anti_entropy(config: Config) -> Config {
 }
 
 #[test]
+fn a_change_over_the_operation_bound_is_refused_whole() {
+    let mut cluster = Cluster::with_config(1, 1, |config| Config {
+        max_change_ops: 100,
+        ..config
+    });
+    let doc = cluster.create_document(0);
+    let heads = cluster.replica(0).heads(doc).unwrap();
+    let refused = cluster.try_change(0, doc, |tx| {
+        for i in 0..101_i64 {
+            tx.put(ROOT, format!("k{i}"), i)?;
+        }
+        Ok(())
+    });
+    assert!(matches!(
+        refused,
+        Err(murmur_core::ReplicaError::ChangeTooLarge { ops: 101, max_ops: 100 })
+    ));
+    assert_eq!(cluster.replica(0).heads(doc).unwrap(), heads, "rolled back");
+    let write = cluster
+        .try_change(0, doc, |tx| {
+            for i in 0..100_i64 {
+                tx.put(ROOT, format!("k{i}"), i)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(write.ops, 100);
+}
+
+#[test]
 fn a_queue_bound_below_one_message_still_lets_one_message_through() {
     let mut cluster = Cluster::with_config(2, 1, |config| Config {
         max_outbox_bytes_per_peer: 1,

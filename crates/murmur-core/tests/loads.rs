@@ -53,7 +53,11 @@ fn peer_changes(replica: &Replica, doc: DocumentId) -> [Message; 2] {
         let mut tx = theirs.transaction();
         tx.put(ROOT, "k", value).unwrap();
         let hash = tx.commit().0.unwrap();
-        let change = theirs.get_change_by_hash(&hash).unwrap().raw_bytes().to_vec();
+        let change = theirs
+            .get_change_by_hash(&hash)
+            .unwrap()
+            .raw_bytes()
+            .to_vec();
         Message::Changes {
             doc,
             changes: vec![change],
@@ -62,7 +66,12 @@ fn peer_changes(replica: &Replica, doc: DocumentId) -> [Message; 2] {
 }
 
 fn value_of(replica: &Replica, doc: DocumentId) -> i64 {
-    let (value, _) = replica.document(doc).unwrap().get(ROOT, "k").unwrap().unwrap();
+    let (value, _) = replica
+        .document(doc)
+        .unwrap()
+        .get(ROOT, "k")
+        .unwrap()
+        .unwrap();
     value.as_i64().unwrap()
 }
 

@@ -34,6 +34,11 @@ pub type ReadFn = Box<dyn FnOnce(&Automerge) -> Box<dyn Any + Send> + Send>;
 pub const COMMAND_QUEUE: usize = 1024;
 /// Most commands handled before the driver looks at its timers again.
 const COMMAND_BATCH: usize = 256;
+/// Most Automerge operations the changes of one turn may hold: past it the
+/// driver looks at its timers, peers and flushes before it takes the next
+/// command, so a run of big changes delays everything else by a bounded
+/// amount (each change holds at most `Config::max_change_ops`).
+pub const TURN_OPS_BUDGET: usize = 100_000;
 /// Most commands waiting for their documents to load; past it the driver
 /// takes no new command until a load lands (the senders wait).
 pub const MAX_PARKED_COMMANDS: usize = 1024;
@@ -314,6 +319,8 @@ struct Driver {
     parked: BTreeMap<DocumentId, Vec<Command>>,
     /// Commands in `parked`.
     parked_commands: usize,
+    /// Automerge operations applied by local changes in this turn.
+    turn_ops: usize,
     /// Where the store's disk is, to watch its free space.
     disk: Option<std::path::PathBuf>,
     /// A free-space measurement running on a blocking thread, and when the
@@ -357,6 +364,7 @@ pub fn spawn(
         loads: JoinSet::new(),
         parked: BTreeMap::new(),
         parked_commands: 0,
+        turn_ops: 0,
         disk,
         disk_probe: None,
         disk_probed_at: None,
@@ -613,8 +621,12 @@ impl Driver {
     /// Handles `first` and whatever else is already queued, up to a bound,
     /// so that concurrent writers share one flush.
     fn handle_commands(&mut self, first: Command) {
+        self.turn_ops = 0;
         self.handle(first);
         for _ in 1..COMMAND_BATCH {
+            if self.turn_ops >= TURN_OPS_BUDGET {
+                break;
+            }
             match self.commands.try_recv() {
                 Ok(command) => self.handle(command),
                 Err(_) => break,
@@ -697,7 +709,10 @@ impl Driver {
         reply: oneshot::Sender<Result<ChangeReceipt, ChangeFailed>>,
     ) {
         let write = match self.replica.handle_local_change(now, doc, change) {
-            Ok(write) => write,
+            Ok(write) => {
+                self.turn_ops += write.ops;
+                write
+            }
             Err(error) => {
                 let _ = reply.send(Err(error.into()));
                 return;
@@ -985,9 +1000,9 @@ impl Command {
     /// The document the command needs in memory, if any.
     fn document(&self) -> Option<DocumentId> {
         match self {
-            Command::Change { doc, .. } | Command::Read { doc, .. } | Command::Subscribe { doc, .. } => {
-                Some(*doc)
-            }
+            Command::Change { doc, .. }
+            | Command::Read { doc, .. }
+            | Command::Subscribe { doc, .. } => Some(*doc),
             _ => None,
         }
     }

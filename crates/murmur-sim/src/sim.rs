@@ -992,6 +992,7 @@ impl<'a> Runner<'a> {
                 output,
                 write,
                 change,
+                ..
             }) => match output.nothing_done {
                 Some(why) => self.fail_at_once(op, node, f, output.value, why),
                 None => {

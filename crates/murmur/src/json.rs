@@ -228,6 +228,15 @@ pub enum OpError {
         /// What is wrong.
         message: String,
     },
+    /// The ops would make more Automerge operations than one change may
+    /// hold ([`MAX_CHANGE_OPS`]): split them into several changes.
+    #[error("the ops make {ops} Automerge operations, more than the limit of {max} for one change: split them into several changes")]
+    TooLarge {
+        /// Operations they would make.
+        ops: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The operation is well formed but does not fit the document (no such
     /// key, a list where a map was expected, index out of range, ...).
     #[error("ops[{op}] ({name} at {path}): {message}")]
@@ -288,9 +297,44 @@ pub fn apply_ops<T: Transactable + ReadDoc>(tx: &mut T, ops: &[Op]) -> Result<()
     Ok(())
 }
 
+/// Most Automerge operations one JSON change may make: the engine's
+/// default bound ([`murmur_core::Config::max_change_ops`]), checked before
+/// the change reaches the node so that a request too big costs it nothing.
+pub const MAX_CHANGE_OPS: usize = 100_000;
+
+/// How many Automerge operations `ops` make at least: one per value put or
+/// inserted (nested ones included), one per character of text inserted or
+/// deleted, one per counter change or deletion.
+pub fn operation_count(ops: &[Op]) -> usize {
+    fn value(json: &Json) -> usize {
+        match json {
+            Json::Array(items) => 1 + items.iter().map(value).sum::<usize>(),
+            Json::Object(entries) => 1 + entries.values().map(value).sum::<usize>(),
+            _ => 1,
+        }
+    }
+    ops.iter()
+        .map(|op| match op {
+            Op::Put { value: json, .. } | Op::Insert { value: json, .. } => value(json),
+            Op::PutText { text, .. } => 1 + text.chars().count(),
+            Op::SpliceText { del, text, .. } => del.saturating_add(text.chars().count()),
+            Op::PutCounter { .. } | Op::Delete { .. } | Op::Increment { .. } => 1,
+        })
+        .fold(0, usize::saturating_add)
+}
+
 /// Applies `ops` to the document in one change acknowledged at `ack`: all
-/// of them or, on an error, none.
+/// of them or, on an error, none. Ops that make more than
+/// [`MAX_CHANGE_OPS`] Automerge operations are refused
+/// ([`OpError::TooLarge`]) before they reach the node.
 pub async fn apply(handle: &DocHandle, ops: Vec<Op>, ack: Ack) -> Result<Receipt<()>, ApplyError> {
+    let count = operation_count(&ops);
+    if count > MAX_CHANGE_OPS {
+        return Err(ApplyError::Op(OpError::TooLarge {
+            ops: count,
+            max: MAX_CHANGE_OPS,
+        }));
+    }
     // The change closure may only fail with an `AutomergeError`; the op
     // error that explains the failure comes back through this slot.
     let refusal: Arc<Mutex<Option<OpError>>> = Arc::default();
@@ -675,6 +719,28 @@ mod tests {
         doc.transact(|tx| apply_ops(tx, &ops))
             .map(|_| ())
             .map_err(|failure| failure.error)
+    }
+
+    #[test]
+    fn the_operation_count_is_what_automerge_makes() {
+        let mut doc = Automerge::new();
+        for ops in [
+            json!([{"op": "put", "path": ["items"], "value": [1, {"a": [true, null]}, "x"]}]),
+            json!([{"op": "put_text", "path": ["notes"], "text": "héllo"}]),
+            json!([
+                {"op": "splice_text", "path": ["notes"], "pos": 1, "del": 2, "text": "ey"},
+                {"op": "insert", "path": ["items", 0], "value": {"k": 1}},
+                {"op": "put_counter", "path": ["n"]},
+                {"op": "increment", "path": ["n"], "by": 2},
+                {"op": "delete", "path": ["items", 1]},
+            ]),
+        ] {
+            let ops = parse_ops(ops).unwrap();
+            let mut tx = doc.transaction();
+            apply_ops(&mut tx, &ops).unwrap();
+            assert_eq!(operation_count(&ops), tx.pending_ops(), "{ops:?}");
+            tx.commit();
+        }
     }
 
     #[test]

@@ -128,6 +128,9 @@ impl From<murmur::Error> for ApiError {
             murmur::Error::Replica(error @ ReplicaError::DiskFull { .. }) => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, error.to_string())
             }
+            murmur::Error::Replica(error @ ReplicaError::ChangeTooLarge { .. }) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
@@ -321,6 +324,7 @@ fn op_error(error: OpError) -> ApiError {
     let status = match error {
         OpError::Malformed { .. } => StatusCode::BAD_REQUEST,
         OpError::DoesNotApply { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        OpError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
     };
     ApiError::new(status, error.to_string())
 }
@@ -514,6 +518,21 @@ mod tests {
         let bad = parse_ack("sometimes").unwrap_err();
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         assert!(bad.message.contains("`sometimes` is not one of"));
+    }
+
+    #[test]
+    fn a_change_too_big_is_413_whether_counted_here_or_by_the_engine() {
+        let counted = op_error(OpError::TooLarge {
+            ops: 520_001,
+            max: 100_000,
+        });
+        assert_eq!(counted.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(counted.message.contains("split"), "{}", counted.message);
+        let engine = ApiError::from(murmur::Error::Replica(ReplicaError::ChangeTooLarge {
+            ops: 100_001,
+            max_ops: 100_000,
+        }));
+        assert_eq!(engine.status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]
