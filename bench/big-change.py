@@ -25,7 +25,7 @@ try:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def call(method, path, body=None, timeout=120):
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         req = urllib.request.Request(base + path, data=data, method=method,
                                      headers={"content-type": "application/json"})
         try:

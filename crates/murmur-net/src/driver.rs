@@ -38,7 +38,7 @@ const COMMAND_BATCH: usize = 256;
 /// driver looks at its timers, peers and flushes before it takes the next
 /// command, so a run of big changes delays everything else by a bounded
 /// amount (each change holds at most `Config::max_change_ops`).
-pub const TURN_OPS_BUDGET: usize = 100_000;
+pub const TURN_OPS_BUDGET: usize = 20_000;
 /// Most commands waiting for their documents to load; past it the driver
 /// takes no new command until a load lands (the senders wait).
 pub const MAX_PARKED_COMMANDS: usize = 1024;
