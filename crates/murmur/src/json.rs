@@ -300,8 +300,8 @@ pub fn apply_ops<T: Transactable + ReadDoc>(tx: &mut T, ops: &[Op]) -> Result<()
 /// Most Automerge operations one JSON change may make, checked before the
 /// change reaches the node, so that a request too big costs it nothing. A
 /// change runs on the node's engine task, at about 60,000 list insertions
-/// a second on one core (Automerge 0.12): 20,000 hold it for about a third
-/// of a second at most. The engine's own bound,
+/// a second on one core (Automerge 0.12): 20,000 held it for 0.3–0.45 s
+/// on the project's machine (BENCHMARKS.md). The engine's own bound,
 /// [`murmur_core::Config::max_change_ops`], is the backstop.
 pub const MAX_CHANGE_OPS: usize = 20_000;
 
