@@ -31,7 +31,10 @@ fn a_change_over_the_operation_bound_is_refused_whole() {
     });
     assert!(matches!(
         refused,
-        Err(murmur_core::ReplicaError::ChangeTooLarge { ops: 101, max_ops: 100 })
+        Err(murmur_core::ReplicaError::ChangeTooLarge {
+            ops: 101,
+            max_ops: 100
+        })
     ));
     assert_eq!(cluster.replica(0).heads(doc).unwrap(), heads, "rolled back");
     let write = cluster
