@@ -4,7 +4,7 @@
 //! murmur-sim run simulations/partition-halves.toml --seeds 500
 //! murmur-sim run simulations/crash-restart.toml --seed 17
 //! murmur-sim replay target/murmur-sim/crash-restart/seed-17.shrunk.json
-//! murmur-sim ci --seeds 50
+//! murmur-sim ci --seeds 30
 //! murmur-sim bench
 //! ```
 
