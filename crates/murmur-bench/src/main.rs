@@ -78,7 +78,12 @@ struct Cli {
     #[arg(long)]
     write: Option<PathBuf>,
     /// Systems to run, in report order (Murmur's ratios need it first).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "murmur,samod,floor")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "murmur,samod,floor"
+    )]
     systems: Vec<SystemName>,
     /// Time limit for one case on one system, in seconds.
     #[arg(long)]
@@ -128,7 +133,10 @@ impl Cli {
     fn sizes(&self) -> Sizes {
         let quick = self.quick;
         Sizes {
-            rates: self.rates.clone().unwrap_or_else(|| vec![500, 2_000, 5_000]),
+            rates: self
+                .rates
+                .clone()
+                .unwrap_or_else(|| vec![500, 2_000, 5_000]),
             latency_nodes: self.latency_nodes.clone().unwrap_or_else(|| vec![2, 3]),
             latency_secs: self.latency_secs.unwrap_or(pick(quick, 1.0, 3.0)),
             bulk_docs: self.bulk_docs.unwrap_or(pick(quick, 100, 1_000)),
@@ -145,7 +153,10 @@ impl Cli {
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_secs.unwrap_or(if self.quick { 60 } else { 300 }))
+        Duration::from_secs(
+            self.timeout_secs
+                .unwrap_or(if self.quick { 60 } else { 300 }),
+        )
     }
 }
 
@@ -209,7 +220,8 @@ fn run_one<S: System>(case: Case, sizes: &Sizes, limit: Duration) -> Outcome {
         Err(error) => return Outcome::Failed(format!("temp dir: {error}")),
     };
     let path = dir.path().to_path_buf();
-    let result = runtime.block_on(async { tokio::time::timeout(limit, run_case::<S>(case, sizes, path)).await });
+    let result = runtime
+        .block_on(async { tokio::time::timeout(limit, run_case::<S>(case, sizes, path)).await });
     // Whatever is still running (a stalled case) is abandoned here.
     runtime.shutdown_timeout(Duration::from_secs(5));
     match result {
@@ -222,7 +234,12 @@ fn run_one<S: System>(case: Case, sizes: &Sizes, limit: Duration) -> Outcome {
     }
 }
 
-fn run_system(name: SystemName, case: Case, sizes: &Sizes, limit: Duration) -> (&'static str, Outcome) {
+fn run_system(
+    name: SystemName,
+    case: Case,
+    sizes: &Sizes,
+    limit: Duration,
+) -> (&'static str, Outcome) {
     match name {
         SystemName::Murmur => (Murmur::NAME, run_one::<Murmur>(case, sizes, limit)),
         SystemName::Samod => (Samod::NAME, run_one::<Samod>(case, sizes, limit)),
@@ -294,13 +311,21 @@ fn machine_note() -> String {
                 .map(|model| model.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".to_string());
-    format!("{cores} cores ({model}), load average {} at the start", load_average())
+    format!(
+        "{cores} cores ({model}), load average {} at the start",
+        load_average()
+    )
 }
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_else(|| "unknown".to_string())
 }
 
@@ -352,7 +377,9 @@ fn render(cli: &Cli, sizes: &Sizes, results: &Results, machine: &str, took: Dura
         load_average(),
     ));
     out.push_str(HOW);
-    out.push_str("\n### Targets (Murmur)\n\n| target | measured (medians) | met |\n|---|---|:-:|\n");
+    out.push_str(
+        "\n### Targets (Murmur)\n\n| target | measured (medians) | met |\n|---|---|:-:|\n",
+    );
     for (target, measured, met) in targets(sizes, results) {
         out.push_str(&format!("| {target} | {measured} | {} |\n", verdict(met)));
     }
@@ -376,7 +403,7 @@ const HOW: &str = "How each side runs (all in one process, every node on 127.0.0
   subscribers `DocHandle::changes()`; bytes are everything written to the sockets. samod has no durable \
   acknowledgement, so the durable cases are skipped for it.\n\
 - **floor**: bare Automerge 0.12 + sled 0.34: each change's bytes appended to sled and pushed as they are over \
-  TCP (Nagle off) from the writer to each peer, which applies them with `load_incremental`: no acknowledgements, \
+  TCP (Nagle off) from the writer to each peer, which applies them with `apply_changes`: no acknowledgements, \
   no anti-entropy, no sync protocol (a per-change `automerge::sync` round, tried first, fell behind at a few \
   hundred changes/s). Durable writes use a group commit: one flusher task calls `Db::flush` and acknowledges \
   every write it covered.\n\
@@ -387,10 +414,13 @@ const HOW: &str = "How each side runs (all in one process, every node on 127.0.0
 
 /// The issue's targets, checked against the medians.
 fn targets(sizes: &Sizes, results: &Results) -> Vec<(String, String, Option<bool>)> {
-    let murmur = |case: Case, metric: &str| results.median(&case.label(sizes), Murmur::NAME, metric);
+    let murmur =
+        |case: Case, metric: &str| results.median(&case.label(sizes), Murmur::NAME, metric);
     let samod = |case: Case, metric: &str| results.median(&case.label(sizes), Samod::NAME, metric);
     let floor = |case: Case, metric: &str| results.median(&case.label(sizes), Floor::NAME, metric);
-    let show = |value: Option<f64>, unit| value.map_or("—".to_string(), |v| report::format_value(v, unit));
+    let show = |value: Option<f64>, unit| {
+        value.map_or("—".to_string(), |v| report::format_value(v, unit))
+    };
     let ms = report::Unit::Millis;
     let mut targets = Vec::new();
 
@@ -398,7 +428,12 @@ fn targets(sizes: &Sizes, results: &Results) -> Vec<(String, String, Option<bool
         .latency_nodes
         .iter()
         .filter(|_| sizes.rates.contains(&500))
-        .map(|&nodes| (nodes, murmur(Case::Latency { nodes, rate: 500 }, "p99 latency")))
+        .map(|&nodes| {
+            (
+                nodes,
+                murmur(Case::Latency { nodes, rate: 500 }, "p99 latency"),
+            )
+        })
         .collect();
     targets.push((
         "replication p99 ≤ 1 ms at 500 changes/s".to_string(),
@@ -430,7 +465,11 @@ fn targets(sizes: &Sizes, results: &Results) -> Vec<(String, String, Option<bool
             })
             .collect::<Vec<_>>()
             .join("; "),
-        all_known(comparisons.iter().map(|(_, pair)| pair.map(|(m, s)| m <= s))),
+        all_known(
+            comparisons
+                .iter()
+                .map(|(_, pair)| pair.map(|(m, s)| m <= s)),
+        ),
     ));
 
     let burst = murmur(Case::Burst, "peer delivered during the burst");
@@ -440,7 +479,10 @@ fn targets(sizes: &Sizes, results: &Results) -> Vec<(String, String, Option<bool
         burst.map(|v| v >= 20_000.0),
     ));
 
-    let (m, s) = (murmur(Case::Applied, "p50 latency"), samod(Case::Applied, "p50 latency"));
+    let (m, s) = (
+        murmur(Case::Applied, "p50 latency"),
+        samod(Case::Applied, "p50 latency"),
+    );
     targets.push((
         "local Applied write (p50) at or below samod's".to_string(),
         format!("{} vs {}", show(m, ms), show(s, ms)),
@@ -503,7 +545,10 @@ mod tests {
     #[test]
     fn a_target_fails_on_any_miss_and_is_unknown_on_a_gap() {
         assert_eq!(all_known([Some(true), Some(true)].into_iter()), Some(true));
-        assert_eq!(all_known([Some(true), None, Some(false)].into_iter()), Some(false));
+        assert_eq!(
+            all_known([Some(true), None, Some(false)].into_iter()),
+            Some(false)
+        );
         assert_eq!(all_known([Some(true), None].into_iter()), None);
         assert_eq!(all_known(std::iter::empty()), None);
     }
@@ -516,6 +561,13 @@ mod tests {
         assert_eq!(all.len(), 6 + 1 + 1 + 1 + 2 + 1 + 1);
         assert_eq!(sizes.bulk_docs, 100);
         let durable = cases(&[Workload::Durable], &sizes);
-        assert_eq!(durable, vec![Case::Durable { writers: 1 }, Case::Durable { writers: 16 }, Case::Applied]);
+        assert_eq!(
+            durable,
+            vec![
+                Case::Durable { writers: 1 },
+                Case::Durable { writers: 16 },
+                Case::Applied
+            ]
+        );
     }
 }

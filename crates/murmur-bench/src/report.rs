@@ -79,9 +79,15 @@ pub fn percentile(values: &[f64], percent: f64) -> Option<f64> {
 /// line) and the heads the peer reported. A report whose heads include the
 /// i-th write covers every write before it too. `None` for writes the peer
 /// never reported.
-pub fn deliveries(writes: &[ChangeHash], arrivals: &[(Instant, Vec<ChangeHash>)]) -> Vec<Option<Instant>> {
-    let index: std::collections::HashMap<&ChangeHash, usize> =
-        writes.iter().enumerate().map(|(i, hash)| (hash, i)).collect();
+pub fn deliveries(
+    writes: &[ChangeHash],
+    arrivals: &[(Instant, Vec<ChangeHash>)],
+) -> Vec<Option<Instant>> {
+    let index: std::collections::HashMap<&ChangeHash, usize> = writes
+        .iter()
+        .enumerate()
+        .map(|(i, hash)| (hash, i))
+        .collect();
     let mut delivered = vec![None; writes.len()];
     let mut covered = 0;
     for (at, heads) in arrivals {
@@ -177,11 +183,16 @@ pub fn utc_date(unix_seconds: u64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
@@ -222,7 +233,9 @@ impl CaseRuns {
             .filter(|(name, _)| name == system)
             .flat_map(|(_, outcomes)| outcomes)
             .filter_map(|outcome| match outcome {
-                Outcome::Measured(samples) => samples.iter().find(|s| s.metric == metric).map(|s| s.value),
+                Outcome::Measured(samples) => {
+                    samples.iter().find(|s| s.metric == metric).map(|s| s.value)
+                }
                 _ => None,
             })
             .collect();
@@ -246,7 +259,11 @@ impl CaseRuns {
 
     /// Why a system has no number, if none of its rounds measured one.
     fn missing_reason(&self, system: &str) -> String {
-        let outcomes = self.runs.iter().filter(|(name, _)| name == system).flat_map(|(_, o)| o);
+        let outcomes = self
+            .runs
+            .iter()
+            .filter(|(name, _)| name == system)
+            .flat_map(|(_, o)| o);
         let mut reasons: Vec<String> = Vec::new();
         for outcome in outcomes {
             let reason = match outcome {
@@ -393,13 +410,16 @@ mod tests {
             (at(4), vec![hashes[3]]),
         ];
         let delivered = deliveries(&hashes, &arrivals);
-        assert_eq!(delivered, vec![Some(at(2)), Some(at(2)), Some(at(4)), Some(at(4)), None]);
+        assert_eq!(
+            delivered,
+            vec![Some(at(2)), Some(at(2)), Some(at(4)), Some(at(4)), None]
+        );
     }
 
     #[test]
     fn values_show_in_their_units() {
         assert_eq!(format_value(0.0421, Unit::Millis), "42 µs");
-        assert_eq!(format_value(3.14159, Unit::Millis), "3.14 ms");
+        assert_eq!(format_value(2.5, Unit::Millis), "2.50 ms");
         assert_eq!(format_value(12_345.0, Unit::Millis), "12,345 ms");
         assert_eq!(format_value(20_512.4, Unit::PerSecond), "20,512/s");
         assert_eq!(format_value(999.0, Unit::Bytes), "999 B");
@@ -422,15 +442,22 @@ mod tests {
 
     #[test]
     fn the_section_is_appended_once_then_replaced_in_place() {
-        let section = |body: &str| format!("{BEGIN_MARKER}\n## Side by side\n{body}\n{END_MARKER}\n");
+        let section =
+            |body: &str| format!("{BEGIN_MARKER}\n## Side by side\n{body}\n{END_MARKER}\n");
         let original = "# Benchmarks\n\nearlier text\n";
         let first = replace_section(original, &section("one"));
-        assert_eq!(first, format!("# Benchmarks\n\nearlier text\n\n{}", section("one")));
+        assert_eq!(
+            first,
+            format!("# Benchmarks\n\nearlier text\n\n{}", section("one"))
+        );
         let with_tail = format!("{first}\n## Later section\n");
         let second = replace_section(&with_tail, &section("two"));
         assert_eq!(
             second,
-            format!("# Benchmarks\n\nearlier text\n\n{}\n\n## Later section\n", section("two").trim_end())
+            format!(
+                "# Benchmarks\n\nearlier text\n\n{}\n\n## Later section\n",
+                section("two").trim_end()
+            )
         );
         assert_eq!(second.matches(BEGIN_MARKER).count(), 1);
         assert_eq!(replace_section("", &section("x")), section("x"));
@@ -455,6 +482,11 @@ mod tests {
         results.record("case", "floor", Outcome::Skipped("no disk".into()));
         assert_eq!(results.median("case", "Murmur", "p99"), Some(2.0));
         let table = results.cases[0].table(&["Murmur", "samod", "floor"], 3);
-        assert!(table.contains("| p99 | 2.00 ms | 8.00 ms (1/3 rounds) | skipped: no disk | 0.25× | — |"), "{table}");
+        assert!(
+            table.contains(
+                "| p99 | 2.00 ms | 8.00 ms (1/3 rounds) | skipped: no disk | 0.25× | — |"
+            ),
+            "{table}"
+        );
     }
 }

@@ -82,7 +82,8 @@ pub trait System: Sized + Send + Sync + 'static {
 
     /// Returns once `node` holds `doc`, in memory and ready: loaded from
     /// disk, or received from a peer.
-    fn open(&self, node: usize, doc: &Self::Doc) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn open(&self, node: usize, doc: &Self::Doc)
+        -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// Makes `edit` as one change on `node` and returns its hash once it
     /// reached `level`.
@@ -95,7 +96,11 @@ pub trait System: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<ChangeHash>> + Send;
 
     /// Reads `doc` on `node`: the number of keys at its root.
-    fn read(&self, node: usize, doc: &Self::Doc) -> impl Future<Output = anyhow::Result<usize>> + Send;
+    fn read(
+        &self,
+        node: usize,
+        doc: &Self::Doc,
+    ) -> impl Future<Output = anyhow::Result<usize>> + Send;
 
     /// The heads of `doc` on `node`, or `None` if the node does not hold it
     /// (yet).

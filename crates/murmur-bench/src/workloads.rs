@@ -16,6 +16,8 @@ use crate::system::{Arrival, Edit, Level, System};
 /// How long a peer may take to catch up after the writer stops before the
 /// changes it lacks count as undelivered.
 const CATCH_UP_MAX: Duration = Duration::from_secs(30);
+/// How often the cold-read workload makes one of its other requests.
+const REQUEST_INTERVAL: Duration = Duration::from_millis(1);
 /// How long a workload waits for everything to arrive in bulk.
 const BULK_SYNC_MAX: Duration = Duration::from_secs(600);
 
@@ -82,20 +84,30 @@ impl Case {
     pub fn label(&self, sizes: &Sizes) -> String {
         match self {
             Case::Latency { nodes, rate } => {
-                format!("latency: {nodes} nodes, {} changes/s", thousands(f64::from(*rate)))
+                format!(
+                    "latency: {nodes} nodes, {} changes/s",
+                    thousands(f64::from(*rate))
+                )
             }
             Case::Bulk => format!(
                 "bulk: {} documents × {} changes, 2 nodes",
                 thousands(sizes.bulk_docs as f64),
                 sizes.bulk_changes
             ),
-            Case::Burst => format!("burst: {} s as fast as one writer goes, 2 nodes", sizes.burst_secs),
-            Case::Wire => format!("wire: {} changes at 500/s, 2 nodes", thousands(sizes.wire_changes as f64)),
+            Case::Burst => format!(
+                "burst: {} s as fast as one writer goes, 2 nodes",
+                sizes.burst_secs
+            ),
+            Case::Wire => format!(
+                "wire: {} changes at 500/s, 2 nodes",
+                thousands(sizes.wire_changes as f64)
+            ),
             Case::Durable { writers: 1 } => "durable: 1 writer, 1 node".to_string(),
             Case::Durable { writers } => format!("durable: {writers} writers, 1 node"),
             Case::Applied => "local Applied write, 1 node".to_string(),
             Case::ColdRead => format!(
-                "cold read: {} changes × {} B text, just restarted, 1 node",
+                "cold read: {} changes × {} B text, just restarted, 1 node; \
+                 meanwhile a small write or read to another document every ms",
                 thousands(sizes.cold_changes as f64),
                 sizes.cold_value_bytes
             ),
@@ -104,7 +116,11 @@ impl Case {
 }
 
 /// Runs one case on a fresh cluster of `S` under `dir`.
-pub async fn run_case<S: System>(case: Case, sizes: &Sizes, dir: PathBuf) -> anyhow::Result<Vec<Sample>> {
+pub async fn run_case<S: System>(
+    case: Case,
+    sizes: &Sizes,
+    dir: PathBuf,
+) -> anyhow::Result<Vec<Sample>> {
     match case {
         Case::Latency { nodes, rate } => latency::<S>(dir, nodes, rate, sizes.latency_secs).await,
         Case::Bulk => bulk::<S>(dir, sizes).await,
@@ -133,7 +149,9 @@ impl Stream {
         self.writes
             .iter()
             .zip(&self.visible)
-            .filter_map(|((_, sent), seen)| seen.map(|seen| ms(seen.saturating_duration_since(*sent))))
+            .filter_map(|((_, sent), seen)| {
+                seen.map(|seen| ms(seen.saturating_duration_since(*sent)))
+            })
             .collect()
     }
 
@@ -148,7 +166,13 @@ impl Stream {
     /// Delivered changes per second, from the first write to the last
     /// delivery.
     fn delivered_per_sec(&self) -> f64 {
-        let last = self.visible.iter().flatten().max().copied().unwrap_or(self.started);
+        let last = self
+            .visible
+            .iter()
+            .flatten()
+            .max()
+            .copied()
+            .unwrap_or(self.started);
         let delivered = self.visible.len() - self.undelivered();
         delivered as f64 / (last - self.started).as_secs_f64().max(1e-9)
     }
@@ -156,8 +180,16 @@ impl Stream {
     fn latency_samples(&self) -> Vec<Sample> {
         let latencies = self.latencies_ms();
         vec![
-            Sample::new("p50 latency", Unit::Millis, percentile(&latencies, 50.0).unwrap_or(f64::NAN)),
-            Sample::new("p99 latency", Unit::Millis, percentile(&latencies, 99.0).unwrap_or(f64::NAN)),
+            Sample::new(
+                "p50 latency",
+                Unit::Millis,
+                percentile(&latencies, 50.0).unwrap_or(f64::NAN),
+            ),
+            Sample::new(
+                "p99 latency",
+                Unit::Millis,
+                percentile(&latencies, 99.0).unwrap_or(f64::NAN),
+            ),
         ]
     }
 }
@@ -191,7 +223,12 @@ async fn arrivals_until(
 /// Writes on node 0 of `sys` — `rate` changes per second, or as fast as
 /// one writer can if `None` — for `duration`, and records when every other
 /// node saw each change.
-async fn stream<S: System>(sys: &S, nodes: usize, rate: Option<u32>, duration: Duration) -> anyhow::Result<Stream> {
+async fn stream<S: System>(
+    sys: &S,
+    nodes: usize,
+    rate: Option<u32>,
+    duration: Duration,
+) -> anyhow::Result<Stream> {
     let doc = sys.create(0).await?;
     let mut subscriptions = Vec::new();
     for node in 1..nodes {
@@ -199,7 +236,9 @@ async fn stream<S: System>(sys: &S, nodes: usize, rate: Option<u32>, duration: D
         subscriptions.push(sys.subscribe(node, &doc).await?);
     }
     // Warm up: one change every peer has seen, so sync states are settled.
-    let warm = sys.write(0, &doc, Edit::Counter(-1), Level::Applied).await?;
+    let warm = sys
+        .write(0, &doc, Edit::Counter(-1), Level::Applied)
+        .await?;
     for subscription in &mut subscriptions {
         let seen = arrivals_until(subscription, &warm, Instant::now() + CATCH_UP_MAX).await?;
         if !seen.last().is_some_and(|(_, heads)| heads.contains(&warm)) {
@@ -226,8 +265,13 @@ async fn stream<S: System>(sys: &S, nodes: usize, rate: Option<u32>, duration: D
             tokio::time::sleep_until(due.into()).await;
         }
         let at = Instant::now();
-        let hash = sys.write(0, &doc, Edit::Counter(seq as i64), Level::Applied).await?;
+        let hash = sys
+            .write(0, &doc, Edit::Counter(seq as i64), Level::Applied)
+            .await?;
         writes.push((hash, at));
+        // samod's and the floor's writes complete without awaiting
+        // anything: let the nodes' other tasks run, as any app would.
+        tokio::task::yield_now().await;
     }
     let ended = Instant::now();
     let (last, _) = *writes.last().context("the writer made no change")?;
@@ -255,7 +299,12 @@ async fn stream<S: System>(sys: &S, nodes: usize, rate: Option<u32>, duration: D
     })
 }
 
-async fn latency<S: System>(dir: PathBuf, nodes: usize, rate: u32, secs: f64) -> anyhow::Result<Vec<Sample>> {
+async fn latency<S: System>(
+    dir: PathBuf,
+    nodes: usize,
+    rate: u32,
+    secs: f64,
+) -> anyhow::Result<Vec<Sample>> {
     let sys = S::start(dir, nodes).await?;
     let run = stream(&sys, nodes, Some(rate), Duration::from_secs_f64(secs)).await?;
     sys.shutdown().await?;
@@ -266,7 +315,11 @@ async fn latency<S: System>(dir: PathBuf, nodes: usize, rate: u32, secs: f64) ->
     samples.extend([
         Sample::new("writer reached", Unit::PerSecond, offered),
         Sample::new("delivered", Unit::PerSecond, delivered),
-        Sample::new("peer fell behind", Unit::Flag, if behind { 1.0 } else { 0.0 }),
+        Sample::new(
+            "peer fell behind",
+            Unit::Flag,
+            if behind { 1.0 } else { 0.0 },
+        ),
     ]);
     Ok(samples)
 }
@@ -275,13 +328,40 @@ async fn burst<S: System>(dir: PathBuf, secs: f64) -> anyhow::Result<Vec<Sample>
     let sys = S::start(dir, 2).await?;
     let run = stream(&sys, 2, None, Duration::from_secs_f64(secs)).await?;
     sys.shutdown().await?;
-    let during = run.visible.iter().flatten().filter(|seen| **seen <= run.ended).count();
-    let last = run.visible.iter().flatten().max().copied().unwrap_or(run.ended);
+    let during = run
+        .visible
+        .iter()
+        .flatten()
+        .filter(|seen| **seen <= run.ended)
+        .count();
+    let last = run
+        .visible
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or(run.ended);
     let mut samples = vec![
-        Sample::new("writer", Unit::PerSecond, run.writes.len() as f64 / run.write_secs()),
-        Sample::new("peer delivered during the burst", Unit::PerSecond, during as f64 / run.write_secs()),
-        Sample::new("catch-up after the burst", Unit::Seconds, (last.saturating_duration_since(run.ended)).as_secs_f64()),
-        Sample::new("changes never delivered", Unit::Count, run.undelivered() as f64),
+        Sample::new(
+            "writer",
+            Unit::PerSecond,
+            run.writes.len() as f64 / run.write_secs(),
+        ),
+        Sample::new(
+            "peer delivered during the burst",
+            Unit::PerSecond,
+            during as f64 / run.write_secs(),
+        ),
+        Sample::new(
+            "catch-up after the burst",
+            Unit::Seconds,
+            (last.saturating_duration_since(run.ended)).as_secs_f64(),
+        ),
+        Sample::new(
+            "changes never delivered",
+            Unit::Count,
+            run.undelivered() as f64,
+        ),
     ];
     samples.extend(run.latency_samples());
     Ok(samples)
@@ -290,10 +370,20 @@ async fn burst<S: System>(dir: PathBuf, secs: f64) -> anyhow::Result<Vec<Sample>
 async fn wire<S: System>(dir: PathBuf, changes: usize) -> anyhow::Result<Vec<Sample>> {
     let sys = S::start(dir, 2).await?;
     let rate = 500;
-    let run = stream(&sys, 2, Some(rate), Duration::from_secs_f64(changes as f64 / f64::from(rate))).await?;
+    let run = stream(
+        &sys,
+        2,
+        Some(rate),
+        Duration::from_secs_f64(changes as f64 / f64::from(rate)),
+    )
+    .await?;
     sys.shutdown().await?;
     Ok(vec![
-        Sample::new("bytes per change (both directions)", Unit::Bytes, run.bytes as f64 / run.writes.len() as f64),
+        Sample::new(
+            "bytes per change (both directions)",
+            Unit::Bytes,
+            run.bytes as f64 / run.writes.len() as f64,
+        ),
         Sample::new("bytes in all", Unit::Bytes, run.bytes as f64),
     ])
 }
@@ -310,7 +400,9 @@ async fn bulk<S: System>(dir: PathBuf, sizes: &Sizes) -> anyhow::Result<Vec<Samp
             for _ in (writer..docs).step_by(writers) {
                 let doc = sys.create(0).await?;
                 for change in 0..changes {
-                    sys.write(0, &doc, Edit::Counter(change as i64), Level::Applied).await?;
+                    sys.write(0, &doc, Edit::Counter(change as i64), Level::Applied)
+                        .await?;
+                    tokio::task::yield_now().await;
                 }
                 made.push(doc);
             }
@@ -320,7 +412,10 @@ async fn bulk<S: System>(dir: PathBuf, sizes: &Sizes) -> anyhow::Result<Vec<Samp
     let mut remaining = Vec::new();
     for task in tasks {
         for doc in task.await?? {
-            let heads = sys.heads(0, &doc).await?.context("the writer lost a document")?;
+            let heads = sys
+                .heads(0, &doc)
+                .await?
+                .context("the writer lost a document")?;
             remaining.push((doc, heads));
         }
     }
@@ -335,7 +430,10 @@ async fn bulk<S: System>(dir: PathBuf, sizes: &Sizes) -> anyhow::Result<Vec<Samp
         }
         remaining = still;
         if Instant::now() > deadline {
-            bail!("node 1 still lacks {} documents after {BULK_SYNC_MAX:?}", remaining.len());
+            bail!(
+                "node 1 still lacks {} documents after {BULK_SYNC_MAX:?}",
+                remaining.len()
+            );
         }
         if !remaining.is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -345,9 +443,17 @@ async fn bulk<S: System>(dir: PathBuf, sizes: &Sizes) -> anyhow::Result<Vec<Samp
     shutdown_shared(sys).await?;
     let changes = (sizes.bulk_docs * sizes.bulk_changes) as f64;
     Ok(vec![
-        Sample::new("node 1 holds everything", Unit::Seconds, synced.as_secs_f64()),
+        Sample::new(
+            "node 1 holds everything",
+            Unit::Seconds,
+            synced.as_secs_f64(),
+        ),
         Sample::new("node 0 done writing", Unit::Seconds, written.as_secs_f64()),
-        Sample::new("changes end to end", Unit::PerSecond, changes / synced.as_secs_f64()),
+        Sample::new(
+            "changes end to end",
+            Unit::PerSecond,
+            changes / synced.as_secs_f64(),
+        ),
     ])
 }
 
@@ -359,7 +465,11 @@ async fn shutdown_shared<S: System>(sys: Arc<S>) -> anyhow::Result<()> {
     }
 }
 
-async fn durable<S: System>(dir: PathBuf, writers: usize, secs: f64) -> anyhow::Result<Vec<Sample>> {
+async fn durable<S: System>(
+    dir: PathBuf,
+    writers: usize,
+    secs: f64,
+) -> anyhow::Result<Vec<Sample>> {
     let sys = Arc::new(S::start(dir, 1).await?);
     let duration = Duration::from_secs_f64(secs);
     let mut docs = Vec::new();
@@ -374,7 +484,13 @@ async fn durable<S: System>(dir: PathBuf, writers: usize, secs: f64) -> anyhow::
             let mut latencies = Vec::new();
             while started.elapsed() < duration {
                 let at = Instant::now();
-                sys.write(0, &doc, Edit::Counter(latencies.len() as i64), Level::Durable).await?;
+                sys.write(
+                    0,
+                    &doc,
+                    Edit::Counter(latencies.len() as i64),
+                    Level::Durable,
+                )
+                .await?;
                 latencies.push(ms(at.elapsed()));
             }
             anyhow::Ok(latencies)
@@ -387,9 +503,21 @@ async fn durable<S: System>(dir: PathBuf, writers: usize, secs: f64) -> anyhow::
     let elapsed = started.elapsed().as_secs_f64();
     shutdown_shared(sys).await?;
     Ok(vec![
-        Sample::new("durable writes", Unit::PerSecond, latencies.len() as f64 / elapsed),
-        Sample::new("p50 latency", Unit::Millis, percentile(&latencies, 50.0).unwrap_or(f64::NAN)),
-        Sample::new("p99 latency", Unit::Millis, percentile(&latencies, 99.0).unwrap_or(f64::NAN)),
+        Sample::new(
+            "durable writes",
+            Unit::PerSecond,
+            latencies.len() as f64 / elapsed,
+        ),
+        Sample::new(
+            "p50 latency",
+            Unit::Millis,
+            percentile(&latencies, 50.0).unwrap_or(f64::NAN),
+        ),
+        Sample::new(
+            "p99 latency",
+            Unit::Millis,
+            percentile(&latencies, 99.0).unwrap_or(f64::NAN),
+        ),
     ])
 }
 
@@ -400,15 +528,29 @@ async fn applied<S: System>(dir: PathBuf, writes: usize) -> anyhow::Result<Vec<S
     let mut latencies = Vec::with_capacity(writes);
     for seq in 0..writes {
         let at = Instant::now();
-        sys.write(0, &doc, Edit::Counter(seq as i64), Level::Applied).await?;
+        sys.write(0, &doc, Edit::Counter(seq as i64), Level::Applied)
+            .await?;
         latencies.push(ms(at.elapsed()));
+        tokio::task::yield_now().await;
     }
     let elapsed = started.elapsed().as_secs_f64();
     sys.shutdown().await?;
     Ok(vec![
-        Sample::new("p50 latency", Unit::Millis, percentile(&latencies, 50.0).unwrap_or(f64::NAN)),
-        Sample::new("p99 latency", Unit::Millis, percentile(&latencies, 99.0).unwrap_or(f64::NAN)),
-        Sample::new("writes (one after another)", Unit::PerSecond, writes as f64 / elapsed),
+        Sample::new(
+            "p50 latency",
+            Unit::Millis,
+            percentile(&latencies, 50.0).unwrap_or(f64::NAN),
+        ),
+        Sample::new(
+            "p99 latency",
+            Unit::Millis,
+            percentile(&latencies, 99.0).unwrap_or(f64::NAN),
+        ),
+        Sample::new(
+            "writes (one after another)",
+            Unit::PerSecond,
+            writes as f64 / elapsed,
+        ),
     ])
 }
 
@@ -428,7 +570,8 @@ fn noise(seed: u64, bytes: usize) -> String {
 async fn cold_read<S: System>(dir: PathBuf, sizes: &Sizes) -> anyhow::Result<Vec<Sample>> {
     let sys = S::start(dir, 1).await?;
     let small = sys.create(0).await?;
-    sys.write(0, &small, Edit::Counter(0), Level::Applied).await?;
+    sys.write(0, &small, Edit::Counter(0), Level::Applied)
+        .await?;
     let large = sys.create(0).await?;
     for i in 0..sizes.cold_changes {
         let edit = Edit::Text {
@@ -436,8 +579,12 @@ async fn cold_read<S: System>(dir: PathBuf, sizes: &Sizes) -> anyhow::Result<Vec
             value: noise(i as u64, sizes.cold_value_bytes),
         };
         sys.write(0, &large, edit, Level::Applied).await?;
+        tokio::task::yield_now().await;
     }
-    let heads = sys.heads(0, &large).await?.context("the large document is gone")?;
+    let heads = sys
+        .heads(0, &large)
+        .await?
+        .context("the large document is gone")?;
     let sys = Arc::new(sys.restart().await?);
     sys.open(0, &small).await?;
 
@@ -446,9 +593,15 @@ async fn cold_read<S: System>(dir: PathBuf, sizes: &Sizes) -> anyhow::Result<Vec
         let (sys, stop, small) = (sys.clone(), stop.clone(), small.clone());
         tokio::spawn(async move {
             let mut requests: Vec<(Instant, f64)> = Vec::new();
+            // Paced, not a closed loop: samod's writes return before its
+            // storage has them, so a closed loop grows samod's storage queue
+            // without bound and its cold load never got its turn.
+            let mut tick = tokio::time::interval(REQUEST_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
                 let at = Instant::now();
-                if requests.len() % 2 == 0 {
+                if requests.len().is_multiple_of(2) {
                     // The set-up wrote 0: every write here changes something.
                     let edit = Edit::Counter(requests.len() as i64 + 1);
                     sys.write(0, &small, edit, Level::Applied).await?;
@@ -472,9 +625,12 @@ async fn cold_read<S: System>(dir: PathBuf, sizes: &Sizes) -> anyhow::Result<Vec
         bail!("the large document came back different after the restart ({keys} keys)");
     }
     shutdown_shared(sys).await?;
+    // Every request whose time overlapped the load.
     let during: Vec<f64> = requests
         .iter()
-        .filter(|(at, _)| *at >= load_started && *at <= load_ended)
+        .filter(|(at, latency)| {
+            *at <= load_ended && *at + Duration::from_secs_f64(latency / 1000.0) >= load_started
+        })
         .map(|(_, latency)| *latency)
         .collect();
     let before: Vec<f64> = requests
@@ -483,11 +639,31 @@ async fn cold_read<S: System>(dir: PathBuf, sizes: &Sizes) -> anyhow::Result<Vec
         .map(|(_, latency)| *latency)
         .collect();
     Ok(vec![
-        Sample::new("cold read (load and first read)", Unit::Millis, ms(load_ended - load_started)),
-        Sample::new("other requests during the load: p99", Unit::Millis, percentile(&during, 99.0).unwrap_or(f64::NAN)),
-        Sample::new("other requests during the load: max", Unit::Millis, during.iter().copied().fold(f64::NAN, f64::max)),
-        Sample::new("other requests during the load: count", Unit::Count, during.len() as f64),
-        Sample::new("other requests before the load: p99", Unit::Millis, percentile(&before, 99.0).unwrap_or(f64::NAN)),
+        Sample::new(
+            "cold read (load and first read)",
+            Unit::Millis,
+            ms(load_ended - load_started),
+        ),
+        Sample::new(
+            "other requests during the load: p99",
+            Unit::Millis,
+            percentile(&during, 99.0).unwrap_or(f64::NAN),
+        ),
+        Sample::new(
+            "other requests during the load: max",
+            Unit::Millis,
+            during.iter().copied().fold(f64::NAN, f64::max),
+        ),
+        Sample::new(
+            "other requests during the load: count",
+            Unit::Count,
+            during.len() as f64,
+        ),
+        Sample::new(
+            "other requests before the load: p99",
+            Unit::Millis,
+            percentile(&before, 99.0).unwrap_or(f64::NAN),
+        ),
     ])
 }
 

@@ -1,7 +1,7 @@
 //! The floor: what the libraries alone cost. Bare Automerge 0.12 documents;
 //! each change's bytes appended to the node's sled 0.34 database (one key
 //! per change) and pushed as they are to every peer over loopback TCP with
-//! Nagle off, where `load_incremental` applies them. Durable writes share
+//! Nagle off, where `apply_changes` applies them. Durable writes share
 //! flushes: writers queue, one flusher calls `Db::flush` and acknowledges
 //! every write that flush covered.
 //!
@@ -14,7 +14,7 @@
 //! changes a second, which is no floor for an eager push.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -95,7 +95,9 @@ fn frame(doc: u64, body: &[u8]) -> Vec<u8> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Loads a document from its chunks (a snapshot and/or changes).
@@ -134,7 +136,8 @@ impl FloorNode {
             .entry(id)
             .or_insert_with(|| FloorDoc::new(Automerge::new().with_actor(self.actor.clone()), 0));
         if !bytes.is_empty() {
-            entry.doc.load_incremental(bytes)?;
+            let change = automerge::Change::from_bytes(bytes.to_vec())?;
+            entry.doc.apply_changes([change])?;
             self.persist(id, entry, bytes)?;
             entry.notify();
         }
@@ -243,10 +246,10 @@ async fn socket_pair() -> anyhow::Result<(TcpStream, TcpStream)> {
 }
 
 /// sled takes a file lock: a database just dropped may hold it a moment.
-async fn open_db(path: &PathBuf) -> anyhow::Result<sled::Db> {
+async fn open_db(path: &Path) -> anyhow::Result<sled::Db> {
     let mut attempts = 0;
     loop {
-        let path = path.clone();
+        let path = path.to_path_buf();
         match tokio::task::spawn_blocking(move || sled::open(path)).await? {
             Ok(db) => return Ok(db),
             Err(error) if attempts >= 100 => return Err(error.into()),
@@ -355,7 +358,9 @@ impl System for Floor {
                 return Ok(());
             }
             let (db, id, actor) = (node.db.clone(), *doc, node.actor.clone());
-            if let Some(loaded) = tokio::task::spawn_blocking(move || load(&db, id, actor)).await?? {
+            if let Some(loaded) =
+                tokio::task::spawn_blocking(move || load(&db, id, actor)).await??
+            {
                 lock(&node.docs).entry(id).or_insert(loaded);
                 return Ok(());
             }
@@ -366,7 +371,13 @@ impl System for Floor {
         }
     }
 
-    async fn write(&self, node: usize, doc: &u64, edit: Edit, level: Level) -> anyhow::Result<ChangeHash> {
+    async fn write(
+        &self,
+        node: usize,
+        doc: &u64,
+        edit: Edit,
+        level: Level,
+    ) -> anyhow::Result<ChangeHash> {
         let node = &self.nodes[node];
         let hash = {
             let mut docs = lock(&node.docs);
@@ -374,7 +385,10 @@ impl System for Floor {
             let made = entry.doc.transact(|tx| edit.apply(tx));
             let made = made.map_err(|failure| anyhow::anyhow!("{}", failure.error))?;
             let hash = made.hash.context("the edit made no change")?;
-            let mut change = entry.doc.get_change_by_hash(&hash).context("the change just made")?;
+            let mut change = entry
+                .doc
+                .get_change_by_hash(&hash)
+                .context("the change just made")?;
             let bytes = change.bytes();
             node.persist(*doc, entry, &bytes)?;
             node.push(*doc, &bytes);
@@ -393,13 +407,22 @@ impl System for Floor {
     }
 
     async fn heads(&self, node: usize, doc: &u64) -> anyhow::Result<Option<Vec<ChangeHash>>> {
-        Ok(lock(&self.nodes[node].docs).get(doc).map(|entry| entry.doc.get_heads()))
+        Ok(lock(&self.nodes[node].docs)
+            .get(doc)
+            .map(|entry| entry.doc.get_heads()))
     }
 
-    async fn subscribe(&self, node: usize, doc: &u64) -> anyhow::Result<mpsc::UnboundedReceiver<Arrival>> {
+    async fn subscribe(
+        &self,
+        node: usize,
+        doc: &u64,
+    ) -> anyhow::Result<mpsc::UnboundedReceiver<Arrival>> {
         let (sender, receiver) = mpsc::unbounded_channel();
         let mut docs = lock(&self.nodes[node].docs);
-        docs.get_mut(doc).context("unknown document")?.subscribers.push(sender);
+        docs.get_mut(doc)
+            .context("unknown document")?
+            .subscribers
+            .push(sender);
         Ok(receiver)
     }
 

@@ -35,7 +35,9 @@ impl Murmur {
     }
 
     fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, DocumentId), DocHandle>> {
-        self.handles.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.handles
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn start_dirs(dirs: Vec<PathBuf>) -> anyhow::Result<Self> {
@@ -70,7 +72,11 @@ impl Murmur {
 async fn connect_all(nodes: &[Node]) -> anyhow::Result<()> {
     let mut addrs = Vec::new();
     for node in nodes {
-        addrs.push(node.local_addr().await?.context("a networked node has an address")?);
+        addrs.push(
+            node.local_addr()
+                .await?
+                .context("a networked node has an address")?,
+        );
     }
     for a in nodes {
         for (b, addr) in nodes.iter().zip(&addrs) {
@@ -145,7 +151,11 @@ impl System for Murmur {
         Ok(handle.read(|d| d.length(ROOT)).await?)
     }
 
-    async fn heads(&self, node: usize, doc: &DocumentId) -> anyhow::Result<Option<Vec<ChangeHash>>> {
+    async fn heads(
+        &self,
+        node: usize,
+        doc: &DocumentId,
+    ) -> anyhow::Result<Option<Vec<ChangeHash>>> {
         match self.handle(node, *doc).await {
             Ok(handle) => Ok(Some(handle.heads().await?)),
             Err(error) => match error.downcast_ref::<murmur::Error>() {

@@ -104,7 +104,9 @@ impl Samod {
     }
 
     fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, DocumentId), DocHandle>> {
-        self.handles.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.handles
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn cached(&self, node: usize, doc: &DocumentId) -> Option<DocHandle> {
@@ -121,7 +123,8 @@ impl Samod {
             .await
             .map_err(|_| anyhow::anyhow!("repo stopped"))?;
         if let Some(handle) = &found {
-            self.lock_handles().insert((node, doc.clone()), handle.clone());
+            self.lock_handles()
+                .insert((node, doc.clone()), handle.clone());
         }
         Ok(found)
     }
@@ -184,9 +187,12 @@ impl System for Samod {
             .into());
         }
         let handle = self.handle(node, doc).await?;
-        let hash = handle.with_document(|d| d.transact(|tx| edit.apply(tx)));
-        let hash = hash.map_err(|failure| anyhow::anyhow!("{:?}", failure.error))?.hash;
-        hash.context("the edit made no change")
+        let made = handle.with_document(|d| {
+            d.transact(|tx| edit.apply(tx))
+                .map(|success| success.hash)
+                .map_err(|failure| anyhow::anyhow!("{}", failure.error))
+        });
+        made?.context("the edit made no change")
     }
 
     async fn read(&self, node: usize, doc: &DocumentId) -> anyhow::Result<usize> {
@@ -194,7 +200,11 @@ impl System for Samod {
         Ok(handle.with_document(|d| d.length(ROOT)))
     }
 
-    async fn heads(&self, node: usize, doc: &DocumentId) -> anyhow::Result<Option<Vec<ChangeHash>>> {
+    async fn heads(
+        &self,
+        node: usize,
+        doc: &DocumentId,
+    ) -> anyhow::Result<Option<Vec<ChangeHash>>> {
         Ok(self
             .find(node, doc)
             .await?
@@ -242,7 +252,8 @@ struct NodelayDialer {
     bytes_sent: Arc<AtomicU64>,
 }
 
-type DialFuture = Pin<Box<dyn Future<Output = Result<Transport, DialError<std::io::Error>>> + Send>>;
+type DialFuture =
+    Pin<Box<dyn Future<Output = Result<Transport, DialError<std::io::Error>>> + Send>>;
 
 impl Dialer for NodelayDialer {
     type Error = std::io::Error;
@@ -255,7 +266,9 @@ impl Dialer for NodelayDialer {
         let addr = self.addr;
         let bytes = self.bytes_sent.clone();
         Box::pin(async move {
-            let stream = TcpStream::connect(addr).await.map_err(DialError::transient)?;
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(DialError::transient)?;
             stream.set_nodelay(true).map_err(DialError::transient)?;
             Ok(Transport::from_tokio_io(CountingStream::new(stream, bytes)))
         })
