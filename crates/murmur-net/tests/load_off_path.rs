@@ -125,13 +125,15 @@ async fn a_stuck_cold_load_blocks_nothing_but_what_needs_that_document() {
         let handle = handle.clone();
         tokio::spawn(async move { read_k(&handle, cold).await })
     };
+    // Once the load is stuck, the read has reached the driver (it asked
+    // for the load): the write, sent only now, comes after it.
+    while !store.waiting.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let cold_write = {
         let handle = handle.clone();
         tokio::spawn(async move { change(&handle, cold, 5).await })
     };
-    while !store.waiting.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 
     // The cold document's load is stuck in the store. Everything else is
     // answered, the warm document's own cold load included.
