@@ -178,20 +178,22 @@ impl Stream {
     }
 
     fn latency_samples(&self) -> Vec<Sample> {
-        let latencies = self.latencies_ms();
-        vec![
-            Sample::new(
-                "p50 latency",
-                Unit::Millis,
-                percentile(&latencies, 50.0).unwrap_or(f64::NAN),
-            ),
-            Sample::new(
-                "p99 latency",
-                Unit::Millis,
-                percentile(&latencies, 99.0).unwrap_or(f64::NAN),
-            ),
-        ]
+        latency_samples(&self.latencies_ms())
     }
+}
+
+/// The p50 and p99 of `latencies` (milliseconds).
+fn latency_samples(latencies: &[f64]) -> Vec<Sample> {
+    [("p50 latency", 50.0), ("p99 latency", 99.0)]
+        .into_iter()
+        .map(|(name, p)| {
+            Sample::new(
+                name,
+                Unit::Millis,
+                percentile(latencies, p).unwrap_or(f64::NAN),
+            )
+        })
+        .collect()
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -502,23 +504,13 @@ async fn durable<S: System>(
     }
     let elapsed = started.elapsed().as_secs_f64();
     shutdown_shared(sys).await?;
-    Ok(vec![
-        Sample::new(
-            "durable writes",
-            Unit::PerSecond,
-            latencies.len() as f64 / elapsed,
-        ),
-        Sample::new(
-            "p50 latency",
-            Unit::Millis,
-            percentile(&latencies, 50.0).unwrap_or(f64::NAN),
-        ),
-        Sample::new(
-            "p99 latency",
-            Unit::Millis,
-            percentile(&latencies, 99.0).unwrap_or(f64::NAN),
-        ),
-    ])
+    let mut samples = vec![Sample::new(
+        "durable writes",
+        Unit::PerSecond,
+        latencies.len() as f64 / elapsed,
+    )];
+    samples.extend(latency_samples(&latencies));
+    Ok(samples)
 }
 
 async fn applied<S: System>(dir: PathBuf, writes: usize) -> anyhow::Result<Vec<Sample>> {
@@ -535,23 +527,13 @@ async fn applied<S: System>(dir: PathBuf, writes: usize) -> anyhow::Result<Vec<S
     }
     let elapsed = started.elapsed().as_secs_f64();
     sys.shutdown().await?;
-    Ok(vec![
-        Sample::new(
-            "p50 latency",
-            Unit::Millis,
-            percentile(&latencies, 50.0).unwrap_or(f64::NAN),
-        ),
-        Sample::new(
-            "p99 latency",
-            Unit::Millis,
-            percentile(&latencies, 99.0).unwrap_or(f64::NAN),
-        ),
-        Sample::new(
-            "writes (one after another)",
-            Unit::PerSecond,
-            writes as f64 / elapsed,
-        ),
-    ])
+    let mut samples = latency_samples(&latencies);
+    samples.push(Sample::new(
+        "writes (one after another)",
+        Unit::PerSecond,
+        writes as f64 / elapsed,
+    ));
+    Ok(samples)
 }
 
 /// Text that does not compress: `bytes` pseudo-random letters.
