@@ -139,11 +139,14 @@ pub enum FaultInjection {
     LeakQueuedBytes,
     /// A sync conversation that went quiet is never restarted by its timer.
     NoSyncRetry,
+    /// Pushes batched together ([`crate::Replica::handle_messages`]) apply
+    /// only the first push's changes; the rest are counted and dropped.
+    BatchAppliesFirstPushOnly,
 }
 
 impl FaultInjection {
     /// Every planted bug (not [`FaultInjection::None`]).
-    pub const ALL: [FaultInjection; 12] = [
+    pub const ALL: [FaultInjection; 13] = [
         FaultInjection::AckDurableBeforeFlush,
         FaultInjection::DropPushWithMissingDependencies,
         FaultInjection::NoSyncResend,
@@ -156,6 +159,7 @@ impl FaultInjection {
         FaultInjection::StaleDigestLeaf,
         FaultInjection::LeakQueuedBytes,
         FaultInjection::NoSyncRetry,
+        FaultInjection::BatchAppliesFirstPushOnly,
     ];
 
     /// True when this build can plant bugs (the `planted-bugs` feature).

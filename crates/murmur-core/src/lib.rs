@@ -20,7 +20,9 @@
 //!      [`Replica::create_document`] makes a new one),
 //!    - [`Replica::handle_peer_up`] / [`Replica::handle_peer_down`] (a
 //!      connection to a peer opened or closed),
-//!    - [`Replica::handle_message`] (a message arrived from a peer),
+//!    - [`Replica::handle_message`] (a message arrived from a peer), or
+//!      [`Replica::handle_messages`] for all those found queued at once (a
+//!      node behind on a peer's pushes then applies them in one batch),
 //!    - [`Replica::handle_timeout`] (the time [`Replica::poll_timeout`] asked
 //!      for has come),
 //!    - [`Replica::handle_flush_complete`] (a group commit handed out by
@@ -182,7 +184,9 @@ pub use error::ReplicaError;
 pub use flush::Flush;
 pub use load::{Load, Loaded, Residency};
 pub use membership::Member;
-pub use replica::{AckLevel, Event, LocalWrite, Origin, Replica, Transmit, WriteId};
+pub use replica::{
+    AckLevel, Event, LocalWrite, Origin, Replica, Transmit, WriteId, MAX_BATCHED_CHANGES,
+};
 pub use time::Time;
 
 pub use automerge;
@@ -209,6 +213,9 @@ pub struct Metrics {
     pub messages_dropped_backpressure: u64,
     /// Pushed changes that missed dependencies and started a sync.
     pub missing_dependency_syncs: u64,
+    /// Pushes applied in one batch with an earlier push of the same peer
+    /// about the same document ([`Replica::handle_messages`]).
+    pub pushes_batched: u64,
     /// Anti-entropy rounds run.
     pub anti_entropy_rounds: u64,
     /// Sync conversations restarted because they stopped making progress
@@ -275,6 +282,7 @@ impl Metrics {
             messages_received,
             messages_dropped_backpressure,
             missing_dependency_syncs,
+            pushes_batched,
             anti_entropy_rounds,
             sync_restarts,
             flushes,
@@ -306,6 +314,7 @@ impl Metrics {
         self.messages_received += messages_received;
         self.messages_dropped_backpressure += messages_dropped_backpressure;
         self.missing_dependency_syncs += missing_dependency_syncs;
+        self.pushes_batched += pushes_batched;
         self.anti_entropy_rounds += anti_entropy_rounds;
         self.sync_restarts += sync_restarts;
         self.flushes += flushes;

@@ -112,6 +112,22 @@ pub struct LocalWrite<O> {
     pub output: O,
 }
 
+/// The most pushed changes [`Replica::handle_messages`] applies in one
+/// Automerge batch: a bound on one batch's time (each message is bounded by
+/// its frame already).
+pub const MAX_BATCHED_CHANGES: usize = 4096;
+
+/// Pushes of one peer about one document gathered by
+/// [`Replica::handle_messages`], to apply in one batch.
+struct PushBatch {
+    from: NodeId,
+    doc: DocumentId,
+    /// Changes in all its messages.
+    changes: usize,
+    /// Each message's changes, in arrival order.
+    messages: Vec<Vec<Vec<u8>>>,
+}
+
 /// A document waiting to load.
 #[derive(Debug, Default)]
 struct Waiting {
@@ -470,9 +486,89 @@ impl Replica {
         self.dispatch(now, from, message)
     }
 
+    /// Several messages that arrived together (what a driver finds queued
+    /// when it next reads its input), in arrival order: the same as
+    /// [`Replica::handle_message`] on each, but cheaper under load. The
+    /// pushed changes about one document from one peer are applied in one
+    /// Automerge batch, which costs about what one push does; the further
+    /// behind a node is, the more it catches up per turn. Pushes are
+    /// gathered until any other message arrives (that one sees them
+    /// applied), and at most [`MAX_BATCHED_CHANGES`] changes to a batch.
+    /// Returns the rejected messages' senders and errors; each rejected
+    /// message changed nothing.
+    pub fn handle_messages(
+        &mut self,
+        now: Time,
+        messages: impl IntoIterator<Item = (NodeId, Message)>,
+    ) -> Vec<(NodeId, ReplicaError)> {
+        let mut errors = Vec::new();
+        // Gathered pushes, in the order their first message came.
+        let mut batches: Vec<PushBatch> = Vec::new();
+        for (from, message) in messages {
+            if !self.peers.contains_key(&from) {
+                errors.push((from, ReplicaError::PeerNotConnected(from)));
+                continue;
+            }
+            self.observe_clock(now);
+            self.metrics.messages_received += 1;
+            match message {
+                Message::Changes { doc, changes } => {
+                    let open = batches.iter_mut().find(|batch| {
+                        batch.from == from
+                            && batch.doc == doc
+                            && batch.changes + changes.len() <= MAX_BATCHED_CHANGES
+                    });
+                    match open {
+                        Some(batch) => {
+                            batch.changes += changes.len();
+                            batch.messages.push(changes);
+                        }
+                        None => batches.push(PushBatch {
+                            from,
+                            doc,
+                            changes: changes.len(),
+                            messages: vec![changes],
+                        }),
+                    }
+                }
+                other => {
+                    self.apply_batches(now, &mut batches, &mut errors);
+                    if let Err(error) = self.dispatch(now, from, other) {
+                        errors.push((from, error));
+                    }
+                }
+            }
+        }
+        self.apply_batches(now, &mut batches, &mut errors);
+        errors
+    }
+
+    fn apply_batches(
+        &mut self,
+        now: Time,
+        batches: &mut Vec<PushBatch>,
+        errors: &mut Vec<(NodeId, ReplicaError)>,
+    ) {
+        for PushBatch {
+            from,
+            doc,
+            messages,
+            ..
+        } in batches.drain(..)
+        {
+            let rejected = self.receive_changes(now, from, doc, messages);
+            errors.extend(rejected.into_iter().map(|error| (from, error)));
+        }
+    }
+
     fn dispatch(&mut self, now: Time, from: NodeId, message: Message) -> Result<(), ReplicaError> {
         match message {
-            Message::Changes { doc, changes } => self.receive_changes(now, from, doc, changes),
+            Message::Changes { doc, changes } => {
+                match self.receive_changes(now, from, doc, vec![changes]).pop() {
+                    Some(error) => Err(error),
+                    None => Ok(()),
+                }
+            }
             Message::Sync { doc, message } => self.receive_sync(now, from, doc, &message),
             // Connection set-up is the driver's business, and nothing reads
             // a peer's advertised heads yet.
@@ -489,47 +585,101 @@ impl Replica {
         }
     }
 
+    /// Applies the changes of one or more `Changes` messages from `from`
+    /// about `doc`, in arrival order, in one Automerge batch: applying
+    /// walks the document's ops at each changed key once per batch, so a
+    /// batch of a hundred costs about what one change does. A message with
+    /// an undecodable change is rejected whole; the others still apply.
+    /// Returns one error per rejected message.
     fn receive_changes(
         &mut self,
         now: Time,
         from: NodeId,
         doc: DocumentId,
-        raw: Vec<Vec<u8>>,
-    ) -> Result<(), ReplicaError> {
+        messages: Vec<Vec<Vec<u8>>>,
+    ) -> Vec<ReplicaError> {
         let _span =
             tracing::debug_span!("receive_changes", peer = %from.short(), doc = %doc).entered();
-        if let Err(ReplicaError::Loading(_)) = self.resident(doc) {
-            let message = Message::Changes { doc, changes: raw };
-            self.park(doc, Parked::Message { from, message });
-            return Ok(());
-        }
         let invalid = |reason: String| ReplicaError::InvalidPeerData {
             peer: from,
             doc,
             what: "change",
             reason,
         };
-        let changes = raw
-            .into_iter()
-            .map(|bytes| Change::from_bytes(bytes).map_err(|error| invalid(error.to_string())))
-            .collect::<Result<Vec<Change>, _>>()?;
-        let count = changes.len();
+        if let Err(ReplicaError::Loading(_)) = self.resident(doc) {
+            // Each waits for the document's load as the message it came in.
+            for changes in messages {
+                let message = Message::Changes { doc, changes };
+                self.park(doc, Parked::Message { from, message });
+            }
+            return Vec::new();
+        }
+        let mut errors = Vec::new();
+        let mut decoded: Vec<Vec<Change>> = Vec::with_capacity(messages.len());
+        for raw in messages {
+            let changes = raw
+                .into_iter()
+                .map(|bytes| Change::from_bytes(bytes).map_err(|e| invalid(e.to_string())))
+                .collect::<Result<Vec<Change>, _>>();
+            match changes {
+                Ok(changes) => decoded.push(changes),
+                Err(error) => errors.push(error),
+            }
+        }
+        if decoded.is_empty() {
+            return errors;
+        }
+        self.metrics.pushes_batched += decoded.len() as u64 - 1;
+        let count: usize = decoded.iter().map(Vec::len).sum();
+        if self
+            .config
+            .planted(FaultInjection::BatchAppliesFirstPushOnly)
+        {
+            decoded.truncate(1);
+        }
         let drop_orphans = self
             .config
             .planted(FaultInjection::DropPushWithMissingDependencies);
         let observed = self.observed.contains(&doc);
-        let document = self.document_or_new(now, doc)?;
-        let changes = if drop_orphans {
-            keep_changes_with_dependencies(&document.doc, changes)
-        } else {
-            changes
+        let document = match self.document_or_new(now, doc) {
+            Ok(document) => document,
+            Err(error) => {
+                errors.push(error);
+                return errors;
+            }
         };
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
-        document
-            .doc
-            .apply_changes_log_patches(changes, &mut log)
-            .map_err(|error| invalid(error.to_string()))?;
+        // One message moves into the batch; several are copied, kept to
+        // find the one at fault should the batch fail.
+        let single = decoded.len() == 1;
+        let all: Vec<Change> = if single {
+            decoded.pop().unwrap_or_default()
+        } else {
+            decoded.iter().flatten().cloned().collect()
+        };
+        let all = if drop_orphans {
+            keep_changes_with_dependencies(&document.doc, all)
+        } else {
+            all
+        };
+        if let Err(error) = document.doc.apply_changes_log_patches(all, &mut log) {
+            if single {
+                errors.push(invalid(error.to_string()));
+            }
+            // Apply them one by one (what the batch applied is skipped as
+            // known) to reject only the message at fault.
+            for changes in decoded {
+                let changes = if drop_orphans {
+                    keep_changes_with_dependencies(&document.doc, changes)
+                } else {
+                    changes
+                };
+                if let Err(error) = document.doc.apply_changes_log_patches(changes, &mut log) {
+                    errors.push(invalid(error.to_string()));
+                }
+            }
+        }
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
         let missing = !document.doc.get_missing_deps(&[]).is_empty();
@@ -544,7 +694,7 @@ impl Replica {
             self.metrics.missing_dependency_syncs += 1;
             self.sync_with(doc, from, true);
         }
-        Ok(())
+        errors
     }
 
     fn receive_sync(

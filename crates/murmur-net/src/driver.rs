@@ -508,21 +508,56 @@ impl Driver {
     }
 
     /// Handles `first` and whatever other network events are already
-    /// queued, up to a bound.
+    /// queued, up to a bound. The messages among them go to the engine
+    /// together ([`Replica::handle_messages`]): a node behind on pushes
+    /// applies what queued up in one batch per document and catches up.
     fn handle_net_events(&mut self, first: NetEvent) {
-        self.handle_net(first);
-        for _ in 1..COMMAND_BATCH {
-            let Some(events) = self.net_events.as_mut() else {
-                return;
+        let mut messages = Vec::new();
+        let mut next = Some(first);
+        for _ in 0..COMMAND_BATCH {
+            let Some(event) = next.take() else {
+                break;
             };
-            match events.try_recv() {
-                Ok(event) => self.handle_net(event),
-                Err(_) => return,
+            match event {
+                NetEvent::Message {
+                    peer,
+                    link,
+                    message,
+                    bytes,
+                } => {
+                    // Not from a connection already replaced.
+                    if self.is_current(peer, link) {
+                        self.traffic.messages_in += 1;
+                        self.traffic.bytes_in += bytes as u64;
+                        messages.push((peer, message));
+                    }
+                }
+                other => {
+                    // A connection coming or going sees the messages
+                    // before it handled.
+                    self.handle_messages(std::mem::take(&mut messages));
+                    self.handle_link_event(other);
+                }
             }
+            next = self
+                .net_events
+                .as_mut()
+                .and_then(|events| events.try_recv().ok());
+        }
+        self.handle_messages(messages);
+    }
+
+    fn handle_messages(&mut self, messages: Vec<(NodeId, murmur_core::Message)>) {
+        if messages.is_empty() {
+            return;
+        }
+        for (peer, error) in self.replica.handle_messages(wall_clock(), messages) {
+            self.traffic.rejected += 1;
+            tracing::warn!(peer = %peer.short(), %error, "rejected a message from a peer");
         }
     }
 
-    fn handle_net(&mut self, event: NetEvent) {
+    fn handle_link_event(&mut self, event: NetEvent) {
         let now = wall_clock();
         match event {
             NetEvent::Up { peer, link } => self.link_up(now, peer, link),
@@ -534,22 +569,7 @@ impl Driver {
                     tracing::info!(peer = %peer.short(), %reason, "peer disconnected");
                 }
             }
-            NetEvent::Message {
-                peer,
-                link,
-                message,
-                bytes,
-            } => {
-                if !self.is_current(peer, link) {
-                    return; // from a connection already replaced
-                }
-                self.traffic.messages_in += 1;
-                self.traffic.bytes_in += bytes as u64;
-                if let Err(error) = self.replica.handle_message(now, peer, message) {
-                    self.traffic.rejected += 1;
-                    tracing::warn!(peer = %peer.short(), %error, "rejected a message from a peer");
-                }
-            }
+            NetEvent::Message { .. } => {}
         }
     }
 

@@ -495,6 +495,7 @@ pub fn status_json(status: &Status, uptime_secs: u64) -> Json {
             "messages_received": m.messages_received,
             "messages_dropped_backpressure": m.messages_dropped_backpressure,
             "missing_dependency_syncs": m.missing_dependency_syncs,
+            "pushes_batched": m.pushes_batched,
             "anti_entropy_rounds": m.anti_entropy_rounds,
             "sync_restarts": m.sync_restarts,
             "flushes": m.flushes,

@@ -163,6 +163,11 @@ fn replication(out: &mut Exposition, status: &Status) {
         "Pushed changes that missed dependencies and started a sync.",
         m.missing_dependency_syncs,
     );
+    out.counter(
+        "murmur_pushes_batched_total",
+        "Pushes applied in one batch with an earlier push of the same peer and document.",
+        m.pushes_batched,
+    );
     out.gauge(
         "murmur_writes_awaiting_flush",
         "Local writes applied but not yet durable (durability lag).",
