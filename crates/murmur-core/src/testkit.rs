@@ -300,6 +300,10 @@ struct InFlight {
     frame: Vec<u8>,
 }
 
+/// The most messages one delivery hands a node together (see
+/// [`Cluster::turn_window`]).
+pub const MAX_TURN_MESSAGES: usize = 64;
+
 /// N replicas on a simulated network. Nodes are numbered from 0.
 pub struct Cluster {
     now: Time,
@@ -323,6 +327,13 @@ pub struct Cluster {
     pub network: Network,
     /// The disk's behaviour; change it at any time.
     pub disk: Disk,
+    /// How a busy node takes its input: delivering a message to a node
+    /// also hands it, in the same [`Replica::handle_messages`] call, the
+    /// messages for it due within this window after the first (at most
+    /// [`MAX_TURN_MESSAGES`]), as a node finds them queued when it next
+    /// reads its input. Zero: only those due at the same instant (as the
+    /// messages a paused node held arrive on resuming).
+    pub turn_window: Duration,
     traffic: Traffic,
     trace: Option<Vec<TraceEntry>>,
     /// Crashes that struck while the node had a flush in flight.
@@ -427,6 +438,7 @@ impl Cluster {
             last_stepped: None,
             network: Network::default(),
             disk: Disk::default(),
+            turn_window: Duration::ZERO,
             traffic: Traffic::default(),
             trace: None,
             crashes_mid_flush: 0,
@@ -1189,27 +1201,53 @@ impl Cluster {
         self.deliver(message);
     }
 
-    fn deliver(&mut self, message: InFlight) {
-        let InFlight {
-            from,
-            to,
-            kind,
-            frame,
-            ..
-        } = message;
-        let decoded = decode_frame(&frame)
-            .unwrap_or_else(|e| panic!("a frame we encoded does not decode: {e}"));
-        self.record(WorldEvent::Delivered {
-            from,
-            to,
-            kind,
-            bytes: frame.len(),
-            frame_hash: fnv1a(&frame),
-        });
-        let (now, sender) = (self.local_now(to), self.nodes[from].id);
-        if let Err(error) = self.replica_mut(to).handle_message(now, sender, decoded) {
+    /// Delivers `first` (due now) with the messages for the same node due
+    /// within [`Cluster::turn_window`], in their order, as one turn. A
+    /// message whose connection is gone or blocked now is left to meet
+    /// its fate at its own time.
+    fn deliver(&mut self, first: InFlight) {
+        let to = first.to;
+        let until = self.now.add(self.turn_window);
+        let gathered: Vec<(Time, u64)> = self
+            .in_flight
+            .range(..=(until, u64::MAX))
+            .filter(|(_, m)| {
+                m.to == to
+                    && self.links.get(&pair(m.from, m.to)) == Some(&m.generation)
+                    && !self.blocked.contains(&(m.from, m.to))
+            })
+            .map(|(key, _)| *key)
+            .take(MAX_TURN_MESSAGES - 1)
+            .collect();
+        let mut turn = vec![first];
+        for key in gathered {
+            if let Some(message) = self.in_flight.remove(&key) {
+                turn.push(message);
+            }
+        }
+        let mut messages = Vec::with_capacity(turn.len());
+        for InFlight {
+            from, kind, frame, ..
+        } in turn
+        {
+            let decoded = decode_frame(&frame)
+                .unwrap_or_else(|e| panic!("a frame we encoded does not decode: {e}"));
+            self.record(WorldEvent::Delivered {
+                from,
+                to,
+                kind,
+                bytes: frame.len(),
+                frame_hash: fnv1a(&frame),
+            });
+            messages.push((self.nodes[from].id, decoded));
+        }
+        let now = self.local_now(to);
+        let index_of = |id: NodeId, nodes: &[Node]| nodes.iter().position(|n| n.id == id);
+        let rejected = self.replica_mut(to).handle_messages(now, messages);
+        for (sender, error) in rejected {
             tracing::debug!(%error, "replica rejected a message");
             self.traffic.rejected += 1;
+            let from = index_of(sender, &self.nodes).unwrap_or(to);
             self.record(WorldEvent::Rejected {
                 from,
                 to,

@@ -115,6 +115,7 @@ impl PlantedBug {
             FaultInjection::StaleDigestLeaf => "stale-digest-leaf",
             FaultInjection::LeakQueuedBytes => "leak-queued-bytes",
             FaultInjection::NoSyncRetry => "no-sync-retry",
+            FaultInjection::BatchAppliesFirstPushOnly => "batch-applies-first-push-only",
             _ => "none",
         }
     }
@@ -143,7 +144,8 @@ impl PlantedBug {
         match self.0 {
             FaultInjection::AckDurableBeforeFlush => &["crash-restart"],
             FaultInjection::DropPushWithMissingDependencies
-            | FaultInjection::SkipPushToBusyPeer => &["no-anti-entropy"],
+            | FaultInjection::SkipPushToBusyPeer
+            | FaultInjection::BatchAppliesFirstPushOnly => &["no-anti-entropy"],
             FaultInjection::NoSyncResend | FaultInjection::NoSyncResetOnReconcile => {
                 &["sync-stalls-bare"]
             }

@@ -23,6 +23,10 @@ pub enum Stream {
     Nemesis = 3,
     /// The world: latencies, losses, node ids, replica seeds.
     World = 4,
+    /// Parameters added after the first ones, each from its own stream:
+    /// adding one leaves every seed's earlier draws as they were (so a
+    /// baseline compares the engine, not a reshuffle of the seeds).
+    TurnWindow = 5,
 }
 
 /// SplitMix64: a stable, well-mixed derivation of sub-seeds.
@@ -111,6 +115,10 @@ pub struct Limits {
     /// Document loads out at once.
     #[serde(default = "one")]
     pub loads_in_flight: u64,
+    /// How long a node's turn gathers the messages due for it, in
+    /// microseconds.
+    #[serde(default)]
+    pub turn_window_us: u64,
 }
 
 fn one() -> u64 {
@@ -273,6 +281,10 @@ impl Params {
                 digest_leaves: scenario.limits.digest_leaves.draw(&mut rng),
                 flush_max_us: scenario.limits.flush_max_us.draw(&mut rng),
                 loads_in_flight: scenario.limits.loads_in_flight.draw(&mut rng),
+                turn_window_us: scenario
+                    .limits
+                    .turn_window_us
+                    .draw(&mut self::rng(seed, Stream::TurnWindow)),
             },
             anti_entropy: scenario.anti_entropy,
             anti_entropy_interval_ms: scenario.anti_entropy_interval_ms.draw(&mut rng),

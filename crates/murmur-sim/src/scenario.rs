@@ -174,11 +174,13 @@ pub enum Mechanism {
     CrashMidFlush,
     /// A peer's message (or an owed sync) waited for its document to load.
     LoadParked,
+    /// Pushes that arrived in one turn applied in one batch.
+    PushBatched,
 }
 
 impl Mechanism {
     /// Every mechanism, in report order.
-    pub const ALL: [Mechanism; 16] = [
+    pub const ALL: [Mechanism; 17] = [
         Mechanism::Backpressure,
         Mechanism::QueueFull,
         Mechanism::Eviction,
@@ -195,6 +197,7 @@ impl Mechanism {
         Mechanism::Membership,
         Mechanism::CrashMidFlush,
         Mechanism::LoadParked,
+        Mechanism::PushBatched,
     ];
 
     /// Its name in scenario files and reports.
@@ -216,6 +219,7 @@ impl Mechanism {
             Mechanism::Membership => "membership",
             Mechanism::CrashMidFlush => "crash-mid-flush",
             Mechanism::LoadParked => "load-parked",
+            Mechanism::PushBatched => "push-batched",
         }
     }
 }
@@ -260,6 +264,11 @@ pub struct LimitsSpec {
     /// flush); inputs about a loading document wait for it.
     #[serde(default = "defaults::loads_in_flight")]
     pub loads_in_flight: Spec<u64>,
+    /// How long a node's turn gathers the messages due for it, in
+    /// microseconds: they are handed to the engine together (0: only those
+    /// due at once). See `Cluster::turn_window`.
+    #[serde(default = "defaults::turn_window_us")]
+    pub turn_window_us: Spec<u64>,
 }
 
 /// The network outside fault windows.
@@ -483,6 +492,9 @@ mod defaults {
     pub fn loads_in_flight() -> Spec<u64> {
         Spec::Range([1, 4])
     }
+    pub fn turn_window_us() -> Spec<u64> {
+        Spec::Range([0, 4_000])
+    }
 }
 
 impl Default for LimitsSpec {
@@ -523,7 +535,10 @@ impl LimitsSpec {
             .map_err(at("limits.flush_max_us"))?;
         self.loads_in_flight
             .check(1, 1_024)
-            .map_err(at("limits.loads_in_flight"))
+            .map_err(at("limits.loads_in_flight"))?;
+        self.turn_window_us
+            .check(0, 1_000_000)
+            .map_err(at("limits.turn_window_us"))
     }
 }
 

@@ -187,6 +187,7 @@ impl<'a> Runner<'a> {
         });
         cluster.record_trace(true);
         cluster.disk = limits.disk();
+        cluster.turn_window = Duration::from_micros(limits.turn_window_us);
         Runner {
             params,
             cluster,
@@ -907,6 +908,7 @@ impl<'a> Runner<'a> {
                     Mechanism::Membership => self.membership_deliveries,
                     Mechanism::CrashMidFlush => self.cluster.crashes_mid_flush(),
                     Mechanism::LoadParked => metrics.inputs_parked,
+                    Mechanism::PushBatched => metrics.pushes_batched,
                 };
                 (mechanism.name().to_owned(), count)
             })

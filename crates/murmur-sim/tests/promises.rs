@@ -88,7 +88,7 @@ fn a_compaction_that_deletes_first_loses_flushed_data_in_a_crash() {
     // message pattern does.)
     assert_caught_by(
         "compaction-crash",
-        0,
+        6,
         PlantedBug(murmur_core::FaultInjection::CompactDeletesBeforeSnapshot),
         "durable-lost",
     );
