@@ -1,7 +1,7 @@
 //! Embedding Murmur: open a node on a directory, make a document, change it,
 //! watch it, restart, and find it all still there.
 //!
-//! Run with `cargo run --example quickstart`.
+//! Run with `cargo run -p murmur --example quickstart`.
 
 use automerge::transaction::Transactable;
 use automerge::{ObjType, ReadDoc, ROOT};

@@ -7,7 +7,7 @@
 //! randomness: time comes in as an argument, randomness from a seed in its
 //! [`Config`], and everything it wants done comes out as data. Two drivers
 //! run the very same engine: `murmur-net` over QUIC with a real clock and
-//! sled, and the simulator (and [`testkit`]) with virtual time and a
+//! sled, and the simulator (and `testkit`) with virtual time and a
 //! crashable in-memory store.
 //!
 //! # The event loop
@@ -162,8 +162,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! [`testkit`] does this for N replicas with virtual time, seeded delays and
-//! faults.
+//! `testkit` (behind the `testkit` feature, off in a node's build) does
+//! this for N replicas with virtual time, seeded delays and faults.
 
 mod cache;
 mod config;
@@ -176,6 +176,7 @@ mod membership;
 mod replica;
 mod replication;
 mod retry;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 mod time;
 

@@ -43,6 +43,7 @@
 //! | crate | what it owns |
 //! |---|---|
 //! | `murmur` (this) | the public API: [`Node`], [`NodeBuilder`], [`DocHandle`] |
+//! | `murmur-node` | the `murmur` binary: CLI, config, loopback HTTP API, metrics |
 //! | `murmur-net` | the driver running the engine with a real clock and sled; node identity |
 //! | `murmur-core` | the replication engine, with no I/O |
 //! | `murmur-store` | the `Storage` trait, sled and in-memory stores, the key layout |
