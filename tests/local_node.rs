@@ -119,8 +119,46 @@ async fn a_failed_change_rolls_back_and_says_why() {
             tx.insert(ROOT, 0, "nope")
         })
         .await;
-    assert!(matches!(result, Err(Error::Replica(_))), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(Error::Replica(murmur::ReplicaError::ChangeRejected(_)))
+        ),
+        "{result:?}"
+    );
     assert_eq!(read_int(&doc, "half").await, None);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_change_refused_with_its_own_error_hands_that_error_back_typed() {
+    #[derive(Debug, PartialEq)]
+    struct OutOfStock(&'static str);
+
+    let node = Node::builder().in_memory().start().await.unwrap();
+    let doc = node.create_doc().await.unwrap();
+    let refused = doc
+        .try_change_with(Ack::Durable, |tx| {
+            tx.put(ROOT, "half", 1_i64).map_err(|_| OutOfStock("put"))?;
+            Err::<(), _>(OutOfStock("widgets"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.unwrap_err(), OutOfStock("widgets"));
+    assert_eq!(read_int(&doc, "half").await, None, "rolled back");
+
+    let made = doc
+        .try_change_with(Ack::Durable, |tx| {
+            tx.put(ROOT, "count", 3_i64)
+                .map_err(|_| OutOfStock("put"))?;
+            Ok::<_, OutOfStock>("done")
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(made.output, "done");
+    assert!(made.change.is_some());
+    assert_eq!(read_int(&doc, "count").await, Some(3));
     node.shutdown().await.unwrap();
 }
 

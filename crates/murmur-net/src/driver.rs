@@ -7,7 +7,6 @@
 //! after every input, drains its outputs: acknowledgements go back to the
 //! callers waiting for them, document changes to subscribers.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,11 +23,83 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::transport::{Link, NetEvent, Network, SendOutcome};
 
-/// A change function, type-erased to cross the channel.
-pub type ChangeFn =
-    Box<dyn FnOnce(&mut Transaction<'_>) -> Result<Box<dyn Any + Send>, AutomergeError> + Send>;
-/// A read function, type-erased to cross the channel.
-pub type ReadFn = Box<dyn FnOnce(&Automerge) -> Box<dyn Any + Send> + Send>;
+/// A local change on its way through the driver, typed at both ends: the
+/// driver runs it in a transaction, then tells it the outcome once the
+/// change reaches the level asked for, and it answers its caller with the
+/// caller's own types. Make one with [`DriverHandle::change`].
+pub trait ChangeRequest: Send {
+    /// Runs the change in `tx`. An error rolls the transaction back.
+    fn run(&mut self, tx: &mut Transaction<'_>) -> Result<(), AutomergeError>;
+    /// The outcome: the change made (`None`: the change function changed
+    /// nothing), or why the change was not acknowledged.
+    fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>);
+}
+
+/// A read on its way through the driver, typed at both ends. Make one with
+/// [`DriverHandle::read`].
+pub trait ReadRequest: Send {
+    /// Reads the document, or hears why it cannot be read.
+    fn run(self: Box<Self>, doc: Result<&Automerge, ReplicaError>);
+}
+
+/// What [`DriverHandle::change`] answers: the receipt; or `Ok(Err(e))`, the
+/// change function refused with its own error `e` and nothing changed; or
+/// why the node did not acknowledge the change.
+pub type ChangeOutcome<R, E> = Result<Result<ChangeReceipt<R>, E>, ChangeFailed>;
+
+struct TypedChange<F, R, E> {
+    change: Option<F>,
+    output: Option<Result<R, E>>,
+    reply: oneshot::Sender<ChangeOutcome<R, E>>,
+}
+
+impl<F, R, E> ChangeRequest for TypedChange<F, R, E>
+where
+    F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send,
+    R: Send,
+    E: Send,
+{
+    fn run(&mut self, tx: &mut Transaction<'_>) -> Result<(), AutomergeError> {
+        let change = self.change.take().ok_or(AutomergeError::Fail)?;
+        let output = change(tx);
+        let refused = output.is_err();
+        self.output = Some(output);
+        if refused {
+            // The caller hears its own error from `finish`.
+            return Err(AutomergeError::Fail);
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>) {
+        let answer = match (self.output, outcome) {
+            (Some(Err(refused)), _) => Ok(Err(refused)),
+            (_, Err(failed)) => Err(failed),
+            (Some(Ok(output)), Ok(change)) => Ok(Ok(ChangeReceipt { change, output })),
+            // A change acknowledged without running: the driver never does
+            // this, and the caller is told rather than left waiting.
+            (None, Ok(_)) => Err(ChangeFailed::Rejected(ReplicaError::ChangeRejected(
+                AutomergeError::Fail,
+            ))),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+struct TypedRead<F, R> {
+    read: F,
+    reply: oneshot::Sender<Result<R, ReplicaError>>,
+}
+
+impl<F, R> ReadRequest for TypedRead<F, R>
+where
+    F: FnOnce(&Automerge) -> R + Send,
+    R: Send,
+{
+    fn run(self: Box<Self>, doc: Result<&Automerge, ReplicaError>) {
+        let _ = self.reply.send(doc.map(self.read));
+    }
+}
 
 /// Most commands waiting in the channel; senders wait past it.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -50,11 +121,12 @@ pub const SUBSCRIBER_BACKLOG: usize = 1024;
 pub const STATUS_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The result of a change, once acknowledged at the level asked for.
-pub struct ChangeReceipt {
+#[derive(Debug)]
+pub struct ChangeReceipt<R> {
     /// The Automerge change made (none if the function changed nothing).
     pub change: Option<ChangeHash>,
     /// What the change function returned.
-    pub output: Box<dyn Any + Send>,
+    pub output: R,
 }
 
 /// Why a change was not acknowledged at the level asked for.
@@ -66,15 +138,22 @@ pub enum ChangeFailed {
     Rejected(#[from] ReplicaError),
     /// The change was made, but not enough peers confirmed it within
     /// [`REPLICATION_TIMEOUT`]. It stays and keeps replicating.
-    #[error(
-        "the change reached {reached:?} but not {wanted:?} in time; it stays and keeps replicating"
-    )]
-    NotReplicated {
-        /// The level asked for.
-        wanted: AckLevel,
-        /// The level reached.
-        reached: AckLevel,
-    },
+    #[error(transparent)]
+    NotReplicated(#[from] NotReplicated),
+}
+
+/// A change was made, but did not reach the acknowledgement level asked
+/// for in time (`Replicated(k)` waits at most [`REPLICATION_TIMEOUT`]). It
+/// stays and keeps replicating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the change reached {reached:?} but not {wanted:?} in time; it stays and keeps replicating"
+)]
+pub struct NotReplicated {
+    /// The level asked for.
+    pub wanted: AckLevel,
+    /// The level reached.
+    pub reached: AckLevel,
 }
 
 /// How long a change waits for `Replicated(k)` before the caller is told
@@ -178,21 +257,17 @@ pub enum Command {
     Change {
         /// The document.
         doc: DocumentId,
-        /// The change.
-        change: ChangeFn,
         /// The acknowledgement level to wait for.
         ack: AckLevel,
-        /// Gets the receipt or the error.
-        reply: oneshot::Sender<Result<ChangeReceipt, ChangeFailed>>,
+        /// The change, which answers its caller itself.
+        request: Box<dyn ChangeRequest>,
     },
     /// Read a document.
     Read {
         /// The document.
         doc: DocumentId,
-        /// The read.
-        read: ReadFn,
-        /// Gets what the read returned.
-        reply: oneshot::Sender<Result<Box<dyn Any + Send>, ReplicaError>>,
+        /// The read, which answers its caller itself.
+        request: Box<dyn ReadRequest>,
     },
     /// Subscribe to a document's changes.
     Subscribe {
@@ -270,6 +345,49 @@ impl DriverHandle {
         self.send(command(reply)).await?;
         answer.await.map_err(|_| DriverClosed)
     }
+
+    /// Changes `doc` in one transaction with `change` and answers once the
+    /// change reaches `ack`. If `change` fails with its own error `E`,
+    /// nothing changes and the answer is `Ok(Err(error))`.
+    pub async fn change<R, E, F>(
+        &self,
+        doc: DocumentId,
+        ack: AckLevel,
+        change: F,
+    ) -> Result<ChangeOutcome<R, E>, DriverClosed>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        self.request(|reply| Command::Change {
+            doc,
+            ack,
+            request: Box::new(TypedChange {
+                change: Some(change),
+                output: None,
+                reply,
+            }),
+        })
+        .await
+    }
+
+    /// Reads `doc` with `read`.
+    pub async fn read<R, F>(
+        &self,
+        doc: DocumentId,
+        read: F,
+    ) -> Result<Result<R, ReplicaError>, DriverClosed>
+    where
+        F: FnOnce(&Automerge) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.request(|reply| Command::Read {
+            doc,
+            request: Box::new(TypedRead { read, reply }),
+        })
+        .await
+    }
 }
 
 /// The wall clock as engine time.
@@ -286,8 +404,7 @@ struct PendingWrite {
     wanted: AckLevel,
     reached: AckLevel,
     change: Option<ChangeHash>,
-    output: Box<dyn Any + Send>,
-    reply: oneshot::Sender<Result<ChangeReceipt, ChangeFailed>>,
+    request: Box<dyn ChangeRequest>,
 }
 
 struct Subscription {
@@ -676,15 +793,8 @@ impl Driver {
                     .map(|()| self.replica.create_document(now));
                 let _ = reply.send(created);
             }
-            Command::Change {
-                doc,
-                change,
-                ack,
-                reply,
-            } => self.change(now, doc, change, ack, reply),
-            Command::Read { doc, read, reply } => {
-                let _ = reply.send(self.replica.document(doc).map(read));
-            }
+            Command::Change { doc, ack, request } => self.change(now, doc, request, ack),
+            Command::Read { doc, request } => request.run(self.replica.document(doc)),
             Command::Subscribe { doc, reply } => {
                 let _ = reply.send(self.subscribe(doc));
             }
@@ -724,27 +834,22 @@ impl Driver {
         &mut self,
         now: Time,
         doc: DocumentId,
-        change: ChangeFn,
+        mut request: Box<dyn ChangeRequest>,
         wanted: AckLevel,
-        reply: oneshot::Sender<Result<ChangeReceipt, ChangeFailed>>,
     ) {
-        let write = match self.replica.handle_local_change(now, doc, change) {
+        let write = match self
+            .replica
+            .handle_local_change(now, doc, |tx| request.run(tx))
+        {
             Ok(write) => {
                 self.turn_ops += write.ops;
                 write
             }
-            Err(error) => {
-                let _ = reply.send(Err(error.into()));
-                return;
-            }
+            Err(error) => return request.finish(Err(error.into())),
         };
         if write.change.is_none() {
             // Nothing changed: there is nothing to wait for at any level.
-            let _ = reply.send(Ok(ChangeReceipt {
-                change: None,
-                output: write.output,
-            }));
-            return;
+            return request.finish(Ok(None));
         }
         if matches!(wanted, AckLevel::Replicated(_)) {
             let deadline = tokio::time::Instant::now() + REPLICATION_TIMEOUT;
@@ -756,8 +861,7 @@ impl Driver {
                 wanted,
                 reached: AckLevel::Applied,
                 change: write.change,
-                output: write.output,
-                reply,
+                request,
             },
         );
     }
@@ -866,10 +970,11 @@ impl Driver {
             }
             self.replication_deadlines.pop_first();
             if let Some(pending) = self.pending.remove(&write) {
-                let _ = pending.reply.send(Err(ChangeFailed::NotReplicated {
+                pending.request.finish(Err(NotReplicated {
                     wanted: pending.wanted,
                     reached: pending.reached,
-                }));
+                }
+                .into()));
             }
         }
     }
@@ -981,10 +1086,7 @@ fn answer_if_reached(
         return;
     }
     if let Some(entry) = pending.remove(&write) {
-        let _ = entry.reply.send(Ok(ChangeReceipt {
-            change: entry.change,
-            output: entry.output,
-        }));
+        entry.request.finish(Ok(entry.change));
     }
 }
 
@@ -1030,12 +1132,8 @@ impl Command {
     /// Answers a command that needs a document with `error`.
     fn fail(self, error: ReplicaError) {
         match self {
-            Command::Change { reply, .. } => {
-                let _ = reply.send(Err(error.into()));
-            }
-            Command::Read { reply, .. } => {
-                let _ = reply.send(Err(error));
-            }
+            Command::Change { request, .. } => request.finish(Err(error.into())),
+            Command::Read { request, .. } => request.run(Err(error)),
             Command::Subscribe { reply, .. } => {
                 let _ = reply.send(Err(error));
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use automerge::transaction::Transactable;
 use automerge::ROOT;
 use murmur_core::{AckLevel, Config, NodeId, Replica};
-use murmur_net::driver::{self, ChangeFn};
+use murmur_net::driver;
 use murmur_net::Command;
 use murmur_store::{KeyValue, MemStore, Storage, StoreError, WriteBatch};
 
@@ -40,13 +40,6 @@ impl Storage for SlowStore {
     }
 }
 
-fn put(key: String, value: i64) -> ChangeFn {
-    Box::new(move |tx| {
-        tx.put(ROOT, key, value)?;
-        Ok(Box::new(()) as Box<dyn std::any::Any + Send>)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_writes_and_status_are_answered_while_a_flush_is_written() {
     let store = Arc::new(SlowStore {
@@ -70,12 +63,7 @@ async fn applied_writes_and_status_are_answered_while_a_flush_is_written() {
         let handle = handle.clone();
         tokio::spawn(async move {
             handle
-                .request(|reply| Command::Change {
-                    doc,
-                    change: put("first".into(), 0),
-                    ack: AckLevel::Durable,
-                    reply,
-                })
+                .change(doc, AckLevel::Durable, |tx| tx.put(ROOT, "first", 0))
                 .await
         })
     };
@@ -86,13 +74,11 @@ async fn applied_writes_and_status_are_answered_while_a_flush_is_written() {
     // While it is being written, the engine keeps answering.
     for i in 0..20 {
         handle
-            .request(|reply| Command::Change {
-                doc,
-                change: put(format!("k{i}"), i),
-                ack: AckLevel::Applied,
-                reply,
+            .change(doc, AckLevel::Applied, move |tx| {
+                tx.put(ROOT, format!("k{i}"), i)
             })
             .await
+            .unwrap()
             .unwrap()
             .unwrap();
     }
@@ -107,7 +93,7 @@ async fn applied_writes_and_status_are_answered_while_a_flush_is_written() {
     );
     // The 20 writes wait for the next flush; the first one is in flight.
     assert_eq!(status.writes_awaiting_flush, 21);
-    durable.await.unwrap().unwrap().unwrap();
+    durable.await.unwrap().unwrap().unwrap().unwrap();
 
     let (reply, stopped) = tokio::sync::oneshot::channel();
     handle.send(Command::Shutdown { reply }).await.unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ReadDoc, ROOT};
 use murmur_core::{AckLevel, Config, DocumentId, NodeId, Replica};
-use murmur_net::driver::{self, ChangeFn, ReadFn};
+use murmur_net::driver;
 use murmur_net::{Command, DriverHandle};
 use murmur_store::{KeyValue, MemStore, Storage, StoreError, WriteBatch};
 
@@ -52,46 +52,22 @@ impl Storage for GatedStore {
     }
 }
 
-fn put(value: i64) -> ChangeFn {
-    Box::new(move |tx| {
-        tx.put(ROOT, "k", value)?;
-        Ok(Box::new(()) as Box<dyn std::any::Any + Send>)
-    })
-}
-
-fn get_k() -> ReadFn {
-    Box::new(|doc: &Automerge| {
-        let value = doc
-            .get(ROOT, "k")
-            .ok()
-            .flatten()
-            .and_then(|(value, _)| value.as_i64());
-        Box::new(value) as Box<dyn std::any::Any + Send>
-    })
+fn value_of_k(doc: &Automerge) -> Option<i64> {
+    doc.get(ROOT, "k")
+        .ok()
+        .flatten()
+        .and_then(|(value, _)| value.as_i64())
 }
 
 async fn read_k(handle: &DriverHandle, doc: DocumentId) -> Option<i64> {
-    let value = handle
-        .request(|reply| Command::Read {
-            doc,
-            read: get_k(),
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    *value.downcast::<Option<i64>>().unwrap()
+    handle.read(doc, value_of_k).await.unwrap().unwrap()
 }
 
 async fn change(handle: &DriverHandle, doc: DocumentId, value: i64) {
     handle
-        .request(|reply| Command::Change {
-            doc,
-            change: put(value),
-            ack: AckLevel::Applied,
-            reply,
-        })
+        .change(doc, AckLevel::Applied, move |tx| tx.put(ROOT, "k", value))
         .await
+        .unwrap()
         .unwrap()
         .unwrap();
 }

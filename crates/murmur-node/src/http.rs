@@ -115,13 +115,15 @@ impl From<murmur::Error> for ApiError {
                 StatusCode::NOT_FOUND,
                 format!("no document {id} on this node"),
             ),
-            murmur::Error::NotReplicated { wanted, reached } => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the change was made and reached {reached:?}, but not {wanted:?} in time; \
+            murmur::Error::NotReplicated(murmur::NotReplicated { wanted, reached }) => {
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the change was made and reached {reached:?}, but not {wanted:?} in time; \
                      it stays and keeps replicating (do not send it again)"
-                ),
-            ),
+                    ),
+                )
+            }
             murmur::Error::Closed => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
             }

@@ -1,10 +1,8 @@
 //! Handles to documents.
 
-use std::any::Any;
-
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash};
-use murmur_core::{AckLevel, DocumentId};
+use murmur_core::{AckLevel, DocumentId, ReplicaError};
 use murmur_net::driver::{ChangeFailed, Command, DocumentChange, DriverHandle};
 use tokio::sync::broadcast;
 
@@ -58,30 +56,38 @@ impl DocHandle {
         R: Send + 'static,
         F: FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError> + Send + 'static,
     {
-        let change = Box::new(move |tx: &mut Transaction<'_>| {
-            f(tx).map(|output| Box::new(output) as Box<dyn Any + Send>)
-        });
-        let doc = self.id;
-        let receipt = self
-            .handle
-            .request(|reply| Command::Change {
-                doc,
-                change,
-                ack,
-                reply,
-            })
-            .await?
-            .map_err(|failed| match failed {
-                ChangeFailed::Rejected(error) => Error::Replica(error),
-                ChangeFailed::NotReplicated { wanted, reached } => {
-                    Error::NotReplicated { wanted, reached }
-                }
-                other => Error::Change(other.to_string()),
-            })?;
-        Ok(Receipt {
+        match self.try_change_with(ack, f).await? {
+            Ok(receipt) => Ok(receipt),
+            Err(error) => Err(Error::Replica(ReplicaError::ChangeRejected(error))),
+        }
+    }
+
+    /// Like [`DocHandle::change_with`], for a change function with an error
+    /// type of its own: if it fails, nothing changes and its error comes
+    /// back as `Ok(Err(error))`; `Err` is the node's.
+    pub async fn try_change_with<R, E, F>(
+        &self,
+        ack: AckLevel,
+        f: F,
+    ) -> Result<Result<Receipt<R>, E>, Error>
+    where
+        R: Send + 'static,
+        E: Send + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    {
+        let outcome =
+            self.handle
+                .change(self.id, ack, f)
+                .await?
+                .map_err(|failed| match failed {
+                    ChangeFailed::Rejected(error) => Error::Replica(error),
+                    ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
+                    other => Error::Change(other.to_string()),
+                })?;
+        Ok(outcome.map(|receipt| Receipt {
             change: receipt.change,
-            output: downcast(receipt.output),
-        })
+            output: receipt.output,
+        }))
     }
 
     /// Reads the document.
@@ -90,13 +96,7 @@ impl DocHandle {
         R: Send + 'static,
         F: FnOnce(&Automerge) -> R + Send + 'static,
     {
-        let read = Box::new(move |doc: &Automerge| Box::new(f(doc)) as Box<dyn Any + Send>);
-        let doc = self.id;
-        let output = self
-            .handle
-            .request(|reply| Command::Read { doc, read, reply })
-            .await??;
-        Ok(downcast(output))
+        Ok(self.handle.read(self.id, f).await??)
     }
 
     /// The document's heads.
@@ -116,15 +116,6 @@ impl DocHandle {
             .request(|reply| Command::Subscribe { doc, reply })
             .await??;
         Ok(ChangeStream { receiver })
-    }
-}
-
-/// The driver hands back exactly the type the closure produced; a mismatch
-/// is a bug in this crate, not an input error.
-fn downcast<R: 'static>(value: Box<dyn Any + Send>) -> R {
-    match value.downcast::<R>() {
-        Ok(value) => *value,
-        Err(_) => unreachable!("the driver returned another type than the closure made"),
     }
 }
 

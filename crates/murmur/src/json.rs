@@ -41,7 +41,6 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
 
 use automerge::transaction::Transactable;
 use automerge::{
@@ -338,26 +337,13 @@ pub async fn apply(handle: &DocHandle, ops: Vec<Op>, ack: Ack) -> Result<Receipt
             max: MAX_CHANGE_OPS,
         }));
     }
-    // The change closure may only fail with an `AutomergeError`; the op
-    // error that explains the failure comes back through this slot.
-    let refusal: Arc<Mutex<Option<OpError>>> = Arc::default();
-    let slot = refusal.clone();
-    let result = handle
-        .change_with(ack, move |tx| {
-            apply_ops(tx, &ops).map_err(|error| {
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some(error);
-                }
-                AutomergeError::Fail
-            })
-        })
-        .await;
-    match result {
-        Ok(receipt) => Ok(receipt),
-        Err(error) => match refusal.lock().ok().and_then(|mut slot| slot.take()) {
-            Some(op_error) => Err(ApplyError::Op(op_error)),
-            None => Err(ApplyError::Node(error)),
-        },
+    match handle
+        .try_change_with(ack, move |tx| apply_ops(tx, &ops))
+        .await
+    {
+        Ok(Ok(receipt)) => Ok(receipt),
+        Ok(Err(refused)) => Err(ApplyError::Op(refused)),
+        Err(error) => Err(ApplyError::Node(error)),
     }
 }
 

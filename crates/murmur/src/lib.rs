@@ -57,8 +57,8 @@ pub use doc::{ChangeStream, DocHandle, Receipt};
 pub use node::{Node, NodeBuilder};
 
 pub use automerge;
-pub use murmur_core::{AckLevel as Ack, Origin};
-pub use murmur_net::driver::{DocumentChange, PeerInfo, Status, Traffic};
+pub use murmur_core::{AckLevel as Ack, Origin, ReplicaError};
+pub use murmur_net::driver::{DocumentChange, NotReplicated, PeerInfo, Status, Traffic};
 pub use murmur_net::Identity;
 pub use murmur_wire::{DocumentId, NodeId};
 
@@ -93,15 +93,8 @@ pub enum Error {
     NotNetworked,
     /// The change was made but not confirmed by enough peers in time; it
     /// stays and keeps replicating.
-    #[error(
-        "the change reached {reached:?} but not {wanted:?} in time; it stays and keeps replicating"
-    )]
-    NotReplicated {
-        /// The level asked for.
-        wanted: Ack,
-        /// The level reached.
-        reached: Ack,
-    },
+    #[error(transparent)]
+    NotReplicated(#[from] NotReplicated),
     /// The change failed in a way this version does not know.
     #[error("the change failed: {0}")]
     Change(String),
