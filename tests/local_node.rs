@@ -109,6 +109,23 @@ async fn subscribers_see_each_change_with_its_patches() {
 }
 
 #[tokio::test]
+async fn a_change_stream_is_a_futures_stream() {
+    use futures_util::StreamExt;
+
+    let node = Node::builder().in_memory().start().await.unwrap();
+    let doc = node.create_doc().await.unwrap();
+    let changes = doc.changes().await.unwrap();
+    for n in 0..3_i64 {
+        doc.change(move |tx| tx.put(ROOT, "n", n)).await.unwrap();
+    }
+    let seen: Vec<_> = changes.take(3).collect().await;
+    assert_eq!(seen.len(), 3);
+    let last = seen.last().unwrap().as_ref().unwrap();
+    assert_eq!(last.heads, doc.heads().await.unwrap());
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_failed_change_rolls_back_and_says_why() {
     let node = Node::builder().in_memory().start().await.unwrap();
     let doc = node.create_doc().await.unwrap();

@@ -8,7 +8,10 @@ use murmur_wire::{NodeId, MAX_CHANGES_PER_PUSH, MAX_DIGEST_LEAVES};
 /// keeps is here.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// This node's id. Its first 16 bytes are the node's Automerge actor.
+    /// This node's id. Its first 16 bytes begin each of the node's
+    /// Automerge actors: one per incarnation of the store (the opening
+    /// count follows them from the second incarnation on), so a node that
+    /// crashed never reuses a sequence number.
     pub node_id: NodeId,
     /// Seeds the engine's random choices (document ids, jitter, which peer
     /// anti-entropy picks). Same seed, same inputs: same outputs.

@@ -32,8 +32,11 @@ pub enum ReplicaError {
     /// [`crate::Replica::handle_document_loaded`] has taken it.
     #[error("document {0} is loading; retry once it has loaded")]
     Loading(DocumentId),
-    /// A peer sent bytes that are not valid Automerge data. Nothing changed;
-    /// the driver may count it against the peer.
+    /// A peer sent bytes that are not valid Automerge data. Stored state
+    /// stays valid, but "nothing changed" is not promised: a document this
+    /// node did not hold may now exist (empty), and a sync message may have
+    /// applied the changes before the bad one. The driver may count it
+    /// against the peer.
     #[error("peer {peer:?} sent an invalid {what} for document {doc}: {reason}")]
     InvalidPeerData {
         /// The peer.

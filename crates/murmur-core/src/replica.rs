@@ -471,7 +471,8 @@ impl Replica {
     }
 
     /// A message arrived from `from`. An error means the message was
-    /// rejected whole and nothing changed.
+    /// rejected; what that may still have changed is said with each error
+    /// (see [`ReplicaError::InvalidPeerData`]).
     pub fn handle_message(
         &mut self,
         now: Time,
@@ -494,8 +495,8 @@ impl Replica {
     /// behind a node is, the more it catches up per turn. Pushes are
     /// gathered until any other message arrives (that one sees them
     /// applied), and at most [`MAX_BATCHED_CHANGES`] changes to a batch.
-    /// Returns the rejected messages' senders and errors; each rejected
-    /// message changed nothing.
+    /// Returns the rejected messages' senders and errors, as
+    /// [`Replica::handle_message`] would.
     pub fn handle_messages(
         &mut self,
         now: Time,
@@ -570,8 +571,8 @@ impl Replica {
                 }
             }
             Message::Sync { doc, message } => self.receive_sync(now, from, doc, &message),
-            // Connection set-up is the driver's business, and nothing reads
-            // a peer's advertised heads yet.
+            // A peer's heads confirm which of this node's changes it holds
+            // durably (for `Replicated(k)` acknowledgements).
             Message::Heads { doc, heads } => {
                 self.receive_heads(from, doc, &heads);
                 Ok(())

@@ -71,9 +71,8 @@ pub struct Hello {
 /// Every message that crosses the network.
 ///
 /// **Variant order is part of the wire format**: a variant is encoded as its
-/// index. Never reorder or remove variants; new variants go only at the end
-/// (document-set reconciliation is planned), and changing
-/// the meaning of an existing one needs a new
+/// index. Never reorder or remove variants; new variants go only at the
+/// end, and changing the meaning of an existing one needs a new
 /// [`WIRE_FORMAT_VERSION`](crate::WIRE_FORMAT_VERSION).
 ///
 /// `Debug` prints byte payloads as sizes, so messages are safe to log.

@@ -1,5 +1,9 @@
 //! Handles to documents.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash};
 use murmur_core::{AckLevel, DocumentId, ReplicaError};
@@ -10,6 +14,36 @@ use crate::Error;
 
 /// One document on a node. Cheap to clone; every clone talks to the same
 /// node.
+///
+/// ```
+/// use murmur::automerge::{transaction::Transactable, ReadDoc, ROOT};
+/// use murmur::{Ack, Node};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), murmur::Error> {
+/// let node = Node::builder().in_memory().start().await?;
+/// let doc = node.create_doc().await?;
+///
+/// // Durable on return (the default)...
+/// doc.change(|tx| tx.put(ROOT, "title", "Shopping")).await?;
+/// // ...or only applied in memory, with the change function's output.
+/// let receipt = doc
+///     .change_with(Ack::Applied, |tx| {
+///         tx.put(ROOT, "items", 3)?;
+///         Ok("three items")
+///     })
+///     .await?;
+/// assert_eq!(receipt.output, "three items");
+///
+/// let items = doc
+///     .read(|d| d.get(ROOT, "items").ok().flatten().and_then(|(v, _)| v.as_i64()))
+///     .await?;
+/// assert_eq!(items, Some(3));
+/// assert_eq!(doc.heads().await?, vec![receipt.change.expect("a change")]);
+/// # node.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct DocHandle {
     id: DocumentId,
@@ -50,7 +84,14 @@ impl DocHandle {
         Ok(self.change_with(AckLevel::Durable, f).await?.output)
     }
 
-    /// Like [`DocHandle::change`], returning once the change reaches `ack`.
+    /// Like [`DocHandle::change`], returning once the change reaches `ack`:
+    /// [`Ack::Applied`](crate::Ack::Applied) (in memory, pushed to peers),
+    /// [`Ack::Durable`](crate::Ack::Durable) (flushed here) or
+    /// [`Ack::Replicated(k)`](crate::Ack::Replicated) (durable here and on
+    /// k peers; see the example on [`NodeBuilder`](crate::NodeBuilder)). A
+    /// `Replicated(k)` that no k peers confirm within 30 s fails with
+    /// [`Error::NotReplicated`], saying how far the change got: it stays
+    /// and keeps replicating.
     pub async fn change_with<R, F>(&self, ack: AckLevel, f: F) -> Result<Receipt<R>, Error>
     where
         R: Send + 'static,
@@ -115,23 +156,92 @@ impl DocHandle {
             .handle
             .request(|reply| Command::Subscribe { doc, reply })
             .await??;
-        Ok(ChangeStream { receiver })
+        Ok(ChangeStream::new(receiver))
     }
 }
 
-/// Changes to one document, in order. Bounded: a subscriber that falls too
-/// far behind gets [`Error::Lagged`] once and then the newer changes.
+/// Changes to one document, in order, as a [`futures_core::Stream`] (or
+/// with [`ChangeStream::next`]). Bounded: a subscriber that falls more than
+/// 1,024 changes behind gets [`Error::Lagged`] once, with how many it
+/// missed, and then the newer changes. The document itself is never behind:
+/// read it to catch up.
+///
+/// ```
+/// use murmur::automerge::{transaction::Transactable, ReadDoc, ROOT};
+/// use murmur::{Ack, Error, Node};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), murmur::Error> {
+/// let node = Node::builder().in_memory().start().await?;
+/// let doc = node.create_doc().await?;
+/// let mut changes = doc.changes().await?;
+///
+/// // A subscriber that does not keep up...
+/// for n in 0..1_500_i64 {
+///     doc.change_with(Ack::Applied, move |tx| tx.put(ROOT, "n", n)).await?;
+/// }
+/// // ...hears that it missed some, then gets the newer changes.
+/// let mut missed = 0;
+/// while let Some(change) = changes.next().await {
+///     match change {
+///         Ok(change) if change.heads == doc.heads().await? => break,
+///         Ok(_) => {}
+///         Err(Error::Lagged(n)) => {
+///             missed += n;
+///             // What it missed is in the document: read it again.
+///             let n = doc.read(|d| d.get(ROOT, "n").ok().flatten().is_some()).await?;
+///             assert!(n);
+///         }
+///         Err(other) => return Err(other),
+///     }
+/// }
+/// assert!(missed > 0);
+/// # node.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct ChangeStream {
-    receiver: broadcast::Receiver<DocumentChange>,
+    /// The receive in progress; it hands the receiver back with the result.
+    next: Pin<Box<dyn Future<Output = Received> + Send>>,
+}
+
+type Received = (
+    Result<DocumentChange, broadcast::error::RecvError>,
+    broadcast::Receiver<DocumentChange>,
+);
+
+async fn receive(mut receiver: broadcast::Receiver<DocumentChange>) -> Received {
+    let result = receiver.recv().await;
+    (result, receiver)
 }
 
 impl ChangeStream {
+    fn new(receiver: broadcast::Receiver<DocumentChange>) -> Self {
+        ChangeStream {
+            next: Box::pin(receive(receiver)),
+        }
+    }
+
     /// The next change; `None` once the node has shut down.
     pub async fn next(&mut self) -> Option<Result<DocumentChange, Error>> {
-        match self.receiver.recv().await {
+        std::future::poll_fn(|cx| self.poll_change(cx)).await
+    }
+
+    fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<DocumentChange, Error>>> {
+        let (result, receiver) = ready!(self.next.as_mut().poll(cx));
+        self.next = Box::pin(receive(receiver));
+        Poll::Ready(match result {
             Ok(change) => Some(Ok(change)),
             Err(broadcast::error::RecvError::Lagged(missed)) => Some(Err(Error::Lagged(missed))),
             Err(broadcast::error::RecvError::Closed) => None,
-        }
+        })
+    }
+}
+
+impl futures_core::Stream for ChangeStream {
+    type Item = Result<DocumentChange, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_change(cx)
     }
 }

@@ -21,6 +21,39 @@ enum Location {
 }
 
 /// Configures and starts a [`Node`].
+///
+/// Two nodes on loopback that allow each other, and a change that returns
+/// once the other node holds it durably too
+/// ([`Ack::Replicated(1)`](crate::Ack::Replicated)):
+///
+/// ```
+/// use murmur::automerge::{transaction::Transactable, ReadDoc, ROOT};
+/// use murmur::{Ack, Identity, Node};
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), murmur::Error> {
+/// let (a_key, b_key) = (Identity::generate()?, Identity::generate()?);
+/// let (a_id, b_id) = (a_key.node_id(), b_key.node_id());
+/// let any_port = "127.0.0.1:0".parse().expect("an address");
+/// let a = Node::builder().in_memory().identity(a_key).listen(any_port).allow(b_id).start().await?;
+/// let b = Node::builder().in_memory().identity(b_key).listen(any_port).allow(a_id).start().await?;
+/// let b_addr = b.local_addr().await?.expect("b listens");
+/// a.add_peer(b_id, b_addr).await?;
+///
+/// let doc = a.create_doc().await?;
+/// let receipt = doc
+///     .change_with(Ack::Replicated(1), |tx| tx.put(ROOT, "title", "Shopping"))
+///     .await?;
+/// assert!(receipt.change.is_some());
+///
+/// // b holds the change already: Replicated(1) waited for it.
+/// let copy = b.doc(doc.id()).await?;
+/// assert!(copy.read(|d| d.get(ROOT, "title").ok().flatten().is_some()).await?);
+/// # a.shutdown().await?;
+/// # b.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct NodeBuilder {
     location: Location,
@@ -180,6 +213,23 @@ async fn open_directory(
 ///
 /// Dropping every handle to a node stops it after flushing; prefer
 /// [`Node::shutdown`], which waits for that flush.
+///
+/// ```
+/// use murmur::automerge::{transaction::Transactable, ROOT};
+/// use murmur::Node;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), murmur::Error> {
+/// let dir = tempfile::tempdir().expect("a temporary directory");
+/// let node = Node::builder().data_dir(dir.path()).start().await?;
+/// let doc = node.create_doc().await?;
+/// doc.change(|tx| tx.put(ROOT, "n", 1)).await?;
+/// assert_eq!(node.documents().await?, vec![doc.id()]);
+/// // Waits for the last flush; what was acknowledged is on disk.
+/// node.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Node {
     node_id: NodeId,
     handle: DriverHandle,
