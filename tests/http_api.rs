@@ -119,6 +119,10 @@ async fn status_peers_and_prometheus_metrics_are_served() {
     assert_eq!(status["node_id"], json!(node.node_id));
     assert_eq!(status["documents"], 1);
     assert_eq!(status["engine"]["local_changes"], 1);
+    assert_eq!(status["engine"]["documents_held"], 1);
+    assert!(status["engine"]["cached_document_bytes"].is_u64());
+    assert!(status["traffic"]["bytes_out"].is_u64());
+    assert_eq!(status["node"]["writes_awaiting_flush"], 0);
     let peers = call("GET", &node.at("/peers"), None, None).await.json();
     assert_eq!(peers, json!({"peers": []}));
 
@@ -137,7 +141,12 @@ async fn status_peers_and_prometheus_metrics_are_served() {
         "murmur_writes_awaiting_flush 0",
         "murmur_outbox_messages",
         "# TYPE murmur_peer_rtt_seconds gauge",
-        "murmur_messages_dropped_total{queue=\"engine\"} 0",
+        "murmur_messages_dropped_backpressure_total 0",
+        "murmur_connection_messages_dropped_total 0",
+        "# TYPE murmur_cached_documents gauge",
+        "murmur_documents_loaded_total",
+        "murmur_digest_messages_sent_total",
+        "murmur_documents_reconciled_total",
     ] {
         assert!(
             metrics.body.contains(line),

@@ -46,7 +46,13 @@ fn main() {
     // (fresh sync states, as a peer with nothing would).
     let mut sources: Vec<Automerge> = ids
         .iter()
-        .map(|id| cluster.replica(0).document(*id).expect("held").clone())
+        .map(|id| {
+            cluster
+                .replica(0)
+                .cached_document(*id)
+                .expect("held")
+                .clone()
+        })
         .collect();
     let started = Instant::now();
     let (mut bare_messages, mut bare_bytes) = (0u64, 0u64);

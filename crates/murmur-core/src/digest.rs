@@ -94,6 +94,12 @@ pub(crate) struct Digest {
 }
 
 impl Digest {
+    /// How many documents the store holds, if the root is in memory (it is
+    /// from the first use on, and after every flush).
+    pub(crate) fn root_count(&self) -> Option<u32> {
+        self.nodes.get(&(0, 0)).map(|root| root.count)
+    }
+
     /// The node at `level` / `prefix`.
     pub(crate) fn node(
         &mut self,

@@ -66,7 +66,7 @@
 //! least recently used documents that are fully flushed are evicted. So a
 //! node holds a million documents with a few thousand in memory.
 //! [`Replica::read_document`] reads any document, in memory or not;
-//! [`Replica::all_document_ids`] lists every one (an index scan, O(N)).
+//! [`Replica::document_ids`] lists every one (an index scan, O(N)).
 //!
 //! # How documents replicate
 //!
@@ -157,7 +157,7 @@
 //!     }
 //!     if !delivered { break; }
 //! }
-//! let (value, _) = bob.document(doc)?.get(ROOT, "greeting")?.expect("replicated");
+//! let (value, _) = bob.cached_document(doc)?.get(ROOT, "greeting")?.expect("replicated");
 //! assert_eq!(value.as_str(), Some("hello"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -245,6 +245,9 @@ pub struct Metrics {
     pub documents_evicted: u64,
     /// Documents in memory now (a gauge).
     pub cached_documents: u64,
+    /// Documents in the store (a gauge), as of the last flush: the
+    /// reconciliation digest's count.
+    pub documents_held: u64,
     /// Estimated bytes of the documents in memory now (a gauge).
     pub cached_document_bytes: u64,
     /// Document-set reconciliation messages queued (digest nodes and
@@ -269,7 +272,141 @@ pub struct Metrics {
     pub writes_refused_disk_full: u64,
 }
 
+/// Whether a [`Figure`] only grows or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FigureKind {
+    /// Only grows (from the replica's opening).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// One number a node reports: its key in `/status`, its Prometheus name in
+/// `/metrics`, its kind, what it means and its value. Reports are generated
+/// from these, so the two endpoints cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figure {
+    /// The key in `/status`.
+    pub key: &'static str,
+    /// The Prometheus metric name.
+    pub metric: &'static str,
+    /// Counter or gauge.
+    pub kind: FigureKind,
+    /// What it counts (the Prometheus help text).
+    pub help: &'static str,
+    /// The value now.
+    pub value: u64,
+}
+
+impl Figure {
+    /// A counter.
+    pub const fn counter(
+        key: &'static str,
+        metric: &'static str,
+        help: &'static str,
+        value: u64,
+    ) -> Figure {
+        Figure {
+            key,
+            metric,
+            kind: FigureKind::Counter,
+            help,
+            value,
+        }
+    }
+
+    /// A gauge.
+    pub const fn gauge(
+        key: &'static str,
+        metric: &'static str,
+        help: &'static str,
+        value: u64,
+    ) -> Figure {
+        Figure {
+            key,
+            metric,
+            kind: FigureKind::Gauge,
+            help,
+            value,
+        }
+    }
+}
+
 impl Metrics {
+    /// Every counter and gauge, for reports. (Listing the fields by
+    /// destructuring makes a new field a compile error until it is here.)
+    pub fn figures(&self) -> Vec<Figure> {
+        let Metrics {
+            local_changes,
+            changes_pushed,
+            changes_received,
+            sync_messages_sent,
+            sync_messages_received,
+            messages_sent,
+            messages_received,
+            messages_dropped_backpressure,
+            missing_dependency_syncs,
+            pushes_batched,
+            anti_entropy_rounds,
+            sync_restarts,
+            flushes,
+            flush_failures,
+            bytes_flushed,
+            writes_flushed,
+            compactions,
+            documents_loaded,
+            inputs_parked,
+            inputs_dropped_loading,
+            documents_evicted,
+            cached_documents,
+            documents_held,
+            cached_document_bytes,
+            digest_messages_sent,
+            digest_messages_received,
+            documents_reconciled,
+            digest_buckets_split,
+            sync_retries,
+            disk_free_bytes,
+            disk_full,
+            writes_refused_disk_full,
+        } = *self;
+        use Figure as F;
+        vec![
+            F::gauge("documents_held", "murmur_documents", "Documents this node holds in its store (as of the last flush).", documents_held),
+            F::gauge("cached_documents", "murmur_cached_documents", "Documents in memory now.", cached_documents),
+            F::gauge("cached_document_bytes", "murmur_cached_document_bytes", "Estimated bytes of the documents in memory.", cached_document_bytes),
+            F::counter("documents_loaded", "murmur_documents_loaded_total", "Documents loaded from the store into memory.", documents_loaded),
+            F::counter("documents_evicted", "murmur_documents_evicted_total", "Documents evicted from memory (clean and cold).", documents_evicted),
+            F::counter("inputs_parked", "murmur_inputs_parked_total", "Peer messages and owed syncs that waited for their document to load.", inputs_parked),
+            F::counter("inputs_dropped_loading", "murmur_inputs_dropped_loading_total", "Peer messages and owed syncs dropped while too many waited for loads (repair resends them).", inputs_dropped_loading),
+            F::counter("local_changes", "murmur_local_changes_total", "Changes made on this node (applied locally).", local_changes),
+            F::counter("changes_pushed", "murmur_changes_pushed_total", "Changes sent to peers in eager pushes (one per change per peer).", changes_pushed),
+            F::counter("changes_received", "murmur_changes_received_total", "Changes received from peers in eager pushes (duplicates included).", changes_received),
+            F::counter("pushes_batched", "murmur_pushes_batched_total", "Pushes applied in one batch with an earlier push of the same peer and document.", pushes_batched),
+            F::counter("missing_dependency_syncs", "murmur_missing_dependency_syncs_total", "Pushed changes that missed dependencies and started a sync.", missing_dependency_syncs),
+            F::counter("sync_messages_sent", "murmur_sync_messages_sent_total", "Automerge sync messages queued (catch-up and anti-entropy).", sync_messages_sent),
+            F::counter("sync_messages_received", "murmur_sync_messages_received_total", "Automerge sync messages received.", sync_messages_received),
+            F::counter("sync_restarts", "murmur_sync_restarts_total", "Sync conversations resent because they stopped making progress (a lost message).", sync_restarts),
+            F::counter("sync_retries", "murmur_sync_retries_total", "Sync conversations restarted by their timer because the peer went quiet.", sync_retries),
+            F::counter("messages_sent", "murmur_engine_messages_sent_total", "Messages the engine handed to the network.", messages_sent),
+            F::counter("messages_received", "murmur_engine_messages_received_total", "Peer messages the engine took in.", messages_received),
+            F::counter("messages_dropped_backpressure", "murmur_messages_dropped_backpressure_total", "Messages the engine dropped because a peer's queue was full (anti-entropy carries them later).", messages_dropped_backpressure),
+            F::counter("anti_entropy_rounds", "murmur_anti_entropy_rounds_total", "Anti-entropy (reconciliation) rounds run.", anti_entropy_rounds),
+            F::counter("digest_messages_sent", "murmur_digest_messages_sent_total", "Reconciliation digest messages queued.", digest_messages_sent),
+            F::counter("digest_messages_received", "murmur_digest_messages_received_total", "Reconciliation digest messages received.", digest_messages_received),
+            F::counter("documents_reconciled", "murmur_documents_reconciled_total", "Documents reconciliation found differing from a peer's, and synced.", documents_reconciled),
+            F::counter("digest_buckets_split", "murmur_digest_buckets_split_total", "Digest buckets too big for one message, sent as several id ranges.", digest_buckets_split),
+            F::counter("flushes", "murmur_flushes_total", "Successful flushes to disk.", flushes),
+            F::counter("flush_failures", "murmur_flush_failures_total", "Failed flushes (retried).", flush_failures),
+            F::counter("bytes_flushed", "murmur_flushed_bytes_total", "Bytes written by flushes.", bytes_flushed),
+            F::counter("writes_flushed", "murmur_flushed_writes_total", "Local writes made durable by flushes (over murmur_flushes_total: writes per fsync).", writes_flushed),
+            F::counter("compactions", "murmur_compactions_total", "Documents compacted into a new snapshot.", compactions),
+            F::gauge("disk_free_bytes", "murmur_disk_free_bytes", "Free bytes on the data directory's disk, as last measured.", disk_free_bytes),
+            F::gauge("disk_full", "murmur_disk_full", "1 while new writes are refused because the disk is nearly full.", disk_full),
+            F::counter("writes_refused_disk_full", "murmur_writes_refused_disk_full_total", "Writes refused because the disk was nearly full.", writes_refused_disk_full),
+        ]
+    }
+
     /// Adds `other`'s counters to these (gauges add up too: the sum over
     /// several replicas).
     pub fn accumulate(&mut self, other: &Metrics) {
@@ -296,6 +433,7 @@ impl Metrics {
             inputs_dropped_loading,
             documents_evicted,
             cached_documents,
+            documents_held,
             cached_document_bytes,
             digest_messages_sent,
             digest_messages_received,
@@ -328,6 +466,7 @@ impl Metrics {
         self.inputs_dropped_loading += inputs_dropped_loading;
         self.documents_evicted += documents_evicted;
         self.cached_documents += cached_documents;
+        self.documents_held += documents_held;
         self.cached_document_bytes += cached_document_bytes;
         self.digest_messages_sent += digest_messages_sent;
         self.digest_messages_received += digest_messages_received;

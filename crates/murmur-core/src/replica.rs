@@ -254,6 +254,9 @@ impl Replica {
             config,
         };
         replica.anti_entropy_at = now.add(replica.next_anti_entropy_interval());
+        // The digest's root counts the documents in the store.
+        let root = replica.digest.node(&*replica.store, 0, 0)?;
+        replica.metrics.documents_held = u64::from(root.count);
         if let Some(addr) = replica.config.membership_addr.clone() {
             let me = Member {
                 node: replica.config.node_id,
@@ -1014,9 +1017,9 @@ impl Replica {
     /// replica.close(now)?;
     /// // Reopened, the document is stored but not in memory.
     /// let mut replica = Replica::open(Config::new(NodeId([1; 32])), Box::new(store), now)?;
-    /// assert!(replica.document(doc).is_err());
+    /// assert!(replica.cached_document(doc).is_err());
     /// replica.load_now(now, doc)?;
-    /// assert!(replica.document(doc).is_ok());
+    /// assert!(replica.cached_document(doc).is_ok());
     /// # Ok::<(), murmur_core::ReplicaError>(())
     /// ```
     pub fn load_now(&mut self, now: Time, doc: DocumentId) -> Result<(), ReplicaError> {
@@ -1084,7 +1087,7 @@ impl Replica {
     /// in memory. Documents load lazily and cold ones are evicted, so a
     /// document this node holds may not be: [`Replica::read_document`]
     /// reads any document.
-    pub fn document(&self, doc: DocumentId) -> Result<&automerge::Automerge, ReplicaError> {
+    pub fn cached_document(&self, doc: DocumentId) -> Result<&automerge::Automerge, ReplicaError> {
         match self.docs.get(&doc) {
             Some(document) => Ok(&document.doc),
             None => Err(self.missing(doc)),
@@ -1096,7 +1099,7 @@ impl Replica {
     /// a document out of memory is always fully stored). That load runs on
     /// the calling thread, for as long as it takes: for tests, checkers and
     /// tools. A driver asks with [`Replica::request_load`] and reads with
-    /// [`Replica::document`] once the document is in memory.
+    /// [`Replica::cached_document`] once the document is in memory.
     pub fn read_document(
         &self,
         doc: DocumentId,
@@ -1122,15 +1125,15 @@ impl Replica {
 
     /// The ids of the documents in memory now, in order. Documents load
     /// lazily, so this is not every document held:
-    /// [`Replica::all_document_ids`] is.
-    pub fn document_ids(&self) -> impl Iterator<Item = DocumentId> + '_ {
+    /// [`Replica::document_ids`] is.
+    pub fn cached_document_ids(&self) -> impl Iterator<Item = DocumentId> + '_ {
         self.docs.keys().copied()
     }
 
     /// The ids of every document this node holds (stored or in memory,
     /// quarantined ones excluded), in order. Walks the store's document
     /// index: O(documents), for listing APIs, never for the hot path.
-    pub fn all_document_ids(&self) -> Result<Vec<DocumentId>, ReplicaError> {
+    pub fn document_ids(&self) -> Result<Vec<DocumentId>, ReplicaError> {
         let mut ids: BTreeSet<DocumentId> = layout::list_documents(&*self.store)?
             .into_iter()
             .map(DocumentId::from_bytes)
@@ -1740,6 +1743,9 @@ impl Replica {
             return;
         }
         self.digest.commit(flight.staged);
+        if let Some(count) = self.digest.root_count() {
+            self.metrics.documents_held = u64::from(count);
+        }
         self.metrics.flushes += 1;
         self.metrics.bytes_flushed += flight.bytes as u64;
         self.metrics.writes_flushed += flight.writes.len() as u64;

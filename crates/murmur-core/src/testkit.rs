@@ -29,7 +29,7 @@
 //! let doc = cluster.create_document(0);
 //! cluster.change(0, doc, |tx| tx.put(ROOT, "x", 1_i64));
 //! cluster.run_until_converged(std::time::Duration::from_secs(10)).expect("converges");
-//! assert!(cluster.replica(2).document(doc).is_ok());
+//! assert!(cluster.replica(2).cached_document(doc).is_ok());
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1337,13 +1337,13 @@ impl Cluster {
         let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_up(i)).collect();
         let first = *running.first()?;
         let reference = self.replica(first);
-        let docs = match reference.all_document_ids() {
+        let docs = match reference.document_ids() {
             Ok(docs) => docs,
             Err(error) => return Some(format!("node {first} cannot list documents: {error}")),
         };
         for &other in &running[1..] {
             let replica = self.replica(other);
-            let other_docs = match replica.all_document_ids() {
+            let other_docs = match replica.document_ids() {
                 Ok(docs) => docs,
                 Err(error) => return Some(format!("node {other} cannot list documents: {error}")),
             };

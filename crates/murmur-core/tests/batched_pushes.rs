@@ -95,11 +95,11 @@ fn a_peers_pushes_apply_in_one_batch_with_the_outcome_of_one_by_one() {
     assert_eq!(batched.metrics().messages_received, 50);
     assert_eq!(single.metrics().pushes_batched, 0);
     assert_eq!(
-        batched.document(doc).unwrap().get_heads(),
-        single.document(doc).unwrap().get_heads()
+        batched.cached_document(doc).unwrap().get_heads(),
+        single.cached_document(doc).unwrap().get_heads()
     );
     let (value, _) = batched
-        .document(doc)
+        .cached_document(doc)
         .unwrap()
         .get(ROOT, "n")
         .unwrap()
@@ -136,7 +136,7 @@ fn another_message_splits_the_batch_and_peers_batch_apart() {
     // OTHER: 2 in one batch (1 joined).
     assert_eq!(replica.metrics().pushes_batched, 4);
     assert_eq!(replica.metrics().changes_received, 7);
-    assert_eq!(replica.document(doc).unwrap().get_heads().len(), 2);
+    assert_eq!(replica.cached_document(doc).unwrap().get_heads().len(), 2);
 }
 
 #[test]
@@ -184,14 +184,14 @@ fn only_the_messages_at_fault_are_rejected() {
     // Every good change applied: the batch failed on the forged change
     // and was applied message by message.
     let (value, _) = replica
-        .document(doc)
+        .cached_document(doc)
         .unwrap()
         .get(ROOT, "n")
         .unwrap()
         .unwrap();
     assert_eq!(value.as_i64(), Some(2));
     assert_eq!(
-        replica.document(doc).unwrap().get_changes(&[]).len(),
+        replica.cached_document(doc).unwrap().get_changes(&[]).len(),
         base.get_changes(&[]).len() + 3
     );
 }

@@ -112,11 +112,17 @@ fn a_lost_sync_message_is_sent_again_when_the_peer_stays_quiet() {
     cluster.change(0, doc, |tx| tx.put(ROOT, "x", 1_i64));
     cluster.run_for(Duration::from_millis(100));
     cluster.set_links([], []);
-    assert!(cluster.replica(1).document(doc).is_err(), "not yet there");
+    assert!(
+        cluster.replica(1).cached_document(doc).is_err(),
+        "not yet there"
+    );
     // No anti-entropy and no new change: only the retry timer can repair.
     cluster
         .run_until_converged(Duration::from_secs(10))
         .expect("the quiet conversation is restarted");
     assert!(cluster.replica(0).metrics().sync_retries > 0);
-    cluster.replica(1).document(doc).expect("node 1 holds it");
+    cluster
+        .replica(1)
+        .cached_document(doc)
+        .expect("node 1 holds it");
 }

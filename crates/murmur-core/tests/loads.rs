@@ -39,7 +39,7 @@ fn cold_replica(config: Config, count: usize) -> (Replica, Vec<DocumentId>) {
     replica.handle_peer_up(NOW, PEER);
     while replica.poll_transmit().is_some() {}
     for doc in &docs {
-        assert!(replica.document(*doc).is_err(), "reopened cold");
+        assert!(replica.cached_document(*doc).is_err(), "reopened cold");
     }
     (replica, docs)
 }
@@ -67,7 +67,7 @@ fn peer_changes(replica: &Replica, doc: DocumentId) -> [Message; 2] {
 
 fn value_of(replica: &Replica, doc: DocumentId) -> i64 {
     let (value, _) = replica
-        .document(doc)
+        .cached_document(doc)
         .unwrap()
         .get(ROOT, "k")
         .unwrap()
@@ -82,7 +82,10 @@ fn a_cold_document_loads_off_the_engine_path_and_what_waited_runs_in_order() {
     let [first, second] = peer_changes(&replica, cold);
     replica.handle_message(NOW, PEER, first).unwrap();
     replica.handle_message(NOW, PEER, second).unwrap();
-    assert!(replica.document(cold).is_err(), "nothing loaded inline");
+    assert!(
+        replica.cached_document(cold).is_err(),
+        "nothing loaded inline"
+    );
     assert_eq!(replica.metrics().inputs_parked, 2);
     assert_eq!(replica.metrics().documents_loaded, 0);
 
@@ -154,13 +157,13 @@ fn a_failed_load_drops_what_waited_and_the_next_request_loads_again() {
     );
     let failed = replica.handle_document_loaded(NOW, Loaded::failed(doc, "disk on fire"));
     assert!(matches!(failed, Err(ReplicaError::Storage(_))));
-    assert!(replica.document(doc).is_err());
+    assert!(replica.cached_document(doc).is_err());
     assert_eq!(replica.metrics().inputs_dropped_loading, 1);
     replica.check_invariants().unwrap();
     // The load that was out lands late: nobody waits for it, and it may
     // have read the store before a later flush, so it is ignored.
     replica.handle_document_loaded(NOW, load.run()).unwrap();
-    assert!(replica.document(doc).is_err());
+    assert!(replica.cached_document(doc).is_err());
 
     assert_eq!(replica.request_load(doc).unwrap(), Residency::Loading);
     let load = replica.poll_load().unwrap();

@@ -54,7 +54,7 @@ fn an_observed_document_reports_what_each_change_did_local_and_remote() {
     patches(&mut alice);
     patches(&mut bob);
 
-    let before = bob.document(doc).unwrap().get_heads();
+    let before = bob.cached_document(doc).unwrap().get_heads();
     alice
         .handle_local_change(now, doc, |tx| {
             tx.put(ROOT, "title", "groceries")?;
@@ -68,9 +68,12 @@ fn an_observed_document_reports_what_each_change_did_local_and_remote() {
 
     deliver(&mut alice, &mut bob, a, b, now);
     let remote: Vec<automerge::Patch> = patches(&mut bob).into_iter().flatten().flatten().collect();
-    let after = bob.document(doc).unwrap().get_heads();
+    let after = bob.cached_document(doc).unwrap().get_heads();
     // The same as diffing the whole document, without walking it.
-    assert_eq!(remote, bob.document(doc).unwrap().diff(&before, &after));
+    assert_eq!(
+        remote,
+        bob.cached_document(doc).unwrap().diff(&before, &after)
+    );
 }
 
 #[test]
@@ -93,7 +96,7 @@ fn an_unobserved_document_costs_no_patches_and_a_failed_change_leaves_none() {
         "a rolled-back change reports nothing"
     );
     assert!(alice
-        .document(doc)
+        .cached_document(doc)
         .unwrap()
         .get(ROOT, "half")
         .unwrap()

@@ -126,9 +126,9 @@ fn a_restarted_node_loads_nothing_up_front_yet_converges() {
     }
     cluster.restart(1);
     assert_eq!(cluster.replica(1).metrics().documents_loaded, 0);
-    assert_eq!(cluster.replica(1).document_ids().count(), 0);
+    assert_eq!(cluster.replica(1).cached_document_ids().count(), 0);
     // Yet every document is there to read and list.
-    assert_eq!(cluster.replica(1).all_document_ids().unwrap().len(), 100);
+    assert_eq!(cluster.replica(1).document_ids().unwrap().len(), 100);
     converge(&mut cluster);
     let loaded = cluster.replica(1).metrics().documents_loaded;
     assert!(loaded <= 10, "{loaded} documents loaded to catch up on 5");
@@ -156,11 +156,14 @@ fn eviction_keeps_the_cache_under_its_bound_and_evicted_documents_reload() {
             metrics.cached_document_bytes
         );
         assert!(metrics.documents_evicted >= 250, "node {node}: {metrics:?}");
-        assert!(cluster.replica(node).document_ids().count() <= 10);
+        assert!(cluster.replica(node).cached_document_ids().count() <= 10);
     }
     // An evicted document loads again, takes a change and replicates.
     let first = docs[0];
-    assert!(cluster.replica(1).document(first).is_err(), "evicted");
+    assert!(
+        cluster.replica(1).cached_document(first).is_err(),
+        "evicted"
+    );
     cluster.change(1, first, |tx| tx.put(ROOT, "again", 2_i64));
     converge(&mut cluster);
     for node in 0..2 {

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash, Patch};
 use murmur_core::{
-    AckLevel, DocumentId, Event, Load, Loaded, Metrics, NodeId, Origin, Replica, ReplicaError,
-    Residency, Time, Transmit, WriteId,
+    AckLevel, DocumentId, Event, Figure, Load, Loaded, Metrics, NodeId, Origin, Replica,
+    ReplicaError, Residency, Time, Transmit, WriteId,
 };
 use murmur_store::StoreError;
 use murmur_wire::encode_frame;
@@ -221,6 +221,29 @@ pub struct Traffic {
     pub rejected: u64,
 }
 
+impl Traffic {
+    /// Every counter, for reports.
+    pub fn figures(&self) -> Vec<Figure> {
+        let Traffic {
+            messages_out,
+            bytes_out,
+            messages_in,
+            bytes_in,
+            dropped_full,
+            rejected,
+        } = *self;
+        use Figure as F;
+        vec![
+            F::counter("messages_out", "murmur_messages_sent_total", "Messages sent to peers.", messages_out),
+            F::counter("bytes_out", "murmur_bytes_sent_total", "Frame bytes sent to peers.", bytes_out),
+            F::counter("messages_in", "murmur_messages_received_total", "Messages received from peers.", messages_in),
+            F::counter("bytes_in", "murmur_bytes_received_total", "Frame bytes received from peers.", bytes_in),
+            F::counter("dropped_full", "murmur_connection_messages_dropped_total", "Messages dropped because a connection's send queue was full (anti-entropy carries them later).", dropped_full),
+            F::counter("rejected", "murmur_messages_rejected_total", "Messages from peers that the engine rejected.", rejected),
+        ]
+    }
+}
+
 /// A snapshot of the node's state.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -228,8 +251,9 @@ pub struct Status {
     pub node_id: NodeId,
     /// The UDP address the node listens on, if it is networked.
     pub listen: Option<std::net::SocketAddr>,
-    /// Documents held in memory.
-    pub documents: usize,
+    /// Documents this node holds in its store, as of the last flush (the
+    /// engine's `documents_held`; those in memory are `cached_documents`).
+    pub documents: u64,
     /// Connected peers.
     pub peers: Vec<PeerInfo>,
     /// Node ids allowed to connect.
@@ -244,6 +268,56 @@ pub struct Status {
     pub outbox: usize,
     /// The engine's counters.
     pub metrics: Metrics,
+}
+
+impl Status {
+    /// Every number the node reports, by section (`node`, `traffic`,
+    /// `engine`): `/status` and `/metrics` are both made from this list.
+    pub fn figures(&self) -> Vec<(&'static str, Figure)> {
+        use Figure as F;
+        let count = |n: usize| n as u64;
+        let node = [
+            F::gauge(
+                "peers_connected",
+                "murmur_peers_connected",
+                "Peers connected now.",
+                count(self.peers.len()),
+            ),
+            F::gauge(
+                "peers_allowed",
+                "murmur_peers_allowed",
+                "Node ids allowed to connect.",
+                count(self.allowed.len()),
+            ),
+            F::gauge(
+                "members",
+                "murmur_members",
+                "Cluster members SWIM membership believes alive.",
+                count(self.members.len()),
+            ),
+            F::gauge(
+                "writes_awaiting_flush",
+                "murmur_writes_awaiting_flush",
+                "Local writes applied but not yet durable (durability lag).",
+                count(self.writes_awaiting_flush),
+            ),
+            F::gauge(
+                "outbox",
+                "murmur_outbox_messages",
+                "Messages queued for peers and not yet sent (send lag).",
+                count(self.outbox),
+            ),
+        ];
+        let sections = [
+            ("node", node.to_vec()),
+            ("traffic", self.traffic.figures()),
+            ("engine", self.metrics.figures()),
+        ];
+        sections
+            .into_iter()
+            .flat_map(|(section, figures)| figures.into_iter().map(move |figure| (section, figure)))
+            .collect()
+    }
 }
 
 /// What applications ask of the driver.
@@ -794,13 +868,13 @@ impl Driver {
                 let _ = reply.send(created);
             }
             Command::Change { doc, ack, request } => self.change(now, doc, request, ack),
-            Command::Read { doc, request } => request.run(self.replica.document(doc)),
+            Command::Read { doc, request } => request.run(self.replica.cached_document(doc)),
             Command::Subscribe { doc, reply } => {
                 let _ = reply.send(self.subscribe(doc));
             }
             Command::ListDocuments { reply } => {
                 // Every document held, not only those in memory (O(N)).
-                let ids = self.replica.all_document_ids().unwrap_or_else(|error| {
+                let ids = self.replica.document_ids().unwrap_or_else(|error| {
                     tracing::warn!(%error, "cannot list documents");
                     Vec::new()
                 });
@@ -892,7 +966,7 @@ impl Driver {
         Status {
             node_id: self.replica.node_id(),
             listen: self.network.as_ref().and_then(Network::local_addr),
-            documents: self.replica.document_ids().count(),
+            documents: self.replica.metrics().documents_held,
             peers: self
                 .links
                 .iter()
@@ -1000,7 +1074,7 @@ impl Driver {
         }
         let patches = match patches {
             Some(patches) => patches,
-            None => match self.replica.document(doc) {
+            None => match self.replica.cached_document(doc) {
                 Ok(document) => document.diff(&subscription.heads, &heads),
                 // The document may have been evicted since it changed.
                 Err(_) => return,

@@ -457,11 +457,11 @@ fn peers_json(status: &Status) -> Vec<Json> {
         .collect()
 }
 
-/// The node's status as JSON (`GET /status`).
+/// The node's status as JSON (`GET /status`): who it is, its peers, and
+/// every figure of [`Status::figures`] by section (`node`, `traffic`,
+/// `engine`), the same list `/metrics` serves.
 pub fn status_json(status: &Status, uptime_secs: u64) -> Json {
-    let t = &status.traffic;
-    let m = &status.metrics;
-    json!({
+    let mut json = json!({
         "node_id": status.node_id.to_string(),
         "listen": status.listen.map(|addr| addr.to_string()),
         "uptime_secs": uptime_secs,
@@ -473,39 +473,15 @@ pub fn status_json(status: &Status, uptime_secs: u64) -> Json {
             .iter()
             .map(|(id, addr)| json!({"id": id.to_string(), "addr": addr}))
             .collect::<Vec<_>>(),
-        "writes_awaiting_flush": status.writes_awaiting_flush,
         "disk": {
-            "free_bytes": m.disk_free_bytes,
-            "full": m.disk_full == 1,
+            "free_bytes": status.metrics.disk_free_bytes,
+            "full": status.metrics.disk_full == 1,
         },
-        "outbox": status.outbox,
-        "traffic": {
-            "messages_out": t.messages_out,
-            "bytes_out": t.bytes_out,
-            "messages_in": t.messages_in,
-            "bytes_in": t.bytes_in,
-            "dropped_full": t.dropped_full,
-            "rejected": t.rejected,
-        },
-        "engine": {
-            "local_changes": m.local_changes,
-            "changes_pushed": m.changes_pushed,
-            "changes_received": m.changes_received,
-            "sync_messages_sent": m.sync_messages_sent,
-            "sync_messages_received": m.sync_messages_received,
-            "messages_sent": m.messages_sent,
-            "messages_received": m.messages_received,
-            "messages_dropped_backpressure": m.messages_dropped_backpressure,
-            "missing_dependency_syncs": m.missing_dependency_syncs,
-            "pushes_batched": m.pushes_batched,
-            "anti_entropy_rounds": m.anti_entropy_rounds,
-            "sync_restarts": m.sync_restarts,
-            "flushes": m.flushes,
-            "flush_failures": m.flush_failures,
-            "bytes_flushed": m.bytes_flushed,
-            "compactions": m.compactions,
-        },
-    })
+    });
+    for (section, figure) in status.figures() {
+        json[section][figure.key] = json!(figure.value);
+    }
+    json
 }
 
 #[cfg(test)]

@@ -730,7 +730,7 @@ impl<'a> Runner<'a> {
             .cluster
             .try_replica(node)
             .ok_or_else(|| format!("node {node} is down"))?;
-        let ids = replica.all_document_ids().map_err(|e| e.to_string())?;
+        let ids = replica.document_ids().map_err(|e| e.to_string())?;
         ids.into_iter()
             .map(|doc| {
                 let fingerprint = replica.heads_fingerprint(doc).map_err(|e| e.to_string())?;

@@ -57,7 +57,7 @@ pub use doc::{ChangeStream, DocHandle, Receipt};
 pub use node::{Node, NodeBuilder};
 
 pub use automerge;
-pub use murmur_core::{AckLevel as Ack, Origin, ReplicaError};
+pub use murmur_core::{AckLevel as Ack, Figure, FigureKind, Metrics, Origin, ReplicaError};
 pub use murmur_net::driver::{DocumentChange, NotReplicated, PeerInfo, Status, Traffic};
 pub use murmur_net::Identity;
 pub use murmur_wire::{DocumentId, NodeId};
