@@ -12,7 +12,7 @@ use murmur_wire::{DigestNode, DocumentId, Message, NodeId, MAX_DIGEST_NODES};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::cache::{self, Cache};
+use crate::cache::Documents;
 use crate::digest::{self, Digest, LeafUpdate, NodeValue, LEAF_LEVEL};
 use crate::document::{self, Document, LoadError, SyncReply};
 use crate::flush::{Flush, InFlight};
@@ -153,10 +153,9 @@ pub struct Replica {
     incarnation: u64,
     store: std::sync::Arc<dyn Storage>,
     rng: ChaCha8Rng,
-    /// Documents in memory: loaded on first use, evicted when cold.
-    docs: BTreeMap<DocumentId, Document>,
-    /// Use order and size estimates of `docs`.
-    cache: Cache,
+    /// Documents in memory (loaded on first use, evicted when cold), with
+    /// their use order and size estimates.
+    docs: Documents,
     /// Documents waiting to load, with the inputs parked until they land.
     loading: BTreeMap<DocumentId, Waiting>,
     /// Documents whose load is requested and not yet handed out, oldest
@@ -225,8 +224,7 @@ impl Replica {
             actor,
             incarnation,
             store: std::sync::Arc::from(store),
-            docs: BTreeMap::new(),
-            cache: Cache::default(),
+            docs: Documents::default(),
             loading: BTreeMap::new(),
             load_queue: VecDeque::new(),
             loads_in_flight: BTreeSet::new(),
@@ -290,7 +288,6 @@ impl Replica {
             }
         };
         self.docs.insert(id, Document::new(self.actor.clone()));
-        self.cache.touch(id, cache::estimate_bytes(0));
         self.mark_dirty(now, id);
         // Announce it: a sync message makes every connected peer hold it.
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
@@ -975,12 +972,10 @@ impl Replica {
                 // Nothing about a loading document runs, so it cannot be in
                 // memory already; if it were, the one in memory is newer.
                 if !self.docs.contains_key(&doc) {
-                    self.cache
-                        .touch(doc, cache::estimate_bytes(document.stored_bytes()));
                     self.docs.insert(doc, document);
                     self.metrics.documents_loaded += 1;
                     self.metrics.cached_documents = self.docs.len() as u64;
-                    self.metrics.cached_document_bytes = self.cache.bytes() as u64;
+                    self.metrics.cached_document_bytes = self.docs.bytes() as u64;
                 }
             }
             Err(LoadError::Automerge(error)) => {
@@ -1226,17 +1221,7 @@ impl Replica {
     ///   document, and every one the flush in flight writes, is in memory
     ///   (evicting one would lose it).
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.cache.check()?;
-        if self.cache.len() != self.docs.len() {
-            return Err(format!(
-                "{} documents in memory, {} in the cache",
-                self.docs.len(),
-                self.cache.len()
-            ));
-        }
-        if let Some(doc) = self.docs.keys().find(|doc| !self.cache.contains(doc)) {
-            return Err(format!("document {doc} is in memory but not in the cache"));
-        }
+        self.docs.check()?;
         self.check_queues()?;
         self.retries.check()?;
         self.check_loads()?;
@@ -1360,9 +1345,7 @@ impl Replica {
     /// [`ReplicaError::Loading`] if it is stored and not in memory (its
     /// load is then requested: nothing loads inline).
     fn resident(&mut self, doc: DocumentId) -> Result<bool, ReplicaError> {
-        if let Some(document) = self.docs.get(&doc) {
-            self.cache
-                .touch(doc, cache::estimate_bytes(document.stored_bytes()));
+        if self.docs.touch(doc) {
             return Ok(true);
         }
         if self.quarantined.contains_key(&doc) {
@@ -1427,7 +1410,6 @@ impl Replica {
         }
         if !self.resident(doc)? {
             self.docs.insert(doc, Document::new(self.actor.clone()));
-            self.cache.touch(doc, cache::estimate_bytes(0));
             self.mark_dirty(now, doc);
         }
         self.docs
@@ -1759,11 +1741,10 @@ impl Replica {
             }
             if let Some(document) = self.docs.get_mut(&id) {
                 document.saved(save);
-                let estimate = cache::estimate_bytes(document.stored_bytes());
                 if document.wants_compaction(compact_at.0, compact_at.1) {
                     self.dirty_docs.insert(id);
                 }
-                self.cache.resize(id, estimate);
+                self.docs.resize(id);
             }
         }
         for (write, doc) in flight.writes {
@@ -1836,14 +1817,14 @@ impl Replica {
     /// scheduled so that they can go next time.
     fn evict_cold_documents(&mut self, now: Time) {
         let limit = self.config.max_cached_document_bytes;
-        if self.cache.bytes() > limit {
+        if self.docs.bytes() > limit {
             let awaiting: BTreeSet<DocumentId> =
                 self.awaiting_flush.iter().map(|(_, doc)| *doc).collect();
             let syncing: BTreeSet<DocumentId> =
                 self.dirty_sync.iter().map(|(doc, _)| *doc).collect();
-            let mut excess = self.cache.bytes() - limit;
+            let mut excess = self.docs.bytes() - limit;
             let mut victims = Vec::new();
-            for (doc, bytes) in self.cache.coldest() {
+            for (doc, bytes) in self.docs.coldest() {
                 if excess == 0 {
                     break;
                 }
@@ -1868,8 +1849,7 @@ impl Replica {
                 }
             }
             for doc in victims {
-                self.docs.remove(&doc);
-                self.cache.remove(doc);
+                self.docs.remove(doc);
                 self.metrics.documents_evicted += 1;
             }
             if excess > 0 && !self.dirty_sync.is_empty() {
@@ -1877,7 +1857,7 @@ impl Replica {
             }
         }
         self.metrics.cached_documents = self.docs.len() as u64;
-        self.metrics.cached_document_bytes = self.cache.bytes() as u64;
+        self.metrics.cached_document_bytes = self.docs.bytes() as u64;
     }
 
     // ----- document-set reconciliation ----------------------------------
