@@ -173,6 +173,7 @@ mod error;
 mod flush;
 mod load;
 mod membership;
+mod outbox;
 mod replica;
 mod replication;
 mod retry;

@@ -18,6 +18,7 @@ use crate::document::{self, Document, LoadError, SyncReply};
 use crate::flush::{Flush, InFlight};
 use crate::load::{Load, Loaded, Parked, Residency};
 use crate::membership::{Member, Membership, MembershipEvent};
+use crate::outbox::Outbox;
 use crate::replication::Replication;
 use crate::retry::{SyncRetries, MAX_ATTEMPTS};
 use crate::{Config, FaultInjection, Metrics, ReplicaError, Time};
@@ -138,12 +139,6 @@ struct Waiting {
     wanted: bool,
 }
 
-#[derive(Default)]
-struct Peer {
-    /// Bytes (roughly: payload sizes) queued for this peer.
-    queued_bytes: usize,
-}
-
 /// The replication engine of one node. See the crate documentation for the
 /// order in which a driver calls it.
 pub struct Replica {
@@ -168,13 +163,10 @@ pub struct Replica {
     /// The reconciliation digest's nodes seen so far.
     digest: Digest,
     quarantined: BTreeMap<DocumentId, String>,
-    peers: BTreeMap<NodeId, Peer>,
-    /// Messages to send, each with its sequence number (ascending).
-    outbox: VecDeque<(u64, Transmit)>,
-    /// The sequence number the next queued message takes.
-    outbox_next: u64,
-    /// Per (document, peer), the queued push that more changes may join.
-    open_pushes: BTreeMap<(DocumentId, NodeId), u64>,
+    /// Connected peers.
+    peers: BTreeSet<NodeId>,
+    /// Messages to send, with each peer's byte budget.
+    outbox: Outbox,
     events: VecDeque<Event>,
     next_write: u64,
     /// Writes waiting for the next flush to become durable.
@@ -231,10 +223,8 @@ impl Replica {
             parked_inputs: 0,
             digest: Digest::default(),
             quarantined: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            outbox: VecDeque::new(),
-            outbox_next: 0,
-            open_pushes: BTreeMap::new(),
+            peers: BTreeSet::new(),
+            outbox: Outbox::default(),
             events: VecDeque::new(),
             next_write: 0,
             awaiting_flush: Vec::new(),
@@ -290,7 +280,7 @@ impl Replica {
         self.docs.insert(id, Document::new(self.actor.clone()));
         self.mark_dirty(now, id);
         // Announce it: a sync message makes every connected peer hold it.
-        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        let peers: Vec<NodeId> = self.peers.iter().copied().collect();
         for peer in peers {
             self.sync_with(id, peer, false);
         }
@@ -429,7 +419,7 @@ impl Replica {
     pub fn handle_peer_up(&mut self, now: Time, peer: NodeId) {
         let _span = tracing::debug_span!("peer_up", peer = %peer.short()).entered();
         self.observe_clock(now);
-        self.peers.entry(peer).or_default();
+        self.peers.insert(peer);
         if let Some(membership) = self.membership.as_mut() {
             if let Err(error) = membership.announce(peer) {
                 tracing::debug!(peer = %peer.short(), %error, "membership announce failed");
@@ -450,13 +440,11 @@ impl Replica {
     /// sync states keep what both sides share.
     pub fn handle_peer_down(&mut self, now: Time, peer: NodeId) {
         let _ = now;
-        if self.peers.remove(&peer).is_none() {
+        if !self.peers.remove(&peer) {
             return;
         }
         self.retries.forget_peer(peer);
-        let before = self.outbox.len();
-        self.outbox.retain(|(_, transmit)| transmit.to != peer);
-        self.open_pushes.retain(|(_, to), _| *to != peer);
+        let dropped_messages = self.outbox.forget_peer(peer);
         // Inputs parked for it belong to the connection that closed.
         for waiting in self.loading.values_mut() {
             let before = waiting.parked.len();
@@ -465,7 +453,7 @@ impl Replica {
         }
         tracing::info!(
             peer = %peer.short(),
-            dropped_messages = before - self.outbox.len(),
+            dropped_messages,
             "peer down"
         );
     }
@@ -479,7 +467,7 @@ impl Replica {
         from: NodeId,
         message: Message,
     ) -> Result<(), ReplicaError> {
-        if !self.peers.contains_key(&from) {
+        if !self.peers.contains(&from) {
             return Err(ReplicaError::PeerNotConnected(from));
         }
         self.observe_clock(now);
@@ -506,7 +494,7 @@ impl Replica {
         // Gathered pushes, in the order their first message came.
         let mut batches: Vec<PushBatch> = Vec::new();
         for (from, message) in messages {
-            if !self.peers.contains_key(&from) {
+            if !self.peers.contains(&from) {
                 errors.push((from, ReplicaError::PeerNotConnected(from)));
                 continue;
             }
@@ -868,18 +856,8 @@ impl Replica {
     /// The next message to send, if any. Call until `None` after every
     /// input.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let (seq, transmit) = self.outbox.pop_front()?;
-        if let Message::Changes { doc, .. } = &transmit.message {
-            if self.open_pushes.get(&(*doc, transmit.to)) == Some(&seq) {
-                self.open_pushes.remove(&(*doc, transmit.to));
-            }
-        }
         let leak = self.config.planted(FaultInjection::LeakQueuedBytes);
-        if let Some(peer) = self.peers.get_mut(&transmit.to).filter(|_| !leak) {
-            peer.queued_bytes = peer
-                .queued_bytes
-                .saturating_sub(message_bytes(&transmit.message));
-        }
+        let transmit = self.outbox.pop(leak)?;
         self.metrics.messages_sent += 1;
         Some(transmit)
     }
@@ -1037,7 +1015,7 @@ impl Replica {
 
     /// Runs an input that waited for `doc` to load.
     fn replay(&mut self, now: Time, doc: DocumentId, input: Parked) {
-        if !self.peers.contains_key(&input.peer()) {
+        if !self.peers.contains(&input.peer()) {
             return;
         }
         match input {
@@ -1166,7 +1144,7 @@ impl Replica {
 
     /// The peers currently connected, in order.
     pub fn connected_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.peers.keys().copied()
+        self.peers.iter().copied()
     }
 
     /// The members SWIM believes alive (this node excluded), with their
@@ -1289,28 +1267,7 @@ impl Replica {
     }
 
     fn check_queues(&self) -> Result<(), String> {
-        let mut queued: BTreeMap<NodeId, usize> = BTreeMap::new();
-        for (_, transmit) in &self.outbox {
-            if !self.peers.contains_key(&transmit.to) {
-                return Err(format!(
-                    "a {} message is queued for {}, which is not connected",
-                    transmit.message.kind(),
-                    transmit.to.short()
-                ));
-            }
-            *queued.entry(transmit.to).or_default() += message_bytes(&transmit.message);
-        }
-        for (peer, state) in &self.peers {
-            let actual = queued.get(peer).copied().unwrap_or(0);
-            if state.queued_bytes != actual {
-                return Err(format!(
-                    "peer {} is charged {} queued bytes, {actual} are queued",
-                    peer.short(),
-                    state.queued_bytes
-                ));
-            }
-        }
-        Ok(())
+        self.outbox.check(|peer| self.peers.contains(peer))
     }
 
     /// Recomputes the reconciliation digest from the documents in the
@@ -1471,41 +1428,19 @@ impl Replica {
     /// Queues `message` for `to`, unless that peer's queue is full. Returns
     /// whether it was queued.
     fn enqueue(&mut self, to: NodeId, message: Message) -> bool {
-        let bytes = message_bytes(&message);
-        let Some(peer) = self.peers.get_mut(&to) else {
-            return false;
-        };
-        // One message always fits an empty queue, whatever its size: a
-        // bound below one message must slow a peer down, not starve it
-        // (the simulator found a reconciliation that could never be sent).
-        if peer.queued_bytes > 0
-            && peer.queued_bytes + bytes > self.config.max_outbox_bytes_per_peer
-        {
-            self.metrics.messages_dropped_backpressure += 1;
-            tracing::debug!(peer = %to.short(), queued = peer.queued_bytes, "peer queue full; dropping message, anti-entropy will repair");
+        if !self.peers.contains(&to) {
             return false;
         }
-        peer.queued_bytes += bytes;
-        let seq = self.outbox_next;
-        self.outbox_next += 1;
-        if let Message::Changes { doc, .. } = &message {
-            self.open_pushes.insert((*doc, to), seq);
-        }
-        self.outbox.push_back((seq, Transmit { to, message }));
-        true
-    }
-
-    /// The queued push of `doc` to `peer` that more changes may still
-    /// join, if it is still queued.
-    fn open_push(&mut self, doc: DocumentId, peer: NodeId) -> Option<&mut Vec<Vec<u8>>> {
-        let seq = *self.open_pushes.get(&(doc, peer))?;
-        let index = self
+        match self
             .outbox
-            .binary_search_by_key(&seq, |(seq, _)| *seq)
-            .ok()?;
-        match &mut self.outbox.get_mut(index)?.1.message {
-            Message::Changes { changes, .. } => Some(changes),
-            _ => None,
+            .push(to, message, self.config.max_outbox_bytes_per_peer)
+        {
+            Ok(()) => true,
+            Err(queued) => {
+                self.metrics.messages_dropped_backpressure += 1;
+                tracing::debug!(peer = %to.short(), queued, "peer queue full; dropping message, anti-entropy will repair");
+                false
+            }
         }
     }
 
@@ -1515,24 +1450,17 @@ impl Replica {
     /// many peers and documents, changes made in a burst still travel in
     /// few messages.
     fn push_to_all(&mut self, doc: DocumentId, change: Vec<u8>) {
-        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        let peers: Vec<NodeId> = self.peers.iter().copied().collect();
         let batch = self.config.push_batch();
         let skip_busy = self.config.planted(FaultInjection::SkipPushToBusyPeer);
         let max_bytes = self.config.max_outbox_bytes_per_peer;
         for peer in peers {
-            let queued = self.peers.get(&peer).map_or(0, |p| p.queued_bytes);
+            let queued = self.outbox.queued_bytes(peer);
             if skip_busy && queued > 0 {
                 continue;
             }
             let fits = queued + change.len() <= max_bytes;
-            if let Some(changes) = self
-                .open_push(doc, peer)
-                .filter(|c| c.len() < batch && fits)
-            {
-                changes.push(change.clone());
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.queued_bytes += change.len();
-                }
+            if fits && self.outbox.join_push(doc, peer, &change, batch) {
                 self.metrics.changes_pushed += 1;
                 continue;
             }
@@ -1595,7 +1523,7 @@ impl Replica {
             return;
         }
         for (doc, peer, attempts) in due {
-            if !self.peers.contains_key(&peer) || attempts >= MAX_ATTEMPTS {
+            if !self.peers.contains(&peer) || attempts >= MAX_ATTEMPTS {
                 continue;
             }
             let settled = self.docs.get(&doc).is_some_and(|document| {
@@ -1623,7 +1551,7 @@ impl Replica {
             return;
         }
         let index = self.rng.gen_range(0..self.peers.len());
-        let Some(peer) = self.peers.keys().nth(index).copied() else {
+        let Some(peer) = self.peers.iter().nth(index).copied() else {
             return;
         };
         self.metrics.anti_entropy_rounds += 1;
@@ -2247,21 +2175,6 @@ fn incarnation_actor(node: &NodeId, incarnation: u64) -> ActorId {
         actor.extend_from_slice(&incarnation.to_be_bytes());
     }
     ActorId::from(actor)
-}
-
-/// A message's size for queue accounting: its variable-length payload.
-fn message_bytes(message: &Message) -> usize {
-    const OVERHEAD: usize = 64;
-    OVERHEAD
-        + match message {
-            Message::Changes { changes, .. } => changes.iter().map(Vec::len).sum(),
-            Message::Sync { message, .. } => message.len(),
-            Message::Heads { heads, .. } => heads.len() * 32,
-            Message::Membership { data } => data.len(),
-            Message::Hello(_) => 0,
-            Message::DigestNodes { nodes } => nodes.len() * 17,
-            Message::DigestLeaves { entries, .. } => entries.len() * 24,
-        }
 }
 
 /// The planted bug [`FaultInjection::DropPushWithMissingDependencies`]:
