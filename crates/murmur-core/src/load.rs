@@ -20,6 +20,7 @@
 //! about it runs until the load lands), so the load may read the store at
 //! any time.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use automerge::ActorId;
@@ -133,5 +134,163 @@ impl Parked {
             | Parked::Reconcile { peer }
             | Parked::OwedHeads { peer } => *peer,
         }
+    }
+}
+
+/// A document waiting to load.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Inputs to replay once it has loaded, in arrival order.
+    parked: Vec<Parked>,
+    /// The driver asked for it ([`crate::Replica::request_load`]) and waits
+    /// for it: the load is kept even if no input is parked.
+    wanted: bool,
+}
+
+/// What [`Loads::park`] did with an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parking {
+    /// It waits for the document.
+    Parked,
+    /// Too many wait already: it was dropped.
+    Dropped,
+    /// The document is not loading: nothing was done with it.
+    NotLoading,
+}
+
+/// The documents waiting to load: requested, handed out, and the inputs
+/// parked until they land.
+#[derive(Default)]
+pub(crate) struct Loads {
+    waiting: BTreeMap<DocumentId, Waiting>,
+    /// Requested and not yet handed out, oldest first.
+    queue: VecDeque<DocumentId>,
+    /// Handed out and not landed.
+    in_flight: BTreeSet<DocumentId>,
+    /// Inputs parked, all documents together.
+    parked: usize,
+}
+
+impl Loads {
+    /// True while `doc`'s load is requested or out.
+    pub(crate) fn is_loading(&self, doc: &DocumentId) -> bool {
+        self.waiting.contains_key(doc)
+    }
+
+    /// True while no load is requested or out.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Requests `doc`'s load (it is stored, not in memory, not loading).
+    pub(crate) fn request(&mut self, doc: DocumentId) {
+        self.waiting.insert(doc, Waiting::default());
+        self.queue.push_back(doc);
+    }
+
+    /// The driver waits for `doc`: its load is kept with no input parked.
+    pub(crate) fn want(&mut self, doc: DocumentId) {
+        if let Some(waiting) = self.waiting.get_mut(&doc) {
+            waiting.wanted = true;
+        }
+    }
+
+    /// Parks `input` until `doc` lands, unless `max` inputs wait already.
+    /// A load nobody waits for any more then gives up its place.
+    pub(crate) fn park(&mut self, doc: DocumentId, input: Parked, max: usize) -> Parking {
+        let full = self.parked >= max.max(1);
+        let Some(waiting) = self.waiting.get_mut(&doc) else {
+            return Parking::NotLoading;
+        };
+        if full {
+            if waiting.parked.is_empty() && !waiting.wanted && !self.in_flight.contains(&doc) {
+                self.waiting.remove(&doc);
+                self.queue.retain(|queued| *queued != doc);
+            }
+            return Parking::Dropped;
+        }
+        waiting.parked.push(input);
+        self.parked += 1;
+        Parking::Parked
+    }
+
+    /// The next load to hand out, if fewer than `max_in_flight` are out.
+    pub(crate) fn next(&mut self, max_in_flight: usize) -> Option<DocumentId> {
+        if self.in_flight.len() >= max_in_flight.max(1) {
+            return None;
+        }
+        while let Some(doc) = self.queue.pop_front() {
+            if self.waiting.contains_key(&doc) && self.in_flight.insert(doc) {
+                return Some(doc);
+            }
+        }
+        None
+    }
+
+    /// Takes `doc`'s requested load out of the queue to run now (on the
+    /// caller's thread); false if it is out already.
+    pub(crate) fn take_now(&mut self, doc: DocumentId) -> bool {
+        if self.in_flight.contains(&doc) {
+            return false;
+        }
+        self.queue.retain(|queued| *queued != doc);
+        self.in_flight.insert(doc);
+        true
+    }
+
+    /// `doc`'s load landed: the inputs that waited, in arrival order;
+    /// `None` if that load was not out (a stale one, to ignore).
+    pub(crate) fn land(&mut self, doc: DocumentId) -> Option<Vec<Parked>> {
+        if !self.in_flight.remove(&doc) {
+            return None;
+        }
+        let parked = self
+            .waiting
+            .remove(&doc)
+            .map(|waiting| waiting.parked)
+            .unwrap_or_default();
+        self.parked -= parked.len();
+        Some(parked)
+    }
+
+    /// Drops the inputs parked for `peer` (its connection closed).
+    pub(crate) fn forget_peer(&mut self, peer: NodeId) {
+        for waiting in self.waiting.values_mut() {
+            let before = waiting.parked.len();
+            waiting.parked.retain(|input| input.peer() != peer);
+            self.parked -= before - waiting.parked.len();
+        }
+    }
+
+    /// Checks the bookkeeping: the parked count, every queued or
+    /// handed-out load waited for once, nothing loading `in_memory`.
+    pub(crate) fn check(&self, in_memory: impl Fn(&DocumentId) -> bool) -> Result<(), String> {
+        let parked: usize = self.waiting.values().map(|w| w.parked.len()).sum();
+        if parked != self.parked {
+            return Err(format!(
+                "{parked} inputs are parked, {} counted",
+                self.parked
+            ));
+        }
+        if let Some(doc) = self.waiting.keys().find(|doc| in_memory(doc)) {
+            return Err(format!("document {doc} is loading but already in memory"));
+        }
+        let queued = self.queue.iter().chain(&self.in_flight);
+        if let Some(doc) = queued.clone().find(|doc| !self.waiting.contains_key(doc)) {
+            return Err(format!(
+                "a load of {doc} is queued or out but not waited for"
+            ));
+        }
+        // Every queued or handed-out load is waited for (above), once: so
+        // every document waiting has its load requested.
+        if self.queue.len() + self.in_flight.len() != self.waiting.len() {
+            return Err(format!(
+                "{} documents wait for loads, {} are queued and {} out",
+                self.waiting.len(),
+                self.queue.len(),
+                self.in_flight.len()
+            ));
+        }
+        Ok(())
     }
 }

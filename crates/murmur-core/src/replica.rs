@@ -16,7 +16,7 @@ use crate::cache::Documents;
 use crate::digest::{self, Digest, LeafUpdate, NodeValue, LEAF_LEVEL};
 use crate::document::{self, Document, LoadError, SyncReply};
 use crate::flush::{Flush, InFlight};
-use crate::load::{Load, Loaded, Parked, Residency};
+use crate::load::{Load, Loaded, Loads, Parked, Parking, Residency};
 use crate::membership::{Member, Membership, MembershipEvent};
 use crate::outbox::Outbox;
 use crate::replication::Replication;
@@ -129,16 +129,6 @@ struct PushBatch {
     messages: Vec<Vec<Vec<u8>>>,
 }
 
-/// A document waiting to load.
-#[derive(Debug, Default)]
-struct Waiting {
-    /// Inputs to replay once it has loaded, in arrival order.
-    parked: Vec<Parked>,
-    /// The driver asked for it ([`Replica::request_load`]) and waits for
-    /// it: the load is kept even if no input is parked.
-    wanted: bool,
-}
-
 /// The replication engine of one node. See the crate documentation for the
 /// order in which a driver calls it.
 pub struct Replica {
@@ -152,14 +142,7 @@ pub struct Replica {
     /// their use order and size estimates.
     docs: Documents,
     /// Documents waiting to load, with the inputs parked until they land.
-    loading: BTreeMap<DocumentId, Waiting>,
-    /// Documents whose load is requested and not yet handed out, oldest
-    /// first.
-    load_queue: VecDeque<DocumentId>,
-    /// Documents whose [`Load`] is handed out and has not landed.
-    loads_in_flight: BTreeSet<DocumentId>,
-    /// Inputs parked in `loading`, all documents together.
-    parked_inputs: usize,
+    loads: Loads,
     /// The reconciliation digest's nodes seen so far.
     digest: Digest,
     quarantined: BTreeMap<DocumentId, String>,
@@ -217,10 +200,7 @@ impl Replica {
             incarnation,
             store: std::sync::Arc::from(store),
             docs: Documents::default(),
-            loading: BTreeMap::new(),
-            load_queue: VecDeque::new(),
-            loads_in_flight: BTreeSet::new(),
-            parked_inputs: 0,
+            loads: Loads::default(),
             digest: Digest::default(),
             quarantined: BTreeMap::new(),
             peers: BTreeSet::new(),
@@ -446,11 +426,7 @@ impl Replica {
         self.retries.forget_peer(peer);
         let dropped_messages = self.outbox.forget_peer(peer);
         // Inputs parked for it belong to the connection that closed.
-        for waiting in self.loading.values_mut() {
-            let before = waiting.parked.len();
-            waiting.parked.retain(|input| input.peer() != peer);
-            self.parked_inputs -= before - waiting.parked.len();
-        }
+        self.loads.forget_peer(peer);
         tracing::info!(
             peer = %peer.short(),
             dropped_messages,
@@ -891,9 +867,7 @@ impl Replica {
             Ok(true) => Ok(Residency::Resident),
             Ok(false) => Err(ReplicaError::UnknownDocument(doc)),
             Err(ReplicaError::Loading(_)) => {
-                if let Some(waiting) = self.loading.get_mut(&doc) {
-                    waiting.wanted = true;
-                }
+                self.loads.want(doc);
                 Ok(Residency::Loading)
             }
             Err(error) => Err(error),
@@ -907,15 +881,8 @@ impl Replica {
     /// result to [`Replica::handle_document_loaded`]. Meanwhile every other
     /// document goes on; inputs about this one wait for it.
     pub fn poll_load(&mut self) -> Option<Load> {
-        if self.loads_in_flight.len() >= self.config.max_loads_in_flight.max(1) {
-            return None;
-        }
-        while let Some(doc) = self.load_queue.pop_front() {
-            if self.loading.contains_key(&doc) && self.loads_in_flight.insert(doc) {
-                return Some(Load::new(doc, self.store.clone(), self.actor.clone()));
-            }
-        }
-        None
+        let doc = self.loads.next(self.config.max_loads_in_flight)?;
+        Some(Load::new(doc, self.store.clone(), self.actor.clone()))
     }
 
     /// A document load handed out by [`Replica::poll_load`] landed: the
@@ -933,18 +900,12 @@ impl Replica {
         self.observe_clock(now);
         let doc = loaded.doc;
         let _span = tracing::debug_span!("document_loaded", doc = %doc).entered();
-        if !self.loads_in_flight.remove(&doc) {
+        let Some(parked) = self.loads.land(doc) else {
             // Not the load out for it (one from before a `load_now`, say):
             // it may have read the store before a later flush.
             tracing::warn!(doc = %doc, "a document load nobody waits for landed; ignored");
             return Ok(());
-        }
-        let parked = self
-            .loading
-            .remove(&doc)
-            .map(|waiting| waiting.parked)
-            .unwrap_or_default();
-        self.parked_inputs -= parked.len();
+        };
         match loaded.result {
             Ok(document) => {
                 // Nothing about a loading document runs, so it cannot be in
@@ -999,11 +960,9 @@ impl Replica {
         if self.request_load(doc)? == Residency::Resident {
             return Ok(());
         }
-        if self.loads_in_flight.contains(&doc) {
+        if !self.loads.take_now(doc) {
             return Err(ReplicaError::Loading(doc));
         }
-        self.load_queue.retain(|queued| *queued != doc);
-        self.loads_in_flight.insert(doc);
         let loaded = Load::new(doc, self.store.clone(), self.actor.clone()).run();
         self.handle_document_loaded(now, loaded)?;
         if self.docs.contains_key(&doc) {
@@ -1033,7 +992,7 @@ impl Replica {
     /// True while a document load is requested or handed out and has not
     /// landed.
     pub fn loads_pending(&self) -> bool {
-        !self.loading.is_empty()
+        !self.loads.is_empty()
     }
 
     /// When [`Replica::handle_timeout`] must next run (or, for a due group
@@ -1202,7 +1161,7 @@ impl Replica {
         self.docs.check()?;
         self.check_queues()?;
         self.retries.check()?;
-        self.check_loads()?;
+        self.loads.check(|doc| self.docs.contains_key(doc))?;
         let unflushed = !self.dirty_docs.is_empty()
             || !self.awaiting_flush.is_empty()
             || !self.dirty_sync.is_empty();
@@ -1234,36 +1193,6 @@ impl Replica {
     /// A caller checking after every step can space its checks by it.
     pub fn invariant_check_size(&self) -> usize {
         self.docs.len() + self.retries.len() + self.outbox.len()
-    }
-
-    fn check_loads(&self) -> Result<(), String> {
-        let parked: usize = self.loading.values().map(|w| w.parked.len()).sum();
-        if parked != self.parked_inputs {
-            return Err(format!(
-                "{parked} inputs are parked, {} counted",
-                self.parked_inputs
-            ));
-        }
-        if let Some(doc) = self.loading.keys().find(|doc| self.docs.contains_key(doc)) {
-            return Err(format!("document {doc} is loading but already in memory"));
-        }
-        let queued = self.load_queue.iter().chain(&self.loads_in_flight);
-        if let Some(doc) = queued.clone().find(|doc| !self.loading.contains_key(doc)) {
-            return Err(format!(
-                "a load of {doc} is queued or out but not waited for"
-            ));
-        }
-        // Every queued or handed-out load is waited for (above), once: so
-        // every document waiting has its load requested.
-        if self.load_queue.len() + self.loads_in_flight.len() != self.loading.len() {
-            return Err(format!(
-                "{} documents wait for loads, {} are queued and {} out",
-                self.loading.len(),
-                self.load_queue.len(),
-                self.loads_in_flight.len()
-            ));
-        }
-        Ok(())
     }
 
     fn check_queues(&self) -> Result<(), String> {
@@ -1308,14 +1237,13 @@ impl Replica {
         if self.quarantined.contains_key(&doc) {
             return Err(self.missing(doc));
         }
-        if self.loading.contains_key(&doc) {
+        if self.loads.is_loading(&doc) {
             return Err(ReplicaError::Loading(doc));
         }
         if !layout::document_exists(&*self.store, doc.as_bytes())? {
             return Ok(false);
         }
-        self.loading.insert(doc, Waiting::default());
-        self.load_queue.push_back(doc);
+        self.loads.request(doc);
         Err(ReplicaError::Loading(doc))
     }
 
@@ -1323,24 +1251,15 @@ impl Replica {
     /// [`Config::max_parked_inputs`] the input is dropped instead: what it
     /// carried comes again through sync retries and anti-entropy.
     fn park(&mut self, doc: DocumentId, input: Parked) {
-        let full = self.parked_inputs >= self.config.max_parked_inputs.max(1);
-        let Some(waiting) = self.loading.get_mut(&doc) else {
-            return;
-        };
-        if full {
-            self.metrics.inputs_dropped_loading += 1;
-            tracing::debug!(doc = %doc, peer = %input.peer().short(), "too many inputs wait for loads; dropped one, repair will resend it");
-            // A load nobody waits for any more is not worth its place.
-            if waiting.parked.is_empty() && !waiting.wanted && !self.loads_in_flight.contains(&doc)
-            {
-                self.loading.remove(&doc);
-                self.load_queue.retain(|queued| *queued != doc);
+        let peer = input.peer();
+        match self.loads.park(doc, input, self.config.max_parked_inputs) {
+            Parking::Parked => self.metrics.inputs_parked += 1,
+            Parking::Dropped => {
+                self.metrics.inputs_dropped_loading += 1;
+                tracing::debug!(doc = %doc, peer = %peer.short(), "too many inputs wait for loads; dropped one, repair will resend it");
             }
-            return;
+            Parking::NotLoading => {}
         }
-        waiting.parked.push(input);
-        self.parked_inputs += 1;
-        self.metrics.inputs_parked += 1;
     }
 
     fn document_mut(&mut self, doc: DocumentId) -> Result<&mut Document, ReplicaError> {
