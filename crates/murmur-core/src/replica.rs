@@ -579,18 +579,7 @@ impl Replica {
             }
             return Vec::new();
         }
-        let mut errors = Vec::new();
-        let mut decoded: Vec<Vec<Change>> = Vec::with_capacity(messages.len());
-        for raw in messages {
-            let changes = raw
-                .into_iter()
-                .map(|bytes| Change::from_bytes(bytes).map_err(|e| invalid(e.to_string())))
-                .collect::<Result<Vec<Change>, _>>();
-            match changes {
-                Ok(changes) => decoded.push(changes),
-                Err(error) => errors.push(error),
-            }
-        }
+        let (mut decoded, mut errors) = decode_pushes(messages, invalid);
         if decoded.is_empty() {
             return errors;
         }
@@ -615,36 +604,8 @@ impl Replica {
         };
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
-        // One message moves into the batch; several are copied, kept to
-        // find the one at fault should the batch fail.
-        let single = decoded.len() == 1;
-        let all: Vec<Change> = if single {
-            decoded.pop().unwrap_or_default()
-        } else {
-            decoded.iter().flatten().cloned().collect()
-        };
-        let all = if drop_orphans {
-            keep_changes_with_dependencies(&document.doc, all)
-        } else {
-            all
-        };
-        if let Err(error) = document.doc.apply_changes_log_patches(all, &mut log) {
-            if single {
-                errors.push(invalid(error.to_string()));
-            }
-            // Apply them one by one (what the batch applied is skipped as
-            // known) to reject only the message at fault.
-            for changes in decoded {
-                let changes = if drop_orphans {
-                    keep_changes_with_dependencies(&document.doc, changes)
-                } else {
-                    changes
-                };
-                if let Err(error) = document.doc.apply_changes_log_patches(changes, &mut log) {
-                    errors.push(invalid(error.to_string()));
-                }
-            }
-        }
+        let rejected = apply_pushes(&mut document.doc, decoded, &mut log, drop_orphans);
+        errors.extend(rejected.into_iter().map(|error| invalid(error.to_string())));
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
         let missing = !document.doc.get_missing_deps(&[]).is_empty();
@@ -2094,6 +2055,69 @@ fn incarnation_actor(node: &NodeId, incarnation: u64) -> ActorId {
         actor.extend_from_slice(&incarnation.to_be_bytes());
     }
     ActorId::from(actor)
+}
+
+/// Decodes each message's changes; a message with an undecodable change is
+/// rejected whole (its error from `invalid`), the others kept in order.
+fn decode_pushes(
+    messages: Vec<Vec<Vec<u8>>>,
+    invalid: impl Fn(String) -> ReplicaError,
+) -> (Vec<Vec<Change>>, Vec<ReplicaError>) {
+    let mut decoded = Vec::with_capacity(messages.len());
+    let mut errors = Vec::new();
+    for raw in messages {
+        let changes = raw
+            .into_iter()
+            .map(|bytes| Change::from_bytes(bytes).map_err(|e| invalid(e.to_string())))
+            .collect::<Result<Vec<Change>, _>>();
+        match changes {
+            Ok(changes) => decoded.push(changes),
+            Err(error) => errors.push(error),
+        }
+    }
+    (decoded, errors)
+}
+
+/// Applies several messages' changes to `doc` in one Automerge batch
+/// (which walks the ops at each changed key once, however many changes
+/// there are). If the batch fails, applies them message by message (what
+/// the batch applied is skipped as known), so only the messages at fault
+/// are rejected: their errors are returned.
+fn apply_pushes(
+    doc: &mut automerge::Automerge,
+    mut messages: Vec<Vec<Change>>,
+    log: &mut automerge::PatchLog,
+    drop_orphans: bool,
+) -> Vec<AutomergeError> {
+    let keep = |doc: &automerge::Automerge, changes: Vec<Change>| {
+        if drop_orphans {
+            keep_changes_with_dependencies(doc, changes)
+        } else {
+            changes
+        }
+    };
+    // One message moves into the batch; several are copied, kept to find
+    // the one at fault should the batch fail.
+    let single = messages.len() == 1;
+    let all: Vec<Change> = if single {
+        messages.pop().unwrap_or_default()
+    } else {
+        messages.iter().flatten().cloned().collect()
+    };
+    let all = keep(doc, all);
+    let Err(error) = doc.apply_changes_log_patches(all, log) else {
+        return Vec::new();
+    };
+    if single {
+        return vec![error];
+    }
+    messages
+        .into_iter()
+        .filter_map(|changes| {
+            let changes = keep(doc, changes);
+            doc.apply_changes_log_patches(changes, log).err()
+        })
+        .collect()
 }
 
 /// The planted bug [`FaultInjection::DropPushWithMissingDependencies`]:
