@@ -171,6 +171,7 @@ mod digest;
 mod document;
 mod error;
 mod flush;
+mod incarnation;
 mod load;
 mod membership;
 mod outbox;
