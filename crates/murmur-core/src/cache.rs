@@ -1,6 +1,8 @@
-//! The documents in memory, in least-recently-used order, and roughly how
-//! many bytes they take: one type, so a document and its cache entry come
-//! and go together.
+//! The documents of a replica as one type: those in memory, in
+//! least-recently-used order with roughly how many bytes they take (so a
+//! document and its cache entry come and go together), those loading (with
+//! the inputs waiting for them), and those set aside because they do not
+//! load.
 //!
 //! The order is a counter bumped on every use, kept in a `BTreeMap`, so
 //! eviction is deterministic (same inputs, same evictions): the simulator
@@ -8,18 +10,87 @@
 
 use std::collections::BTreeMap;
 
+use murmur_store::{layout, Storage};
 use murmur_wire::DocumentId;
 
 use crate::document::Document;
+use crate::load::Loads;
+use crate::ReplicaError;
 
-/// The documents in memory and their use order and size estimates.
+/// The documents in memory with their use order and size estimates, the
+/// documents loading, and the quarantined ones.
 #[derive(Default)]
 pub(crate) struct Documents {
     docs: BTreeMap<DocumentId, Document>,
     cache: Cache,
+    /// Documents waiting to load, with the inputs parked until they land.
+    loads: Loads,
+    /// Documents whose stored data does not load, with the reason.
+    quarantined: BTreeMap<DocumentId, String>,
 }
 
 impl Documents {
+    /// Whether `doc` is in memory, counting a use of it: `Ok(true)` if it
+    /// is, `Ok(false)` if `store` does not hold it, and
+    /// [`ReplicaError::Loading`] if it is stored and not in memory (its
+    /// load is then requested: nothing loads inline).
+    pub(crate) fn resident(
+        &mut self,
+        store: &dyn Storage,
+        doc: DocumentId,
+    ) -> Result<bool, ReplicaError> {
+        if self.touch(doc) {
+            return Ok(true);
+        }
+        if self.quarantined.contains_key(&doc) {
+            return Err(self.missing(doc));
+        }
+        if self.loads.is_loading(&doc) {
+            return Err(ReplicaError::Loading(doc));
+        }
+        if !layout::document_exists(store, doc.as_bytes())? {
+            return Ok(false);
+        }
+        self.loads.request(doc);
+        Err(ReplicaError::Loading(doc))
+    }
+
+    /// The error for `doc` not being in memory: quarantined, or unknown.
+    pub(crate) fn missing(&self, doc: DocumentId) -> ReplicaError {
+        match self.quarantined.get(&doc) {
+            Some(reason) => ReplicaError::CorruptDocument {
+                doc,
+                reason: reason.clone(),
+            },
+            None => ReplicaError::UnknownDocument(doc),
+        }
+    }
+
+    /// Sets `doc` aside: its stored data does not load.
+    pub(crate) fn quarantine(&mut self, doc: DocumentId, reason: String) {
+        self.quarantined.insert(doc, reason);
+    }
+
+    /// Whether `doc` is set aside.
+    pub(crate) fn is_quarantined(&self, doc: &DocumentId) -> bool {
+        self.quarantined.contains_key(doc)
+    }
+
+    /// The documents set aside, with the reason.
+    pub(crate) fn quarantined(&self) -> &BTreeMap<DocumentId, String> {
+        &self.quarantined
+    }
+
+    /// The documents loading.
+    pub(crate) fn loads(&self) -> &Loads {
+        &self.loads
+    }
+
+    /// The documents loading, to request, hand out or land loads.
+    pub(crate) fn loads_mut(&mut self) -> &mut Loads {
+        &mut self.loads
+    }
+
     /// Takes `document` into memory (replacing any held as `doc`), as just
     /// used.
     pub(crate) fn insert(&mut self, doc: DocumentId, document: Document) {
@@ -84,9 +155,11 @@ impl Documents {
         self.cache.coldest()
     }
 
-    /// Checks that the cache lists exactly the documents in memory.
+    /// Checks that the cache lists exactly the documents in memory, and
+    /// that no document loading is in memory.
     pub(crate) fn check(&self) -> Result<(), String> {
         self.cache.check()?;
+        self.loads.check(|doc| self.docs.contains_key(doc))?;
         if self.cache.len() != self.docs.len() {
             return Err(format!(
                 "{} documents in memory, {} in the cache",

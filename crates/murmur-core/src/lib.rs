@@ -124,6 +124,21 @@
 //!   whether the engine's own bookkeeping still agrees with itself and
 //!   with its store.
 //!
+//! # Where things live
+//!
+//! `replica.rs` holds the [`Replica`] struct, [`Replica::open`] and the
+//! `handle_*`/`poll_*` entry points, and hands each input to the part that
+//! owns it, under `replica/`: `local` (new documents, local changes, the
+//! disk-space guard), `sync` (eager pushes, batched receipt, the sync
+//! protocol and its retries), `reconcile` (the digest protocol; `digest.rs`
+//! is the trie), `durability` (the group-commit pipeline, compaction,
+//! close), `documents` (residency, loads, reads, eviction), `acks`
+//! (`Replicated(k)`), `peers` (connections, outbox, membership glue),
+//! `events` and `inspect` (invariants). State lives in types that own it:
+//! `cache::Documents` (the documents in memory, loading, quarantined),
+//! `outbox::Outbox`, `Durability`, `Events`, `digest::Digest`,
+//! `replication::Replication`, `retry::SyncRetries`, and `incarnation`.
+//!
 //! # Example
 //!
 //! Two replicas, wired by hand:
