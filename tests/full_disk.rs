@@ -47,7 +47,7 @@ impl Drop for Tmpfs {
 }
 
 fn free_bytes(path: &Path) -> u64 {
-    murmur_net::driver::free_bytes(path).unwrap()
+    murmur::driver::free_bytes(path).unwrap()
 }
 
 /// Retries `write` until it returns a result `done` accepts, or panics

@@ -6,7 +6,7 @@
 //! socket, thread or clock and reads no global
 //! randomness: time comes in as an argument, randomness from a seed in its
 //! [`Config`], and everything it wants done comes out as data. Two drivers
-//! run the very same engine: `murmur-net` over QUIC with a real clock and
+//! run the very same engine: `murmur`'s driver over QUIC with a real clock and
 //! sled, and the simulator (and `testkit`) with virtual time and a
 //! crashable in-memory store.
 //!

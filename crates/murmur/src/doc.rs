@@ -4,10 +4,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use crate::driver::{ChangeFailed, Command, DocumentChange, DriverHandle};
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash};
 use murmur_core::{AckLevel, DocumentId, ReplicaError};
-use murmur_net::driver::{ChangeFailed, Command, DocumentChange, DriverHandle};
 use tokio::sync::broadcast;
 
 use crate::Error;
@@ -123,7 +123,6 @@ impl DocHandle {
                 .map_err(|failed| match failed {
                     ChangeFailed::Rejected(error) => Error::Replica(error),
                     ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
-                    other => Error::Change(other.to_string()),
                 })?;
         Ok(outcome.map(|receipt| Receipt {
             change: receipt.change,

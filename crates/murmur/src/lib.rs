@@ -42,25 +42,29 @@
 //!
 //! | crate | what it owns |
 //! |---|---|
-//! | `murmur` (this) | the public API: [`Node`], [`NodeBuilder`], [`DocHandle`] |
+//! | `murmur` (this) | the public API: [`Node`], [`NodeBuilder`], [`DocHandle`], and the [`driver`] task that runs the engine with a real clock, sled and QUIC |
 //! | `murmur-node` | the `murmur` binary: CLI, config, loopback HTTP API, metrics |
-//! | `murmur-net` | the driver running the engine with a real clock and sled; node identity |
+//! | `murmur-net` | node identity, TLS between nodes, the QUIC transport |
 //! | `murmur-core` | the replication engine, with no I/O |
 //! | `murmur-store` | the `Storage` trait, sled and in-memory stores, the key layout |
 //! | `murmur-wire` | every message on the network, framed and bounded |
 
+mod change;
 mod doc;
+pub mod driver;
 pub mod json;
 mod node;
+mod status;
 
 pub use doc::{ChangeStream, DocHandle, Receipt};
 pub use node::{Node, NodeBuilder};
 
 pub use automerge;
+pub use change::{DocumentChange, NotReplicated};
 pub use murmur_core::{AckLevel as Ack, Figure, FigureKind, Metrics, Origin, ReplicaError};
-pub use murmur_net::driver::{DocumentChange, NotReplicated, PeerInfo, Status, Traffic};
 pub use murmur_net::Identity;
 pub use murmur_wire::{DocumentId, NodeId};
+pub use status::{PeerInfo, Status, Traffic};
 
 /// What can go wrong using a node.
 #[derive(Debug, thiserror::Error)]
@@ -95,9 +99,6 @@ pub enum Error {
     /// stays and keeps replicating.
     #[error(transparent)]
     NotReplicated(#[from] NotReplicated),
-    /// The change failed in a way this version does not know.
-    #[error("the change failed: {0}")]
-    Change(String),
     /// The node has shut down.
     #[error("the node has shut down")]
     Closed,
@@ -112,8 +113,8 @@ pub enum Error {
     Lagged(u64),
 }
 
-impl From<murmur_net::DriverClosed> for Error {
-    fn from(_: murmur_net::DriverClosed) -> Self {
+impl From<driver::DriverClosed> for Error {
+    fn from(_: driver::DriverClosed) -> Self {
         Error::Closed
     }
 }

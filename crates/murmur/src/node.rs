@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::driver::{self, Command, DriverHandle, PeerInfo, Status};
 use murmur_core::{Config, DocumentId, NodeId, Replica};
-use murmur_net::driver::{self, Command, DriverHandle, PeerInfo, Status};
 use murmur_net::transport::{Network, NetworkConfig};
 use murmur_net::Identity;
 use murmur_store::{MemStore, SledStore, Storage};
@@ -340,7 +340,7 @@ impl Node {
     }
 
     /// Flushes everything and stops the node, within
-    /// [`SHUTDOWN_TIMEOUT`](murmur_net::driver::SHUTDOWN_TIMEOUT) whatever it
+    /// [`SHUTDOWN_TIMEOUT`](crate::driver::SHUTDOWN_TIMEOUT) whatever it
     /// is doing. `Ok` means every write was flushed and the store marked
     /// clean; an error says what was not (writes not yet acknowledged
     /// `Durable` may then be lost, as in a crash; acknowledged ones never

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use automerge::ROOT;
+use murmur::driver;
+use murmur::driver::Command;
 use murmur_core::{AckLevel, Config, NodeId, Replica};
-use murmur_net::driver;
-use murmur_net::Command;
 use murmur_store::{KeyValue, MemStore, Storage, StoreError, WriteBatch};
 
 /// A store whose flush takes `delay` and says when it is running.
@@ -51,7 +51,7 @@ async fn applied_writes_and_status_are_answered_while_a_flush_is_written() {
     let now = driver::wall_clock();
     let replica =
         Replica::open(Config::new(NodeId([7; 32])), Box::new(store.clone()), now).unwrap();
-    let (handle, task) = murmur_net::spawn(replica, None, None);
+    let (handle, task) = driver::spawn(replica, None, None);
     let doc = handle
         .request(|reply| Command::CreateDocument { reply })
         .await

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ReadDoc, ROOT};
+use murmur::driver;
+use murmur::driver::{Command, DriverHandle};
 use murmur_core::{AckLevel, Config, DocumentId, NodeId, Replica};
-use murmur_net::driver;
-use murmur_net::{Command, DriverHandle};
 use murmur_store::{KeyValue, MemStore, Storage, StoreError, WriteBatch};
 
 /// A store whose scans of one document's keys wait until the gate opens.
@@ -95,7 +95,7 @@ async fn a_stuck_cold_load_blocks_nothing_but_what_needs_that_document() {
         waiting: AtomicBool::new(false),
     });
     let replica = Replica::open(config, Box::new(store.clone()), now).unwrap();
-    let (handle, task) = murmur_net::spawn(replica, None, None);
+    let (handle, task) = driver::spawn(replica, None, None);
 
     let cold_read = {
         let handle = handle.clone();

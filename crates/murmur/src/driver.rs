@@ -11,95 +11,24 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use automerge::transaction::Transaction;
-use automerge::{Automerge, AutomergeError, ChangeHash, Patch};
+use automerge::{Automerge, ChangeHash};
 use murmur_core::{
-    AckLevel, DocumentId, Event, Figure, Load, Loaded, Metrics, NodeId, Origin, Replica,
-    ReplicaError, Residency, Time, Transmit, WriteId,
+    AckLevel, DocumentId, Event, Load, Loaded, NodeId, Origin, Replica, ReplicaError, Residency,
+    Time, Transmit, WriteId,
 };
 use murmur_store::StoreError;
 use murmur_wire::encode_frame;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::transport::{Link, NetEvent, Network, SendOutcome};
+use murmur_net::transport::{Link, NetEvent, Network, SendOutcome};
 
-/// A local change on its way through the driver, typed at both ends: the
-/// driver runs it in a transaction, then tells it the outcome once the
-/// change reaches the level asked for, and it answers its caller with the
-/// caller's own types. Make one with [`DriverHandle::change`].
-pub trait ChangeRequest: Send {
-    /// Runs the change in `tx`. An error rolls the transaction back.
-    fn run(&mut self, tx: &mut Transaction<'_>) -> Result<(), AutomergeError>;
-    /// The outcome: the change made (`None`: the change function changed
-    /// nothing), or why the change was not acknowledged.
-    fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>);
-}
-
-/// A read on its way through the driver, typed at both ends. Make one with
-/// [`DriverHandle::read`].
-pub trait ReadRequest: Send {
-    /// Reads the document, or hears why it cannot be read.
-    fn run(self: Box<Self>, doc: Result<&Automerge, ReplicaError>);
-}
-
-/// What [`DriverHandle::change`] answers: the receipt; or `Ok(Err(e))`, the
-/// change function refused with its own error `e` and nothing changed; or
-/// why the node did not acknowledge the change.
-pub type ChangeOutcome<R, E> = Result<Result<ChangeReceipt<R>, E>, ChangeFailed>;
-
-struct TypedChange<F, R, E> {
-    change: Option<F>,
-    output: Option<Result<R, E>>,
-    reply: oneshot::Sender<ChangeOutcome<R, E>>,
-}
-
-impl<F, R, E> ChangeRequest for TypedChange<F, R, E>
-where
-    F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send,
-    R: Send,
-    E: Send,
-{
-    fn run(&mut self, tx: &mut Transaction<'_>) -> Result<(), AutomergeError> {
-        let change = self.change.take().ok_or(AutomergeError::Fail)?;
-        let output = change(tx);
-        let refused = output.is_err();
-        self.output = Some(output);
-        if refused {
-            // The caller hears its own error from `finish`.
-            return Err(AutomergeError::Fail);
-        }
-        Ok(())
-    }
-
-    fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>) {
-        let answer = match (self.output, outcome) {
-            (Some(Err(refused)), _) => Ok(Err(refused)),
-            (_, Err(failed)) => Err(failed),
-            (Some(Ok(output)), Ok(change)) => Ok(Ok(ChangeReceipt { change, output })),
-            // A change acknowledged without running: the driver never does
-            // this, and the caller is told rather than left waiting.
-            (None, Ok(_)) => Err(ChangeFailed::Rejected(ReplicaError::ChangeRejected(
-                AutomergeError::Fail,
-            ))),
-        };
-        let _ = self.reply.send(answer);
-    }
-}
-
-struct TypedRead<F, R> {
-    read: F,
-    reply: oneshot::Sender<Result<R, ReplicaError>>,
-}
-
-impl<F, R> ReadRequest for TypedRead<F, R>
-where
-    F: FnOnce(&Automerge) -> R + Send,
-    R: Send,
-{
-    fn run(self: Box<Self>, doc: Result<&Automerge, ReplicaError>) {
-        let _ = self.reply.send(doc.map(self.read));
-    }
-}
+pub use crate::change::{
+    ChangeFailed, ChangeOutcome, ChangeReceipt, ChangeRequest, DocumentChange, NotReplicated,
+    ReadRequest, REPLICATION_TIMEOUT,
+};
+use crate::change::{TypedChange, TypedRead};
+pub use crate::status::{PeerInfo, Status, Traffic};
 
 /// Most commands waiting in the channel; senders wait past it.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -119,206 +48,6 @@ pub const SUBSCRIBER_BACKLOG: usize = 1024;
 /// How often, at most, the driver publishes its status for readers that
 /// must not wait for it ([`DriverHandle::last_status`]).
 pub const STATUS_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
-
-/// The result of a change, once acknowledged at the level asked for.
-#[derive(Debug)]
-pub struct ChangeReceipt<R> {
-    /// The Automerge change made (none if the function changed nothing).
-    pub change: Option<ChangeHash>,
-    /// What the change function returned.
-    pub output: R,
-}
-
-/// Why a change was not acknowledged at the level asked for.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ChangeFailed {
-    /// The engine refused it; nothing changed.
-    #[error(transparent)]
-    Rejected(#[from] ReplicaError),
-    /// The change was made, but not enough peers confirmed it within
-    /// [`REPLICATION_TIMEOUT`]. It stays and keeps replicating.
-    #[error(transparent)]
-    NotReplicated(#[from] NotReplicated),
-}
-
-/// A change was made, but did not reach the acknowledgement level asked
-/// for in time (`Replicated(k)` waits at most [`REPLICATION_TIMEOUT`]). It
-/// stays and keeps replicating.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the change reached {reached:?} but not {wanted:?} in time; it stays and keeps replicating"
-)]
-pub struct NotReplicated {
-    /// The level asked for.
-    pub wanted: AckLevel,
-    /// The level reached.
-    pub reached: AckLevel,
-}
-
-/// How long a change waits for `Replicated(k)` before the caller is told
-/// how far it got.
-pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A change to a document, as subscribers see it.
-#[derive(Debug, Clone)]
-pub struct DocumentChange {
-    /// The document.
-    pub doc: DocumentId,
-    /// Its heads after the change.
-    pub heads: Vec<ChangeHash>,
-    /// Who made it.
-    pub origin: Origin,
-    /// What changed, as Automerge patches against the previous heads this
-    /// subscription saw: computed from the changes just applied, so they
-    /// cost what changed, whatever the document's size.
-    pub patches: Vec<Patch>,
-}
-
-impl Status {
-    /// The status of a node whose driver has not run a turn yet.
-    fn starting(node_id: NodeId) -> Status {
-        Status {
-            node_id,
-            listen: None,
-            documents: 0,
-            peers: Vec::new(),
-            allowed: Vec::new(),
-            members: Vec::new(),
-            traffic: Traffic::default(),
-            writes_awaiting_flush: 0,
-            outbox: 0,
-            metrics: Metrics::default(),
-        }
-    }
-}
-
-/// A connected peer, as the driver sees it.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    /// Its id.
-    pub id: NodeId,
-    /// Its address.
-    pub addr: std::net::SocketAddr,
-    /// The round-trip time estimate.
-    pub rtt: Duration,
-}
-
-/// Traffic the driver has carried.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Traffic {
-    /// Messages sent to peers.
-    pub messages_out: u64,
-    /// Frame bytes sent to peers.
-    pub bytes_out: u64,
-    /// Messages received from peers.
-    pub messages_in: u64,
-    /// Frame bytes received from peers.
-    pub bytes_in: u64,
-    /// Messages dropped because a connection's queue was full.
-    pub dropped_full: u64,
-    /// Messages from peers the replica rejected.
-    pub rejected: u64,
-}
-
-impl Traffic {
-    /// Every counter, for reports.
-    pub fn figures(&self) -> Vec<Figure> {
-        let Traffic {
-            messages_out,
-            bytes_out,
-            messages_in,
-            bytes_in,
-            dropped_full,
-            rejected,
-        } = *self;
-        use Figure as F;
-        vec![
-            F::counter("messages_out", "murmur_messages_sent_total", "Messages sent to peers.", messages_out),
-            F::counter("bytes_out", "murmur_bytes_sent_total", "Frame bytes sent to peers.", bytes_out),
-            F::counter("messages_in", "murmur_messages_received_total", "Messages received from peers.", messages_in),
-            F::counter("bytes_in", "murmur_bytes_received_total", "Frame bytes received from peers.", bytes_in),
-            F::counter("dropped_full", "murmur_connection_messages_dropped_total", "Messages dropped because a connection's send queue was full (anti-entropy carries them later).", dropped_full),
-            F::counter("rejected", "murmur_messages_rejected_total", "Messages from peers that the engine rejected.", rejected),
-        ]
-    }
-}
-
-/// A snapshot of the node's state.
-#[derive(Debug, Clone)]
-pub struct Status {
-    /// This node.
-    pub node_id: NodeId,
-    /// The UDP address the node listens on, if it is networked.
-    pub listen: Option<std::net::SocketAddr>,
-    /// Documents this node holds in its store, as of the last flush (the
-    /// engine's `documents_held`; those in memory are `cached_documents`).
-    pub documents: u64,
-    /// Connected peers.
-    pub peers: Vec<PeerInfo>,
-    /// Node ids allowed to connect.
-    pub allowed: Vec<NodeId>,
-    /// Members SWIM believes alive, with their advertised addresses.
-    pub members: Vec<(NodeId, String)>,
-    /// Network traffic.
-    pub traffic: Traffic,
-    /// Local writes not yet durable.
-    pub writes_awaiting_flush: usize,
-    /// Messages waiting to be sent.
-    pub outbox: usize,
-    /// The engine's counters.
-    pub metrics: Metrics,
-}
-
-impl Status {
-    /// Every number the node reports, by section (`node`, `traffic`,
-    /// `engine`): `/status` and `/metrics` are both made from this list.
-    pub fn figures(&self) -> Vec<(&'static str, Figure)> {
-        use Figure as F;
-        let count = |n: usize| n as u64;
-        let node = [
-            F::gauge(
-                "peers_connected",
-                "murmur_peers_connected",
-                "Peers connected now.",
-                count(self.peers.len()),
-            ),
-            F::gauge(
-                "peers_allowed",
-                "murmur_peers_allowed",
-                "Node ids allowed to connect.",
-                count(self.allowed.len()),
-            ),
-            F::gauge(
-                "members",
-                "murmur_members",
-                "Cluster members SWIM membership believes alive.",
-                count(self.members.len()),
-            ),
-            F::gauge(
-                "writes_awaiting_flush",
-                "murmur_writes_awaiting_flush",
-                "Local writes applied but not yet durable (durability lag).",
-                count(self.writes_awaiting_flush),
-            ),
-            F::gauge(
-                "outbox",
-                "murmur_outbox_messages",
-                "Messages queued for peers and not yet sent (send lag).",
-                count(self.outbox),
-            ),
-        ];
-        let sections = [
-            ("node", node.to_vec()),
-            ("traffic", self.traffic.figures()),
-            ("engine", self.metrics.figures()),
-        ];
-        sections
-            .into_iter()
-            .flat_map(|(section, figures)| figures.into_iter().map(move |figure| (section, figure)))
-            .collect()
-    }
-}
 
 /// What applications ask of the driver.
 pub enum Command {
