@@ -23,6 +23,17 @@ pub enum StoreError {
         /// The version this build reads and writes.
         supported: u32,
     },
+    /// Another process holds the store open (sled locks its directory):
+    /// another node on the same data directory, most likely. Nothing was
+    /// changed.
+    #[error(
+        "the store in {dir} is in use by another process (another murmur on the same data \
+         directory?): stop it, or give this node a directory of its own"
+    )]
+    Locked {
+        /// The store's directory.
+        dir: String,
+    },
     /// A value in the store does not have the shape its key promises
     /// (bit rot, or a writer with a bug). Nothing was changed.
     #[error("corrupt record under key {key}: {reason}")]

@@ -40,7 +40,15 @@ impl SledStore {
             .path(dir.as_ref())
             .cache_capacity(cache_bytes)
             .open()
-            .map_err(backend)?;
+            .map_err(|error| match error {
+                // sled's words when another process holds the lock.
+                sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                    StoreError::Locked {
+                        dir: dir.as_ref().display().to_string(),
+                    }
+                }
+                other => backend(other),
+            })?;
         let store = Self { db };
         layout::ensure_schema(&store)?;
         Ok(store)

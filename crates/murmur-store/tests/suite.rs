@@ -320,3 +320,16 @@ fn a_planted_failure_lets_k_operations_through_then_fails_until_the_crash() {
     assert_eq!(store.get(b"b").expect("reads"), None);
     store.apply(put(b"d")).expect("works again after the crash");
 }
+
+#[test]
+fn a_store_held_open_elsewhere_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = SledStore::open(dir.path()).unwrap();
+    match SledStore::open(dir.path()) {
+        Err(StoreError::Locked { dir: said }) => {
+            assert_eq!(said, dir.path().display().to_string());
+        }
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a locked store opened twice"),
+    }
+}
