@@ -71,8 +71,11 @@ pub(crate) struct Membership {
     last_now: Option<Time>,
 }
 
-/// Most foca timers kept at once; foca keeps a handful per member.
-const MAX_TIMERS: usize = 16 * 1024;
+/// Timers past which membership logs, once, that it keeps an unusual
+/// number: foca keeps a handful per member, and its contract is that every
+/// timer is delivered, so none is ever dropped. What bounds them is the
+/// member table, which only allowed peers can grow.
+const MANY_TIMERS: usize = 16 * 1024;
 
 impl Membership {
     pub(crate) fn new(me: Member, seed: u64) -> Self {
@@ -117,6 +120,20 @@ impl Membership {
         }
     }
 
+    /// Keeps `timer` until `at`. Every timer is kept: foca's contract is
+    /// that each is delivered.
+    fn schedule(&mut self, at: Time, timer: Timer<Member>) {
+        self.timers_set += 1;
+        self.timers.insert((at, self.timers_set), timer);
+        if self.timers.len() == MANY_TIMERS {
+            tracing::warn!(
+                timers = MANY_TIMERS,
+                members = self.foca.num_members(),
+                "membership keeps an unusual number of timers (a very large or flooded member table)"
+            );
+        }
+    }
+
     pub(crate) fn poll_timeout(&self) -> Option<Time> {
         self.timers.keys().next().map(|(at, _)| *at)
     }
@@ -129,10 +146,7 @@ impl Membership {
             sends.push((to.node, data.to_vec()));
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
-            if self.timers.len() < MAX_TIMERS {
-                self.timers_set += 1;
-                self.timers.insert((now.add(after), self.timers_set), timer);
-            }
+            self.schedule(now.add(after), timer);
         }
         let mut events = Vec::new();
         while let Some(notification) = self.runtime.to_notify() {
@@ -171,5 +185,30 @@ impl Membership {
             }
         }
         self.last_now = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_timer_is_kept_and_delivered_however_many() {
+        let me = Member {
+            node: NodeId([1; 32]),
+            addr: "a".into(),
+            bump: 0,
+        };
+        let mut membership = Membership::new(me, 7);
+        let start = Time::from_millis(1_000);
+        let count = 2 * MANY_TIMERS;
+        for i in 0..count {
+            let at = start.add(std::time::Duration::from_millis(i as u64 % 100));
+            membership.schedule(at, Timer::PeriodicGossip(0));
+        }
+        assert_eq!(membership.timers.len(), count);
+        membership.handle_timeout(start.add(std::time::Duration::from_secs(1)));
+        // Each was due, and each was handed to foca.
+        assert!(membership.timers.is_empty());
     }
 }
