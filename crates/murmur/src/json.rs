@@ -236,6 +236,19 @@ pub enum OpError {
         /// The limit.
         max: usize,
     },
+    /// An `increment` would take the counter past the range of a 64-bit
+    /// integer (Automerge would wrap it around).
+    #[error("ops[{op}] (increment at {path}): the counter is {value}: adding {by} overflows a 64-bit integer")]
+    CounterOverflow {
+        /// Its position in the list.
+        op: usize,
+        /// Its path, as written.
+        path: String,
+        /// The counter's value before the op.
+        value: i64,
+        /// What the op adds.
+        by: i64,
+    },
     /// The operation is well formed but does not fit the document (no such
     /// key, a list where a map was expected, index out of range, ...).
     #[error("ops[{op}] ({name} at {path}): {message}")]
@@ -286,6 +299,18 @@ pub fn parse_ops(ops: Json) -> Result<Vec<Op>, OpError> {
 /// the closure fails): earlier ops may have been applied.
 pub fn apply_ops<T: Transactable + ReadDoc>(tx: &mut T, ops: &[Op]) -> Result<(), OpError> {
     for (index, op) in ops.iter().enumerate() {
+        if let Op::Increment { path, by } = op {
+            if let Some(value) = counter_value(tx, path) {
+                if value.checked_add(*by).is_none() {
+                    return Err(OpError::CounterOverflow {
+                        op: index,
+                        path: path.to_string(),
+                        value,
+                        by: *by,
+                    });
+                }
+            }
+        }
         apply_op(tx, op).map_err(|message| OpError::DoesNotApply {
             op: index,
             name: op.name(),
@@ -383,6 +408,18 @@ fn apply_op<T: Transactable + ReadDoc>(tx: &mut T, op: &Op) -> Step<()> {
             del,
             text,
         } => splice_text(tx, path, *pos, *del, text),
+    }
+}
+
+/// The value of the counter at `path`, if there is one.
+fn counter_value<T: Transactable + ReadDoc>(tx: &mut T, path: &Path) -> Option<i64> {
+    let (obj, prop) = target(tx, path, Slot::Existing { or_new_key: false }).ok()?;
+    match tx.get(&obj, prop).ok()?? {
+        (Value::Scalar(scalar), _) => match scalar.as_ref() {
+            ScalarValue::Counter(counter) => Some(i64::from(counter)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -708,6 +745,58 @@ mod tests {
         doc.transact(|tx| apply_ops(tx, &ops))
             .map(|_| ())
             .map_err(|failure| failure.error)
+    }
+
+    #[test]
+    fn a_counter_never_wraps_around() {
+        let mut doc = Automerge::new();
+        let max = i64::MAX.to_string();
+        run(
+            &mut doc,
+            json!([{"op": "put_counter", "path": ["n"], "value": i64::MAX - 1}]),
+        )
+        .unwrap();
+        run(
+            &mut doc,
+            json!([{"op": "increment", "path": ["n"], "by": 1}]),
+        )
+        .unwrap();
+        let error = run(
+            &mut doc,
+            json!([{"op": "increment", "path": ["n"], "by": 1}]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            OpError::CounterOverflow {
+                op: 0,
+                path: "[\"n\"]".to_owned(),
+                value: i64::MAX,
+                by: 1
+            }
+        );
+        assert!(error.to_string().contains(&max), "{error}");
+        run(
+            &mut doc,
+            json!([{"op": "put_counter", "path": ["m"], "value": i64::MIN}]),
+        )
+        .unwrap();
+        let error = run(
+            &mut doc,
+            json!([{"op": "increment", "path": ["m"], "by": -1}]),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            error,
+            OpError::CounterOverflow {
+                value: i64::MIN,
+                by: -1,
+                ..
+            }
+        ));
+        // Nothing changed: the counters hold their limits.
+        let (value, _) = doc.get(automerge::ROOT, "n").unwrap().unwrap();
+        assert_eq!(value.as_i64(), Some(i64::MAX));
     }
 
     #[test]
