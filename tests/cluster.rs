@@ -222,7 +222,26 @@ async fn a_node_off_the_allow_list_can_neither_connect_nor_read_nor_write() {
         .await
         .unwrap();
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Wait for the evidence: the member refused the intruder's handshake
+    // (as a server) and the intruder's certificate (as a client).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let refused = member
+            .node
+            .status()
+            .await
+            .unwrap()
+            .traffic
+            .handshakes_refused;
+        if refused >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the member refused {refused} handshakes, not both"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(member.node.peers().await.unwrap().is_empty());
     assert!(intruder.node.peers().await.unwrap().is_empty());
     assert_eq!(member.node.documents().await.unwrap(), vec![secret.id()]);

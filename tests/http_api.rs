@@ -255,6 +255,8 @@ async fn malformed_requests_get_a_4xx_that_says_what_is_wrong() {
             405,
             "DELETE is not allowed on /docs",
         ),
+        // axum's own rejection (a path segment that is not UTF-8).
+        ("GET", node.at("/docs/%FF"), None, 400, "UTF-8"),
     ];
     for (method, url, body, status, message) in cases {
         let answer = call(method, &url, None, body).await;

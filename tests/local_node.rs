@@ -57,11 +57,48 @@ async fn dropping_the_node_flushes_applied_writes() {
         drop(doc);
         drop(node);
     }
-    // The driver task flushes once its last handle is gone.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let node = Node::builder().data_dir(dir.path()).start().await.unwrap();
+    // The driver task flushes once its last handle is gone, then lets go
+    // of the store: it reopens once the flush is done.
+    let node = reopen_when_released(dir.path()).await;
     let doc = node.doc(id).await.unwrap();
     assert_eq!(read_int(&doc, "x").await, Some(1));
+    node.shutdown().await.unwrap();
+}
+
+/// Starts a node on `dir` as soon as the node that held it has let go of
+/// its store (waiting for that evidence, up to a generous deadline).
+async fn reopen_when_released(dir: &std::path::Path) -> Node {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match Node::builder().data_dir(dir).start().await {
+            Ok(node) => return node,
+            Err(Error::Store(murmur_store::StoreError::Locked { .. }))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("cannot reopen the data directory: {error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn closing_a_shared_node_flushes_even_while_others_hold_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = std::sync::Arc::new(Node::builder().data_dir(dir.path()).start().await.unwrap());
+    let held = node.clone();
+    let doc = node.create_doc().await.unwrap();
+    let id = doc.id();
+    doc.change_with(Ack::Applied, |tx| tx.put(ROOT, "x", 7_i64))
+        .await
+        .unwrap();
+    node.close().await.expect("flushed and closed");
+    // Every handle now says the node is gone.
+    assert!(matches!(held.create_doc().await, Err(Error::Closed)));
+    drop((doc, node, held));
+    let node = reopen_when_released(dir.path()).await;
+    let doc = node.doc(id).await.unwrap();
+    assert_eq!(read_int(&doc, "x").await, Some(7));
     node.shutdown().await.unwrap();
 }
 
@@ -232,5 +269,24 @@ async fn status_answers_while_the_engine_is_busy() {
         .await
         .unwrap();
     assert!(fresh, "an idle engine answers itself");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_listening_on_an_unspecified_address_must_be_told_what_to_advertise() {
+    let listen: std::net::SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let refused = Node::builder().in_memory().listen(listen).start().await;
+    match refused {
+        Err(Error::AdvertiseRequired { listen: said }) => assert_eq!(said, listen),
+        Err(other) => panic!("expected AdvertiseRequired, got {other}"),
+        Ok(_) => panic!("a node listening on 0.0.0.0 started without an advertised address"),
+    }
+    let node = Node::builder()
+        .in_memory()
+        .listen(listen)
+        .advertise("127.0.0.1:7400".parse().unwrap())
+        .start()
+        .await
+        .expect("starts with an advertised address");
     node.shutdown().await.unwrap();
 }

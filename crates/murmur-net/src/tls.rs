@@ -47,6 +47,8 @@ pub enum TlsError {
 #[derive(Debug, Clone, Default)]
 pub struct AllowList {
     keys: Arc<RwLock<BTreeSet<NodeId>>>,
+    /// Handshakes refused because the other side's key is not allowed.
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AllowList {
@@ -54,7 +56,14 @@ impl AllowList {
     pub fn new(keys: impl IntoIterator<Item = NodeId>) -> Self {
         AllowList {
             keys: Arc::new(RwLock::new(keys.into_iter().collect())),
+            refused: Arc::default(),
         }
+    }
+
+    /// Handshakes refused so far because the other side's key was not on
+    /// the list (as a server or as a client).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True if `node` may connect.
@@ -183,7 +192,10 @@ impl PinnedKeys {
         if self.allowed.allows(&node) {
             Ok(())
         } else {
-            tracing::warn!(peer = %node, "rejected a node that is not on the allow-list");
+            self.allowed
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(peer = %node.short(), "rejected a node that is not on the allow-list");
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))

@@ -106,6 +106,9 @@ pub struct Link {
     pub id: u64,
     /// Who dialed it (for choosing between two connections to one peer).
     pub dialed_by: NodeId,
+    /// The peer's session (from its Hello): a connection from a newer
+    /// session of the peer replaces one from an older.
+    pub session: u64,
     frames: mpsc::Sender<Vec<u8>>,
     /// Bytes in `frames` not yet written to the stream.
     queued_bytes: Arc<AtomicUsize>,
@@ -210,18 +213,28 @@ pub struct Network {
     dialing: Addresses,
 }
 
-type Addresses = Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, SocketAddr>>>;
+/// Where to dial a peer, and whether the operator said so (a configured
+/// address always wins over one membership gossiped).
+#[derive(Debug, Clone, Copy)]
+struct DialAddress {
+    addr: SocketAddr,
+    configured: bool,
+}
+
+type Addresses = Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, DialAddress>>>;
 
 fn address_of(addresses: &Addresses, peer: &NodeId) -> Option<SocketAddr> {
     addresses
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .get(peer)
-        .copied()
+        .map(|dial| dial.addr)
 }
 
 struct Shared {
     me: NodeId,
+    /// This network's session, sent in every Hello.
+    session: u64,
     events: mpsc::Sender<NetEvent>,
     next_link: AtomicU64,
 }
@@ -244,6 +257,7 @@ impl Network {
         let (events, receiver) = mpsc::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             me: identity.node_id(),
+            session: rand::thread_rng().gen(),
             events,
             next_link: AtomicU64::new(0),
         });
@@ -270,29 +284,37 @@ impl Network {
     /// known peer again updates its address.
     pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
         self.allowed.insert(peer);
-        self.dial(peer, addr);
+        self.dial(peer, addr, true);
     }
 
     /// Keeps a connection to `peer` at `addr` if it is on the allow-list
-    /// (membership found it); returns whether it is.
+    /// (membership found it, at the address it advertises); returns whether
+    /// it is. An address the operator configured for `peer` is kept.
     pub fn dial_if_allowed(&self, peer: NodeId, addr: SocketAddr) -> bool {
         if !self.allowed.allows(&peer) {
             return false;
         }
-        self.dial(peer, addr);
+        self.dial(peer, addr, false);
         true
     }
 
-    fn dial(&self, peer: NodeId, addr: SocketAddr) {
+    /// Runs a dialer for `peer` if none runs, at `addr` unless the peer
+    /// has a configured address and this one is not.
+    fn dial(&self, peer: NodeId, addr: SocketAddr, configured: bool) {
         if peer == self.shared.me {
             return;
         }
-        let known = self
-            .dialing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(peer, addr)
-            .is_some();
+        let known = {
+            let mut dialing = self
+                .dialing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let known = dialing.get(&peer).copied();
+            if configured || !known.is_some_and(|dial| dial.configured) {
+                dialing.insert(peer, DialAddress { addr, configured });
+            }
+            known.is_some()
+        };
         if !known {
             tokio::spawn(dial_loop(
                 self.endpoint.clone(),
@@ -476,7 +498,7 @@ async fn run_connection(
     let greeted = tokio::time::timeout(HELLO_TIMEOUT, hello(&shared, &connection, peer))
         .await
         .unwrap_or_else(|_| Err("hello timed out".into()));
-    let (send, recv, decoder) = match greeted {
+    let (send, recv, decoder, session) = match greeted {
         Ok(streams) => streams,
         Err(reason) => {
             tracing::info!(peer = %peer.short(), %reason, "connection refused");
@@ -490,6 +512,7 @@ async fn run_connection(
     let link = Link {
         id: link_id,
         dialed_by,
+        session,
         frames,
         queued_bytes,
         connection: connection.clone(),
@@ -514,18 +537,22 @@ async fn run_connection(
         .await;
 }
 
+/// The streams of a greeted connection, the decoder (which may already
+/// hold the frames the peer sent right after its Hello) and the peer's
+/// session.
+type Greeted = (quinn::SendStream, quinn::RecvStream, FrameDecoder, u64);
+
 /// Opens our stream and sends Hello; accepts theirs and checks their Hello.
-/// Returns the streams and the decoder, which may already hold the frames
-/// the peer sent right after its Hello.
 async fn hello(
     shared: &Shared,
     connection: &quinn::Connection,
     peer: NodeId,
-) -> Result<(quinn::SendStream, quinn::RecvStream, FrameDecoder), String> {
+) -> Result<Greeted, String> {
     let mut send = connection.open_uni().await.map_err(|e| e.to_string())?;
     let frame = encode_frame(&Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         node_id: shared.me,
+        session: shared.session,
     }))
     .map_err(|e| e.to_string())?;
     send.write_all(&frame).await.map_err(|e| e.to_string())?;
@@ -543,7 +570,7 @@ async fn hello(
                 Message::Hello(hello) if hello.node_id != peer => {
                     Err("hello names another node than the certificate".into())
                 }
-                Message::Hello(_) => Ok((send, recv, decoder)),
+                Message::Hello(hello) => Ok((send, recv, decoder, hello.session)),
                 other => Err(format!("expected hello, got {}", other.kind())),
             };
         }

@@ -30,6 +30,9 @@ pub enum Command {
     Init(InitArgs),
     /// Run a node (QUIC replication and the HTTP API) until Ctrl-C.
     Run(RunArgs),
+    /// Print the node id of a data directory (made by `init`), alone on
+    /// one line, for scripts.
+    Id(IdArgs),
     /// Start three nodes on loopback, write on all of them, cut one off,
     /// heal, and show that they converge.
     Demo(DemoArgs),
@@ -51,6 +54,10 @@ pub struct InitArgs {
     /// The UDP address for QUIC replication.
     #[arg(long, default_value = "127.0.0.1:7400")]
     pub listen: SocketAddr,
+    /// The address other nodes dial to reach this one, HOST:PORT (default:
+    /// --listen; required when --listen is 0.0.0.0 or ::).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
     /// The TCP address of the HTTP API. Anything but a loopback address
     /// needs a token (one is generated unless --token is given).
     #[arg(long, default_value = "127.0.0.1:7401")]
@@ -67,6 +74,14 @@ pub struct InitArgs {
     /// Overwrite an existing config.toml (the identity is always kept).
     #[arg(long)]
     pub force: bool,
+}
+
+/// `murmur id`.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The data directory.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
 }
 
 /// `murmur run`.

@@ -106,7 +106,7 @@ fn error_message(body: &[u8]) -> String {
 }
 
 fn print_json(value: &Json) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    out!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -117,12 +117,12 @@ pub async fn doc(command: DocCommand) -> anyhow::Result<()> {
             let created = Client::new(&args)?
                 .json(Method::POST, "/docs", None)
                 .await?;
-            println!("{}", created["id"].as_str().unwrap_or_default());
+            out!("{}", created["id"].as_str().unwrap_or_default());
         }
         DocCommand::List(args) => {
             let listed = Client::new(&args)?.json(Method::GET, "/docs", None).await?;
             for id in listed["documents"].as_array().into_iter().flatten() {
-                println!("{}", id.as_str().unwrap_or_default());
+                out!("{}", id.as_str().unwrap_or_default());
             }
         }
         DocCommand::Get { doc, full, client } => {
@@ -143,7 +143,7 @@ pub async fn doc(command: DocCommand) -> anyhow::Result<()> {
             let done = Client::new(&client)?
                 .json(Method::POST, &format!("/docs/{doc}/changes"), Some(&body))
                 .await?;
-            println!("{done}");
+            out!("{done}");
         }
         DocCommand::Watch { doc, client } => watch(&Client::new(&client)?, &doc).await?,
     }
@@ -247,12 +247,12 @@ pub async fn peers(args: ClientArgs) -> anyhow::Result<()> {
         .await?;
     let peers = answer["peers"].as_array().cloned().unwrap_or_default();
     if peers.is_empty() {
-        println!("no peers connected");
+        out!("no peers connected");
         return Ok(());
     }
-    println!("{:<50}  {:<22}  {:>9}", "PEER", "ADDRESS", "RTT");
+    out!("{:<50}  {:<22}  {:>9}", "PEER", "ADDRESS", "RTT");
     for peer in peers {
-        println!(
+        out!(
             "{:<50}  {:<22}  {:>6.1} ms",
             peer["id"].as_str().unwrap_or("?"),
             peer["addr"].as_str().unwrap_or("?"),

@@ -27,6 +27,11 @@ pub struct Config {
     /// The UDP address for QUIC replication.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The address other nodes dial to reach this one (`host:port`), which
+    /// membership tells them. Defaults to `listen`; required when `listen`
+    /// is unspecified (`0.0.0.0` or `::`).
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// The TCP address of the HTTP API.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
@@ -104,6 +109,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// QUIC address.
     pub listen: SocketAddr,
+    /// The address other nodes reach this one at, if not `listen`.
+    pub advertise: Option<SocketAddr>,
     /// HTTP address.
     pub http: SocketAddr,
     /// The HTTP bearer token, if any.
@@ -140,8 +147,7 @@ pub fn parse(text: &str, base: &Path) -> anyhow::Result<Settings> {
 
 fn check(config: Config, base: &Path) -> anyhow::Result<Settings> {
     check_token(config.http, config.http_token.as_deref())?;
-    tracing_subscriber::EnvFilter::try_new(&config.log)
-        .map_err(|e| anyhow::anyhow!("log = {:?} is not a valid filter: {e}", config.log))?;
+    check_log_filter(&config.log)?;
     let anti_entropy = match config.anti_entropy_ms {
         Some(ms) if ms < ANTI_ENTROPY_MS_MIN => {
             bail!("anti_entropy_ms = {ms} is too small (at least {ANTI_ENTROPY_MS_MIN})")
@@ -158,9 +164,19 @@ fn check(config: Config, base: &Path) -> anyhow::Result<Settings> {
             Ok((peer.id.0, addr))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let advertise = match &config.advertise {
+        Some(addr) => Some(resolve(addr).context("advertise")?),
+        None if config.listen.ip().is_unspecified() => bail!(
+            "listen = \"{}\" is not an address other nodes can dial: \
+             set `advertise = \"HOST:PORT\"` to the address they reach this node at",
+            config.listen
+        ),
+        None => None,
+    };
     Ok(Settings {
         data_dir: base.join(&config.data_dir),
         listen: config.listen,
+        advertise,
         http: config.http,
         http_token: config.http_token,
         log: config.log,
@@ -169,6 +185,31 @@ fn check(config: Config, base: &Path) -> anyhow::Result<Settings> {
         peers,
         allow: config.allow.iter().map(|id| id.0).collect(),
     })
+}
+
+/// Refuses a `log` filter that would not log what it seems to ask for. A
+/// bare word is a level in `tracing`'s syntax only if it names one; any
+/// other (`inf`) names a *target*, and would silently turn off every
+/// line that is not from it.
+pub fn check_log_filter(filter: &str) -> anyhow::Result<()> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("log = {filter:?} is not a valid filter: {e}"))?;
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[', ':']);
+        if bare
+            && !LEVELS
+                .iter()
+                .any(|level| level.eq_ignore_ascii_case(directive))
+        {
+            bail!(
+                "log = {filter:?}: `{directive}` is not a level ({}); to name a target, \
+                 give its level too (`{directive}=debug`)",
+                LEVELS.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an HTTP API reachable from other machines without a token.
@@ -209,6 +250,8 @@ pub fn parse_peer(text: &str) -> anyhow::Result<(NodeId, String)> {
 pub struct InitConfig<'a> {
     /// QUIC address.
     pub listen: SocketAddr,
+    /// The address other nodes reach this one at, if not `listen`.
+    pub advertise: Option<&'a str>,
     /// HTTP address.
     pub http: SocketAddr,
     /// HTTP token.
@@ -232,6 +275,18 @@ impl fmt::Display for InitConfig<'_> {
         writeln!(f, "data_dir = \".\"")?;
         writeln!(f, "# UDP address for QUIC replication between nodes.")?;
         writeln!(f, "listen = {}", quote(&self.listen.to_string()))?;
+        writeln!(
+            f,
+            "# The address other nodes dial to reach this one (membership"
+        )?;
+        writeln!(
+            f,
+            "# tells them); defaults to `listen`, required if that is 0.0.0.0."
+        )?;
+        match self.advertise {
+            Some(addr) => writeln!(f, "advertise = {}", quote(addr))?,
+            None => writeln!(f, "# advertise = \"203.0.113.7:7400\"")?,
+        }
         writeln!(f, "# TCP address of the HTTP API for local applications.")?;
         writeln!(f, "http = {}", quote(&self.http.to_string()))?;
         writeln!(
@@ -290,7 +345,8 @@ mod tests {
         let peer = id();
         let allowed = id();
         let text = InitConfig {
-            listen: "127.0.0.1:7410".parse().unwrap(),
+            listen: "0.0.0.0:7410".parse().unwrap(),
+            advertise: Some("192.0.2.1:7410"),
             http: "0.0.0.0:7411".parse().unwrap(),
             token: Some("s3cret \"quoted\""),
             peers: &[(peer, "127.0.0.1:7400".to_owned())],
@@ -303,8 +359,43 @@ mod tests {
             vec![(peer, "127.0.0.1:7400".parse().unwrap())]
         );
         assert_eq!(settings.allow, vec![allowed]);
+        assert_eq!(settings.advertise, Some("192.0.2.1:7410".parse().unwrap()));
         assert_eq!(settings.http_token.as_deref(), Some("s3cret \"quoted\""));
         assert_eq!(settings.anti_entropy, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_needs_an_advertised_one() {
+        for listen in ["0.0.0.0:7400", "[::]:7400"] {
+            let error = parse(&format!("listen = \"{listen}\""), Path::new(".")).unwrap_err();
+            let message = format!("{error:#}");
+            assert!(message.contains("advertise"), "{message}");
+        }
+        let settings = parse(
+            "listen = \"0.0.0.0:7400\"\nadvertise = \"192.0.2.1:7400\"",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(settings.advertise, Some("192.0.2.1:7400".parse().unwrap()));
+        // A specified listen address is advertised as it is.
+        let settings = parse("listen = \"127.0.0.1:7400\"", Path::new(".")).unwrap();
+        assert_eq!(settings.advertise, None);
+    }
+
+    #[test]
+    fn a_log_filter_with_a_typo_is_refused_by_name() {
+        let error = parse("log = \"inf\"", Path::new(".")).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("`inf` is not a level"), "{message}");
+        for good in [
+            "info",
+            "WARN",
+            "murmur=debug,info",
+            "murmur::driver=trace",
+            "off",
+        ] {
+            parse(&format!("log = {good:?}"), Path::new(".")).unwrap();
+        }
     }
 
     #[test]

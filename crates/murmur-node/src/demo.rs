@@ -63,7 +63,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .prefix("murmur-demo-")
         .tempdir()
         .context("cannot create a temporary directory")?;
-    println!(
+    out!(
         "murmur demo: three nodes on this machine, real QUIC on 127.0.0.1, real sled in {}\n",
         root.path().display()
     );
@@ -73,7 +73,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         demo_node.node.shutdown().await?;
     }
     if args.keep {
-        println!("Data kept in {}", root.keep().display());
+        out!("Data kept in {}", root.keep().display());
     }
     outcome
 }
@@ -82,14 +82,14 @@ async fn run(nodes: &[DemoNode], phase: Duration) -> anyhow::Result<()> {
     let setup = Instant::now();
     connect_all(nodes).await?;
     let handles = shared_document(nodes).await?;
-    println!(
+    out!(
         "Connected and sharing document {} after {} ms. It holds a todo list",
         handles[0].id(),
         setup.elapsed().as_millis()
     );
-    println!("(\"todos\") and a counter (\"writes\"). Every node now appends a todo and");
-    println!("bumps the counter ~5 times a second; a write counts once it is durable");
-    println!("on that node's disk.\n");
+    out!("(\"todos\") and a counter (\"writes\"). Every node now appends a todo and");
+    out!("bumps the counter ~5 times a second; a write counts once it is durable");
+    out!("on that node's disk.\n");
 
     let (stop, stopped) = watch::channel(false);
     let writers: Vec<JoinHandle<Vec<String>>> = handles
@@ -135,10 +135,10 @@ async fn start_nodes(root: &Path) -> anyhow::Result<Vec<DemoNode>> {
             .local_addr()
             .await?
             .context("the node is not listening")?;
-        println!("  node {name}  {}  udp {addr}", node.id());
+        out!("  node {name}  {}  udp {addr}", node.id());
         nodes.push(DemoNode { name, node, addr });
     }
-    println!();
+    out!();
     Ok(nodes)
 }
 
@@ -258,9 +258,9 @@ async fn run_phases(
 
 fn print_header() {
     let block = |name: &str| format!("  {:-^25}", format!(" node {name} "));
-    println!("{:18}{}{}{}", "", block("A"), block("B"), block("C"));
+    out!("{:18}{}{}{}", "", block("A"), block("B"), block("C"));
     let columns = format!("  {:>5}  {:<9}  {:>5}", "todos", "heads", "peers");
-    println!("{:>6}  {:<10}{columns}{columns}{columns}", "time", "");
+    out!("{:>6}  {:<10}{columns}{columns}{columns}", "time", "");
 }
 
 /// Prints when the three nodes first have the same heads after the heal
@@ -303,7 +303,7 @@ async fn set_cut(nodes: &[DemoNode], cut: bool) -> anyhow::Result<()> {
 }
 
 fn banner(started: Instant, text: &str) {
-    println!("{:>5.1}s  -- {text}", started.elapsed().as_secs_f64());
+    out!("{:>5.1}s  -- {text}", started.elapsed().as_secs_f64());
 }
 
 /// Prints a line of views every `tick` until `until` after `started`.
@@ -330,7 +330,7 @@ async fn show_until(
             ));
         }
         line.push_str(&agreement(&views));
-        println!("{line}");
+        out!("{line}");
         if next >= until {
             return Ok(());
         }
@@ -404,12 +404,12 @@ async fn converge(handles: &[DocHandle], acked: &[Vec<String>]) -> anyhow::Resul
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    println!(
+    out!(
         "\nConverged {} ms after the writers stopped:",
         stopped.elapsed().as_millis()
     );
     for (name, view) in NAMES.iter().zip(&views) {
-        println!(
+        out!(
             "  {name}  {} items  counter {}  heads {}",
             view.items,
             view.counter,
@@ -444,14 +444,14 @@ fn check_writes(view: &View, acked: &[Vec<String>]) -> anyhow::Result<()> {
             view.counter
         );
     }
-    println!(
+    out!(
         "  Same heads and same content on all three. {total} acknowledged writes ({}):",
         per_node.join(", ")
     );
-    println!("  all {total} are in the list, exactly once, and the counter says {total}.");
-    println!("  The last few todos, in the order every node now agrees on:");
+    out!("  all {total} are in the list, exactly once, and the counter says {total}.");
+    out!("  The last few todos, in the order every node now agrees on:");
     for item in items.iter().rev().take(5).rev() {
-        println!("    - {item}");
+        out!("    - {item}");
     }
     Ok(())
 }

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(trace))
         .with_state(state)
@@ -142,6 +143,42 @@ impl From<murmur::Error> for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Most bytes of a plain-text error read to put it in a JSON body.
+const MAX_PLAIN_ERROR_BYTES: usize = 4096;
+
+/// Gives every error response the API's `{"error": ...}` body, including
+/// those axum's extractors and layers write as plain text (an id that is
+/// not valid UTF-8, a body over the limit): the text, or the status's
+/// reason when there is none.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR_BYTES)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut json = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
+}
 
 async fn trace(request: Request, next: Next) -> Response {
     let span =
@@ -325,7 +362,9 @@ fn parse_change_request(body: &[u8]) -> ApiResult<ChangeRequest> {
 fn op_error(error: OpError) -> ApiError {
     let status = match error {
         OpError::Malformed { .. } => StatusCode::BAD_REQUEST,
-        OpError::DoesNotApply { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        OpError::DoesNotApply { .. } | OpError::CounterOverflow { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         OpError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
     };
     ApiError::new(status, error.to_string())

@@ -32,6 +32,13 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     };
     let token = args.token.as_deref().or(generated_token.as_deref());
     config::check_token(args.http, token)?;
+    if args.listen.ip().is_unspecified() && args.advertise.is_none() {
+        anyhow::bail!(
+            "--listen {} is not an address other nodes can dial: add --advertise HOST:PORT, \
+             the address they reach this node at",
+            args.listen
+        );
+    }
 
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
@@ -39,6 +46,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the identity in {}", args.dir.display()))?;
     let text = InitConfig {
         listen: args.listen,
+        advertise: args.advertise.as_deref(),
         http: args.http,
         token,
         peers: &peers,
@@ -51,39 +59,51 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
 
     let node_id = identity.node_id();
     let dir = args.dir.display();
-    println!("node id: {node_id}");
-    println!(
+    out!("node id: {node_id}");
+    out!(
         "  identity  {dir}/node.key ({})",
         if created { "created" } else { "kept" }
     );
-    println!("  config    {}", config_path.display());
-    println!(
+    out!("  config    {}", config_path.display());
+    out!(
         "  quic      udp {}    http  http://{}",
-        args.listen, args.http
+        args.listen,
+        args.http
     );
     if let Some(token) = &generated_token {
-        println!("  token     {token}  (generated: the HTTP API is not on loopback)");
+        out!("  token     {token}  (generated: the HTTP API is not on loopback)");
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "Start it:      murmur run --config {}",
         config_path.display()
     );
-    println!("Peers must know this node too (as a peer, or in `allow`):");
-    println!(
-        "  murmur init --dir OTHER --peer {node_id}@{} ...",
-        args.listen
-    );
-    println!("  or in the other node's config.toml:");
-    println!("    [[peers]]");
-    println!("    id = \"{node_id}\"");
-    println!("    addr = \"{}\"", args.listen);
-    if args.listen.ip().is_unspecified() {
-        println!(
-            "  (with this machine's address in place of {})",
-            args.listen.ip()
+    let reach = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.to_string());
+    out!("Peers must know this node too (as a peer, or in `allow`):");
+    out!("  murmur init --dir OTHER --peer {node_id}@{reach} ...");
+    out!("  or in the other node's config.toml:");
+    out!("    [[peers]]");
+    out!("    id = \"{node_id}\"");
+    out!("    addr = \"{reach}\"");
+    Ok(())
+}
+
+/// `murmur id`: prints the node id kept in `dir`, creating nothing.
+pub fn print_id(dir: &std::path::Path) -> anyhow::Result<()> {
+    let key = dir.join("node.key");
+    if !key.exists() {
+        anyhow::bail!(
+            "{} holds no node identity (no node.key): create one with `murmur init --dir {}`",
+            dir.display(),
+            dir.display()
         );
     }
+    let (identity, _) = murmur::Identity::load_or_create(dir)
+        .with_context(|| format!("cannot read the identity in {}", dir.display()))?;
+    out!("{}", identity.node_id());
     Ok(())
 }
 

@@ -1,6 +1,17 @@
 //! The `murmur` binary: run a node with its loopback HTTP API, talk to a
 //! running node, or watch a three-node demo converge.
 
+/// Prints a line on stdout. A reader that went away (`murmur init | head
+/// -1`) ends the process quietly, with success: what it wanted was read.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::output_failed(error);
+        }
+    }};
+}
+
 mod cli;
 mod client;
 mod config;
@@ -41,12 +52,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Ends the process after stdout failed: quietly if its reader is gone,
+/// saying why otherwise.
+fn output_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("murmur: cannot write to stdout: {error}");
+    std::process::exit(1);
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Init(args) => {
             init_logging("warn")?;
             init::init(args)
         }
+        Command::Id(args) => init::print_id(&args.dir),
         Command::Run(args) => run::run(args).await,
         Command::Demo(args) => {
             // Cutting a node off makes the nodes log refused connections;

@@ -31,10 +31,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let node_id = node.id();
     let quic_addr = quic_addr.map_or("(none)".to_owned(), |addr| addr.to_string());
     tracing::info!(node = %node_id, quic = %quic_addr, http = %http_addr, peers = settings.peers.len(), "node running");
-    // One line on stdout, for people and for scripts that started us.
-    println!(
-        "murmur node {node_id} replicating on udp {quic_addr} with HTTP API on http://{http_addr}"
-    );
+    // One line on stdout, for people and for scripts that started us (a
+    // closed stdout must not stop the node).
+    {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stdout(),
+            "murmur node {node_id} replicating on udp {quic_addr} with HTTP API on http://{http_addr}"
+        );
+    }
 
     let node = Arc::new(node);
     let (stop, stopped) = watch::channel(false);
@@ -71,6 +76,9 @@ async fn start_node(settings: &Settings) -> anyhow::Result<Node> {
         .data_dir(&settings.data_dir)
         .listen(settings.listen)
         .peers(settings.peers.iter().copied());
+    if let Some(addr) = settings.advertise {
+        builder = builder.advertise(addr);
+    }
     for id in &settings.allow {
         builder = builder.allow(*id);
     }
@@ -89,13 +97,15 @@ async fn start_node(settings: &Settings) -> anyhow::Result<Node> {
     })
 }
 
-/// Flushes and stops the node once the HTTP server has let go of it.
+/// Flushes and stops the node, whether or not something (a request the
+/// HTTP server let go of late) still holds it: the process exits 0 only
+/// if everything was flushed.
 async fn stop_node(node: Arc<Node>) -> anyhow::Result<()> {
     match Arc::try_unwrap(node) {
-        Ok(node) => node.shutdown().await.context("flushing on shutdown")?,
-        // Dropping the last handle flushes too, without waiting for it.
-        Err(_) => tracing::warn!("the node is still in use; it flushes when released"),
+        Ok(node) => node.shutdown().await,
+        Err(shared) => shared.close().await,
     }
+    .context("flushing on shutdown")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -66,6 +66,11 @@ pub struct Hello {
     pub protocol_version: u16,
     /// The sender's node id.
     pub node_id: NodeId,
+    /// Drawn at random each time the sender's network starts: a connection
+    /// from a new session of a node replaces the one from its old session
+    /// (a process that was killed leaves a connection its peers still hold
+    /// until it times out).
+    pub session: u64,
 }
 
 /// Every message that crosses the network.

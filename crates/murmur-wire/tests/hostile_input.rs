@@ -481,6 +481,7 @@ fn hello_with_any_protocol_version_decodes() {
     let msg = Message::Hello(Hello {
         protocol_version: u16::MAX,
         node_id: NodeId([1; 32]),
+        session: u64::MAX,
     });
     assert_eq!(decode_frame(&encode_frame(&msg).unwrap()), Ok(msg));
 }

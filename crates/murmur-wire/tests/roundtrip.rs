@@ -16,12 +16,15 @@ fn doc_id() -> impl Strategy<Value = DocumentId> {
 /// without making each case slow; the limits themselves are tested below.
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u16>(), any::<[u8; 32]>()).prop_map(|(protocol_version, key)| {
-            Message::Hello(Hello {
-                protocol_version,
-                node_id: NodeId(key),
-            })
-        }),
+        (any::<u16>(), any::<[u8; 32]>(), any::<u64>()).prop_map(
+            |(protocol_version, key, session)| {
+                Message::Hello(Hello {
+                    protocol_version,
+                    node_id: NodeId(key),
+                    session,
+                })
+            }
+        ),
         (doc_id(), vec(vec(any::<u8>(), 1..300), 0..20))
             .prop_map(|(doc, changes)| Message::Changes { doc, changes }),
         (doc_id(), vec(any::<u8>(), 1..70_000))
@@ -220,10 +223,12 @@ fn hello_carries_protocol_version_and_node_id() {
     let hello = Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         node_id: NodeId([5; 32]),
+        session: 7,
     });
     let frame = encode_frame(&hello).unwrap();
-    // prefix, version, variant 0, varint u16 (1 byte), 32-byte key.
-    assert_eq!(frame.len(), 4 + 1 + 1 + 1 + 32);
+    // prefix, version, variant 0, varint u16 (1 byte), 32-byte key, varint
+    // u64 (1 byte).
+    assert_eq!(frame.len(), 4 + 1 + 1 + 1 + 32 + 1);
     assert_eq!(decode_frame(&frame).unwrap(), hello);
 }
 
@@ -245,6 +250,7 @@ fn kind_and_doc_describe_the_message() {
     let hello = Message::Hello(Hello {
         protocol_version: 1,
         node_id: NodeId([0; 32]),
+        session: 0,
     });
     let cases = [
         (hello, "hello", None),

@@ -498,16 +498,22 @@ impl Driver {
         self.links.get(&peer).is_some_and(|l| l.id == link)
     }
 
-    /// A new connection to `peer`. Two connections to one peer (both sides
-    /// dialed at once) resolve the same way on both ends: the one dialed by
-    /// the smaller node id stays.
+    /// A new connection to `peer`. A connection from a new session of the
+    /// peer (it restarted, perhaps after a crash that left its old
+    /// connection open here) replaces the old one at once. Two connections
+    /// of one session (both sides dialed at once) resolve the same way on
+    /// both ends: the one dialed by the smaller node id stays.
     fn link_up(&mut self, now: Time, peer: NodeId, link: Link) {
         let me = self.replica.node_id();
         let preferred = |l: &Link| l.dialed_by == me.min(peer);
         if let Some(existing) = self.links.get(&peer) {
-            if preferred(existing) && !preferred(&link) {
+            let same_session = existing.session == link.session;
+            if same_session && preferred(existing) && !preferred(&link) {
                 link.close_duplicate();
                 return;
+            }
+            if !same_session {
+                tracing::info!(peer = %peer.short(), "peer restarted; its new connection replaces the old one");
             }
             existing.close_duplicate();
             self.replica.handle_peer_down(now, peer);
@@ -711,7 +717,10 @@ impl Driver {
                 .map(|n| n.allowed().to_vec())
                 .unwrap_or_default(),
             members: self.replica.members(),
-            traffic: self.traffic,
+            traffic: Traffic {
+                handshakes_refused: self.network.as_ref().map_or(0, |n| n.allowed().refused()),
+                ..self.traffic
+            },
             writes_awaiting_flush: self.replica.writes_awaiting_flush(),
             outbox: self.replica.outbox_len(),
             metrics: self.replica.metrics().clone(),

@@ -91,6 +91,14 @@ pub enum Error {
     /// The network could not start (address in use, TLS set-up, ...).
     #[error(transparent)]
     Network(#[from] murmur_net::transport::NetError),
+    /// The node listens on an unspecified address (`0.0.0.0` or `::`),
+    /// which other nodes cannot dial: it needs
+    /// [`NodeBuilder::advertise`] to say where they can reach it.
+    #[error("listening on {listen}, which other nodes cannot dial: set the address they reach this node at (`advertise`)")]
+    AdvertiseRequired {
+        /// The listen address.
+        listen: std::net::SocketAddr,
+    },
     /// The node was started without a listen address, so it has no
     /// network to add peers to.
     #[error("the node is not networked: start it with a listen address")]

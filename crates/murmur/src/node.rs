@@ -60,6 +60,7 @@ pub struct NodeBuilder {
     anti_entropy_interval: Option<Duration>,
     group_commit_delay: Option<Duration>,
     listen: Option<SocketAddr>,
+    advertise: Option<SocketAddr>,
     peers: Vec<(NodeId, SocketAddr)>,
     allowed: Vec<NodeId>,
     identity: Option<std::sync::Arc<Identity>>,
@@ -88,8 +89,19 @@ impl NodeBuilder {
         self
     }
 
+    /// The address other nodes dial to reach this one, which membership
+    /// tells them: a public address, a NAT's or a proxy's. Defaults to the
+    /// address the node listens on; a node listening on an unspecified
+    /// address (`0.0.0.0` or `::`) must be told one, or it refuses to
+    /// start ([`Error::AdvertiseRequired`](crate::Error::AdvertiseRequired)).
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.advertise = Some(addr);
+        self
+    }
+
     /// Dials `id` at `addr` (and keeps redialing it). `id` is allowed to
-    /// connect. Needs [`NodeBuilder::listen`].
+    /// connect. Needs [`NodeBuilder::listen`]. This address always wins over
+    /// one that membership gossips for `id`.
     pub fn peer(mut self, id: NodeId, addr: SocketAddr) -> Self {
         self.peers.push((id, addr));
         self
@@ -164,14 +176,18 @@ impl NodeBuilder {
             Location::Memory => None,
         };
         let network = match self.listen {
+            Some(listen) if listen.ip().is_unspecified() && self.advertise.is_none() => {
+                return Err(Error::AdvertiseRequired { listen });
+            }
             Some(listen) => {
                 let mut network = NetworkConfig::new(listen);
                 network.peers = self.peers.clone();
                 network.allowed = self.allowed.clone();
                 let (network, events) = Network::start(&identity, network)?;
-                // Membership advertises the bound address (the real port
-                // when asked for port 0).
-                config.membership_addr = network.local_addr().map(|addr| addr.to_string());
+                // Membership spreads the advertised address, by default
+                // the bound one (the real port when asked for port 0).
+                let advertised = self.advertise.or(network.local_addr());
+                config.membership_addr = advertised.map(|addr| addr.to_string());
                 Some((network, events))
             }
             None => None,
@@ -244,6 +260,7 @@ impl Node {
             anti_entropy_interval: None,
             group_commit_delay: None,
             listen: None,
+            advertise: None,
             peers: Vec::new(),
             allowed: Vec::new(),
             identity: None,
@@ -346,23 +363,43 @@ impl Node {
     /// `Durable` may then be lost, as in a crash; acknowledged ones never
     /// are).
     pub async fn shutdown(self) -> Result<(), Error> {
-        let stop = async {
-            let closed = self
-                .handle
-                .request(|reply| Command::Shutdown { reply })
-                .await?;
-            let _ = self.task.await;
-            closed.map_err(Error::from)
-        };
-        match tokio::time::timeout(driver::SHUTDOWN_TIMEOUT, stop).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::error!(
-                    timeout_s = driver::SHUTDOWN_TIMEOUT.as_secs(),
-                    "the node did not stop in time (a flush or an engine turn is stuck); giving up on it"
-                );
-                Err(Error::ShutdownTimedOut(driver::SHUTDOWN_TIMEOUT))
-            }
+        let Node { handle, task, .. } = self;
+        bounded_stop(async {
+            let closed = request_close(&handle).await;
+            let _ = task.await;
+            closed
+        })
+        .await
+    }
+
+    /// [`Node::shutdown`] through a shared reference, for a node that
+    /// other tasks may still hold (in an `Arc`): flushes everything and
+    /// stops the node, with the same bound and the same answer. The node's
+    /// task ends on its own after; every later call on any handle answers
+    /// [`Error::Closed`].
+    pub async fn close(&self) -> Result<(), Error> {
+        bounded_stop(request_close(&self.handle)).await
+    }
+}
+
+/// Asks the driver to flush and stop; answers once the store is closed.
+async fn request_close(handle: &DriverHandle) -> Result<(), Error> {
+    let closed = handle.request(|reply| Command::Shutdown { reply }).await?;
+    closed.map_err(Error::from)
+}
+
+/// Runs `stop` for at most [`driver::SHUTDOWN_TIMEOUT`].
+async fn bounded_stop(
+    stop: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    match tokio::time::timeout(driver::SHUTDOWN_TIMEOUT, stop).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!(
+                timeout_s = driver::SHUTDOWN_TIMEOUT.as_secs(),
+                "the node did not stop in time (a flush or an engine turn is stuck); giving up on it"
+            );
+            Err(Error::ShutdownTimedOut(driver::SHUTDOWN_TIMEOUT))
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct Traffic {
     pub dropped_full: u64,
     /// Messages from peers the replica rejected.
     pub rejected: u64,
+    /// TLS handshakes refused because the other side's key was not allowed.
+    pub handshakes_refused: u64,
 }
 
 impl Traffic {
@@ -62,6 +64,7 @@ impl Traffic {
             bytes_in,
             dropped_full,
             rejected,
+            handshakes_refused,
         } = *self;
         use Figure as F;
         vec![
@@ -71,6 +74,7 @@ impl Traffic {
             F::counter("bytes_in", "murmur_bytes_received_total", "Frame bytes received from peers.", bytes_in),
             F::counter("dropped_full", "murmur_connection_messages_dropped_total", "Messages dropped because a connection's send queue was full (anti-entropy carries them later).", dropped_full),
             F::counter("rejected", "murmur_messages_rejected_total", "Messages from peers that the engine rejected.", rejected),
+            F::counter("handshakes_refused", "murmur_handshakes_refused_total", "TLS handshakes refused because the other side's key is not allowed.", handshakes_refused),
         ]
     }
 }
