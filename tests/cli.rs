@@ -477,3 +477,49 @@ fn a_log_filter_typo_is_a_start_up_error() {
     let said = text(&run.stderr);
     assert!(said.contains("`inf` is not a level"), "{said}");
 }
+
+#[tokio::test]
+async fn peers_are_added_and_removed_at_runtime_over_http_and_the_cli() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id_a = init(dir_a.path(), &[]);
+    let id_b = init(dir_b.path(), &[]);
+    let a = NodeProcess::start(&config(dir_a.path()));
+    let b = NodeProcess::start(&config(dir_b.path()));
+    // Neither knows the other: a adds b with the CLI, b adds a over HTTP.
+    let added = client(&a, &["peers", "add", &format!("{id_b}@{}", b.quic)]);
+    assert!(added.contains(&id_b), "{added}");
+    let body = json!({"id": id_a, "addr": a.quic}).to_string();
+    let answer = call("POST", &b.at("/peers"), None, Some(&body)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    wait_connected(&a, &id_b).await;
+    wait_connected(&b, &id_a).await;
+    // Bad input is a 400 that names the problem.
+    let bad = call(
+        "POST",
+        &b.at("/peers"),
+        None,
+        Some(r#"{"id": "nope", "addr": "x"}"#),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a node id"));
+    // Removing b on a closes the connection, and b is no longer let in.
+    client(&a, &["peers", "remove", &id_b]);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let peers = call("GET", &a.at("/peers"), None, None).await.json();
+        let status = call("GET", &a.at("/status"), None, None).await.json();
+        let allowed = status["allowed"].to_string();
+        if peers["peers"] == json!([]) && !allowed.contains(&id_b) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b is still connected or allowed: {peers} {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

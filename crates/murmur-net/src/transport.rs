@@ -19,6 +19,7 @@ use murmur_wire::{
 };
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::tls::{self, AllowList, TlsError};
 use crate::Identity;
@@ -239,6 +240,14 @@ struct Shared {
     next_link: AtomicU64,
 }
 
+impl Shared {
+    /// The span of this node's network tasks: every line they log carries
+    /// the node id, in its short form (as the driver's do).
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("node", node = %self.me.short())
+    }
+}
+
 impl Network {
     /// Binds the endpoint and starts accepting and dialing. Must run inside
     /// a tokio runtime.
@@ -262,7 +271,7 @@ impl Network {
             next_link: AtomicU64::new(0),
         });
         let (connected, _) = watch::channel(BTreeSet::new());
-        tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        tokio::spawn(accept_loop(endpoint.clone(), shared.clone()).instrument(shared.span()));
         let bound = endpoint.local_addr().unwrap_or(config.listen);
         tracing::info!(addr = %bound, peers = config.peers.len(), "network started");
         let network = Network {
@@ -316,14 +325,15 @@ impl Network {
             known.is_some()
         };
         if !known {
-            tokio::spawn(dial_loop(
+            let dialer = dial_loop(
                 self.endpoint.clone(),
                 self.shared.clone(),
                 peer,
                 self.dialing.clone(),
                 self.connected.subscribe(),
                 self.config.clone(),
-            ));
+            );
+            tokio::spawn(dialer.instrument(self.shared.span()));
         }
     }
 
@@ -401,18 +411,21 @@ fn endpoint(
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(connection) => {
-                    if let Some(peer) = authenticated_peer(&connection) {
-                        run_connection(shared, connection, peer, peer).await;
+        tokio::spawn(
+            async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(connection) => {
+                        if let Some(peer) = authenticated_peer(&connection) {
+                            run_connection(shared, connection, peer, peer).await;
+                        }
                     }
+                    // Includes peers refused by the allow-list.
+                    Err(error) => tracing::info!(%remote, %error, "incoming connection failed"),
                 }
-                // Includes peers refused by the allow-list.
-                Err(error) => tracing::info!(%remote, %error, "incoming connection failed"),
             }
-        });
+            .in_current_span(),
+        );
     }
 }
 
@@ -508,7 +521,7 @@ async fn run_connection(
     };
     let (frames, queue) = mpsc::channel(LINK_QUEUE_FRAMES);
     let queued_bytes = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(write_frames(send, queue, queued_bytes.clone()));
+    tokio::spawn(write_frames(send, queue, queued_bytes.clone()).in_current_span());
     let link = Link {
         id: link_id,
         dialed_by,

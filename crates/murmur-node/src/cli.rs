@@ -40,7 +40,7 @@ pub enum Command {
     #[command(subcommand)]
     Doc(DocCommand),
     /// The peers a running node is connected to.
-    Peers(ClientArgs),
+    Peers(PeersArgs),
     /// A running node's status and counters, as JSON.
     Status(ClientArgs),
 }
@@ -108,11 +108,38 @@ pub struct DemoArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// The node's HTTP API.
-    #[arg(long, env = "MURMUR_NODE", default_value = DEFAULT_NODE_URL)]
+    #[arg(long, global = true, env = "MURMUR_NODE", default_value = DEFAULT_NODE_URL)]
     pub node: String,
     /// The node's bearer token, if it has one.
-    #[arg(long, env = "MURMUR_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "MURMUR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+/// `murmur peers [add|remove]`.
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// The node to talk to.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to do; without one, lists the connected peers.
+    #[command(subcommand)]
+    pub action: Option<PeersCommand>,
+}
+
+/// Changes to a running node's peers (not written to its config file).
+#[derive(Debug, Subcommand)]
+pub enum PeersCommand {
+    /// Allow a node and keep a connection to it.
+    Add {
+        /// The peer, as NODE_ID@HOST:PORT.
+        #[arg(value_name = "ID@ADDR")]
+        peer: String,
+    },
+    /// Stop allowing a node and close any connection to it.
+    Remove {
+        /// The peer's node id.
+        id: String,
+    },
 }
 
 /// `murmur doc ...`.

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value as Json};
 
-use crate::cli::{ClientArgs, DocCommand};
+use crate::cli::{ClientArgs, DocCommand, PeersArgs, PeersCommand};
 
 /// A connection to one node's HTTP API.
 pub struct Client {
@@ -79,8 +79,8 @@ impl Client {
             })
     }
 
-    /// Sends a request and returns the JSON answer, or the API's error
-    /// message as an error.
+    /// Sends a request and returns the JSON answer (`null` for an empty
+    /// one), or the API's error message as an error.
     pub async fn json(
         &self,
         method: Method,
@@ -92,6 +92,9 @@ impl Client {
         let bytes = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {
             bail!("the node answered {status}: {}", error_message(&bytes));
+        }
+        if bytes.is_empty() {
+            return Ok(Json::Null);
         }
         serde_json::from_slice(&bytes).context("the node answered with invalid JSON")
     }
@@ -240,11 +243,35 @@ async fn watch(client: &Client, doc: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `murmur peers`.
-pub async fn peers(args: ClientArgs) -> anyhow::Result<()> {
-    let answer = Client::new(&args)?
-        .json(Method::GET, "/peers", None)
-        .await?;
+/// `murmur peers`: lists the connected peers, or adds or removes one.
+pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.client)?;
+    match args.action {
+        None => list_peers(&client).await,
+        Some(PeersCommand::Add { peer }) => {
+            let (id, addr) = crate::config::parse_peer(&peer)?;
+            let body = json!({"id": id.to_string(), "addr": addr});
+            let added = client.json(Method::POST, "/peers", Some(&body)).await?;
+            out!(
+                "added {} at {}",
+                added["id"].as_str().unwrap_or("?"),
+                added["addr"].as_str().unwrap_or("?")
+            );
+            Ok(())
+        }
+        Some(PeersCommand::Remove { id }) => {
+            let id = crate::config::parse_node_id(&id).map_err(anyhow::Error::msg)?;
+            client
+                .json(Method::DELETE, &format!("/peers/{id}"), None)
+                .await?;
+            out!("removed {id}");
+            Ok(())
+        }
+    }
+}
+
+async fn list_peers(client: &Client) -> anyhow::Result<()> {
+    let answer = client.json(Method::GET, "/peers", None).await?;
     let peers = answer["peers"].as_array().cloned().unwrap_or_default();
     if peers.is_empty() {
         out!("no peers connected");

@@ -34,7 +34,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The routes, for the 404 message.
 const ROUTES: &str = "GET /docs, POST /docs, GET /docs/{id}, POST /docs/{id}/changes, \
-                      GET /docs/{id}/events, GET /status, GET /peers, GET /metrics";
+                      GET /docs/{id}/events, GET /status, GET /peers, POST /peers, \
+                      DELETE /peers/{id}, GET /metrics";
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -66,7 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/docs/{id}/changes", post(post_changes))
         .route("/docs/{id}/events", get(doc_events))
         .route("/status", get(status))
-        .route("/peers", get(peers))
+        .route("/peers", get(peers).post(add_peer))
+        .route("/peers/{id}", axum::routing::delete(remove_peer))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -125,6 +127,10 @@ impl From<murmur::Error> for ApiError {
                     ),
                 )
             }
+            murmur::Error::NotNetworked => ApiError::new(
+                StatusCode::CONFLICT,
+                "this node is not networked (it has no listen address)",
+            ),
             murmur::Error::Closed => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
             }
@@ -469,6 +475,48 @@ async fn status(State(state): State<AppState>) -> ApiResult<JsonBody<Json>> {
     let mut body = status_json(&status, state.started.elapsed().as_secs());
     body["stale"] = json!(!fresh);
     Ok(JsonBody(body))
+}
+
+/// `POST /peers` with `{"id": NODE_ID, "addr": "HOST:PORT"}`: allows the
+/// node and keeps a connection to it, until the node stops (the config
+/// file is not changed).
+async fn add_peer(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<JsonBody<Json>> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AddPeer {
+        id: String,
+        addr: String,
+    }
+    let request: AddPeer = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected {{\"id\": NODE_ID, \"addr\": \"HOST:PORT\"}}: {e}"
+        ))
+    })?;
+    let id = crate::config::parse_node_id(&request.id).map_err(ApiError::bad_request)?;
+    // Resolving a name may block: off the async workers.
+    let text = request.addr.clone();
+    let addr = tokio::task::spawn_blocking(move || crate::config::resolve(&text))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::bad_request(format!("addr: {e:#}")))?;
+    state.node.add_peer(id, addr).await?;
+    Ok(JsonBody(
+        json!({ "id": id.to_string(), "addr": addr.to_string() }),
+    ))
+}
+
+/// `DELETE /peers/{id}`: stops allowing the node and closes any connection
+/// to it (until it is added again).
+async fn remove_peer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = crate::config::parse_node_id(&id).map_err(ApiError::bad_request)?;
+    state.node.remove_peer(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn peers(State(state): State<AppState>) -> ApiResult<JsonBody<Json>> {

@@ -194,7 +194,7 @@ impl NodeBuilder {
         };
         let replica = Replica::open(config, store, driver::wall_clock())?;
         let (handle, task) = driver::spawn(replica, network, disk);
-        tracing::info!(node = %node_id, "node started");
+        tracing::info!(node = %node_id.short(), node_id = %node_id, "node started");
         Ok(Node {
             node_id,
             handle,
@@ -216,7 +216,7 @@ async fn open_directory(
         })?;
         let (identity, created) = Identity::load_or_create(&dir)?;
         if created {
-            tracing::info!(node = %identity.node_id(), dir = %dir.display(), "created node identity");
+            tracing::info!(node = %identity.node_id().short(), node_id = %identity.node_id(), dir = %dir.display(), "created node identity");
         }
         let store: Box<dyn Storage> = Box::new(SledStore::open(dir.join("db"))?);
         Ok((std::sync::Arc::new(identity), store))

@@ -30,7 +30,8 @@ impl Replica {
         if self.config.anti_entropy && self.config.node_id < peer {
             self.start_reconciliation(peer);
         }
-        tracing::info!(peer = %peer.short(), "peer up");
+        // The driver logs the connection; this is the engine's side of it.
+        tracing::debug!(peer = %peer.short(), "peer up");
     }
 
     /// The connection to `peer` is gone. Drops what was queued for it; the
@@ -44,7 +45,7 @@ impl Replica {
         let dropped_messages = self.outbox.forget_peer(peer);
         // Inputs parked for it belong to the connection that closed.
         self.docs.loads_mut().forget_peer(peer);
-        tracing::info!(
+        tracing::debug!(
             peer = %peer.short(),
             dropped_messages,
             "peer down"
