@@ -140,6 +140,13 @@ impl NodeProcess {
         panic!("murmur run did not stop within 10 s of SIGTERM");
     }
 
+    /// Kills the process with SIGKILL (no flush, no connection close) and
+    /// reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The node's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -190,6 +197,24 @@ pub async fn open(
         .request(request.body(body).expect("request"))
         .await
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Sends a request and reads the whole answer; `None` if the connection
+/// failed or broke (the node died under it, say).
+pub async fn try_call(method: &str, url: &str, body: Option<&str>) -> Option<Answer> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).expect("method"))
+        .uri(url)
+        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+        .expect("request");
+    let response = client.request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.ok()?.to_bytes();
+    Some(Answer {
+        status,
+        body: text(&bytes),
+    })
 }
 
 /// Sends a request and reads the whole answer.
