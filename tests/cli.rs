@@ -7,7 +7,7 @@ mod process;
 use std::path::Path;
 use std::time::Duration;
 
-use process::{call, init, murmur, text, NodeProcess};
+use process::{call, free_udp_addr, init, murmur, text, NodeProcess};
 use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -169,26 +169,10 @@ async fn client_subcommands_drive_a_running_node() {
     assert!(text(&unreachable.stderr).contains("cannot reach the node"));
 }
 
-/// A free UDP port on 127.0.0.1 (free when asked; taken soon after).
-fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn two_nodes_set_up_with_init_replicate_a_document() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let quic_a = format!("127.0.0.1:{}", free_udp_port());
-    let quic_b = format!("127.0.0.1:{}", free_udp_port());
-    let id_a = init(dir_a.path(), &[]);
-    let peer_a = format!("{id_a}@{quic_a}");
-    let id_b = init(dir_b.path(), &["--listen", &quic_b, "--peer", &peer_a]);
-    let peer_b = format!("{id_b}@{quic_b}");
-    init(
-        dir_a.path(),
-        &["--force", "--listen", &quic_a, "--peer", &peer_b],
-    );
-
+    let (id_a, _) = two_node_configs(dir_a.path(), dir_b.path());
     let a = NodeProcess::start(&config(dir_a.path()));
     let b = NodeProcess::start(&config(dir_b.path()));
     let doc = call("POST", &a.at("/docs"), None, None).await.json()["id"]
@@ -223,8 +207,7 @@ async fn two_nodes_set_up_with_init_replicate_a_document() {
 
 /// Two nodes set up by `init`, each dialing the other.
 fn two_node_configs(dir_a: &Path, dir_b: &Path) -> (String, String) {
-    let quic_a = format!("127.0.0.1:{}", free_udp_port());
-    let quic_b = format!("127.0.0.1:{}", free_udp_port());
+    let (quic_a, quic_b) = (free_udp_addr(), free_udp_addr());
     let id_a = init(dir_a, &[]);
     let peer_a = format!("{id_a}@{quic_a}");
     let id_b = init(dir_b, &["--listen", &quic_b, "--peer", &peer_a]);
@@ -235,16 +218,24 @@ fn two_node_configs(dir_a: &Path, dir_b: &Path) -> (String, String) {
 
 /// Waits until `node` lists `peer` as connected.
 async fn wait_connected(node: &NodeProcess, peer: &str) {
+    wait_for_peer(node, peer, None).await;
+}
+
+/// Waits until `node` lists `peer` connected, from `addr` if given.
+async fn wait_for_peer(node: &NodeProcess, peer: &str, addr: Option<&str>) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let peers = call("GET", &node.at("/peers"), None, None).await.json();
         let listed = peers["peers"].as_array().into_iter().flatten();
-        if listed.clone().any(|p| p["id"] == json!(peer)) {
+        if listed
+            .clone()
+            .any(|p| p["id"] == json!(peer) && addr.is_none_or(|addr| p["addr"] == json!(addr)))
+        {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{peer} never connected: {peers}"
+            "{peer} never connected (from {addr:?}): {peers}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -353,34 +344,14 @@ impl Drop for Relay {
     }
 }
 
-/// Waits until `node` lists `peer` connected from `addr`.
-async fn wait_connected_at(node: &NodeProcess, peer: &str, addr: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let peers = call("GET", &node.at("/peers"), None, None).await.json();
-        let listed = peers["peers"].as_array().into_iter().flatten();
-        if listed
-            .clone()
-            .any(|p| p["id"] == json!(peer) && p["addr"] == json!(addr))
-        {
-            return peers;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{peer} never connected at {addr}: {peers}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_configured_peer_address_wins_over_the_one_membership_gossips() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let quic_a: std::net::SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let quic_a: std::net::SocketAddr = free_udp_addr().parse().unwrap();
     let relay = Relay::start(quic_a).await;
     // b reaches a only through the relay; a does not dial b.
     let id_a = init(dir_a.path(), &["--listen", &quic_a.to_string()]);
-    let quic_b = format!("127.0.0.1:{}", free_udp_port());
+    let quic_b = free_udp_addr();
     let via_relay = format!("{id_a}@{}", relay.addr);
     let id_b = init(dir_b.path(), &["--listen", &quic_b, "--peer", &via_relay]);
     let args = ["--force", "--listen", &quic_a.to_string(), "--allow", &id_b];
@@ -388,7 +359,7 @@ async fn a_configured_peer_address_wins_over_the_one_membership_gossips() {
 
     let a = NodeProcess::start(&config(dir_a.path()));
     let b = NodeProcess::start(&config(dir_b.path()));
-    wait_connected_at(&b, &id_a, &relay.addr.to_string()).await;
+    wait_for_peer(&b, &id_a, Some(&relay.addr.to_string())).await;
     // Membership has told b where a says it listens.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -407,7 +378,7 @@ async fn a_configured_peer_address_wins_over_the_one_membership_gossips() {
     assert!(a.terminate().success());
     let before = relay.forwarded();
     let a = NodeProcess::start(&config(dir_a.path()));
-    wait_connected_at(&b, &id_a, &relay.addr.to_string()).await;
+    wait_for_peer(&b, &id_a, Some(&relay.addr.to_string())).await;
     assert!(relay.forwarded() > before, "nothing went through the relay");
     wait_connected(&a, &id_b).await;
 }

@@ -12,10 +12,9 @@
 mod process;
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
-use process::{call, init, try_call, NodeProcess};
+use process::{call, free_tcp_addr, free_udp_addr, init, try_call, NodeProcess};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -24,21 +23,11 @@ const NODES: usize = 3;
 /// against hanging, not a performance target).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn free_udp() -> String {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().to_string()
-}
-
-fn free_tcp() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
 /// Three data directories whose configs name each other, on fixed ports
 /// (a restarted node must come back where its peers dial it).
 fn configure(dirs: &[tempfile::TempDir]) -> Vec<std::path::PathBuf> {
-    let quic: Vec<String> = dirs.iter().map(|_| free_udp()).collect();
-    let http: Vec<String> = dirs.iter().map(|_| free_tcp()).collect();
+    let quic: Vec<String> = dirs.iter().map(|_| free_udp_addr()).collect();
+    let http: Vec<String> = dirs.iter().map(|_| free_tcp_addr()).collect();
     let ids: Vec<String> = dirs.iter().map(|dir| init(dir.path(), &[])).collect();
     for (i, dir) in dirs.iter().enumerate() {
         let mut args = vec!["--force", "--listen", &quic[i], "--http", &http[i]];
@@ -129,6 +118,29 @@ async fn read(node: &NodeProcess, doc: &str) -> Option<(Vec<String>, i64, serde_
     Some((items, count, json["heads"].clone()))
 }
 
+/// Waits until every node lists every other as connected.
+async fn wait_meshed(nodes: &[NodeProcess]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut connected = Vec::new();
+        for node in nodes {
+            let peers = try_call("GET", &node.at("/peers"), None).await;
+            let count = peers.map_or(0, |answer| {
+                answer.json()["peers"].as_array().map_or(0, Vec::len)
+            });
+            connected.push(count);
+        }
+        if connected.iter().all(|&count| count == nodes.len() - 1) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes never all connected: peers per node {connected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_write_load_loses_and_doubles_no_durable_write() {
     let kills: usize = std::env::var("MURMUR_KILLS")
@@ -146,6 +158,7 @@ async fn kill_9_under_write_load_loses_and_doubles_no_durable_write() {
     let dirs: Vec<tempfile::TempDir> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
     let configs = configure(&dirs);
     let mut nodes: Vec<NodeProcess> = configs.iter().map(|c| NodeProcess::start(c)).collect();
+    wait_meshed(&nodes).await;
     let created = call("POST", &nodes[0].at("/docs"), None, None).await.json();
     let doc = created["id"].as_str().unwrap().to_owned();
     let setup = json!({
@@ -160,7 +173,17 @@ async fn kill_9_under_write_load_loses_and_doubles_no_durable_write() {
         Some(&setup),
     )
     .await;
-    assert_eq!(answer.status, 200, "setup: {}", answer.body);
+    if answer.status != 200 {
+        let mut peers = Vec::new();
+        for node in &nodes {
+            peers.push(
+                try_call("GET", &node.at("/peers"), None)
+                    .await
+                    .map(|a| a.body),
+            );
+        }
+        panic!("setup: {} {}; peers: {peers:?}", answer.status, answer.body);
+    }
 
     // Writers run all along; the killer strikes at random moments, so
     // writes are in flight when a node dies.

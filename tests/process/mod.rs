@@ -185,6 +185,17 @@ pub async fn open(
     token: Option<&str>,
     body: Option<&str>,
 ) -> hyper::Response<Incoming> {
+    request(method, url, token, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+async fn request(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).expect("method"))
@@ -193,44 +204,47 @@ pub async fn open(
         request = request.header("authorization", format!("Bearer {token}"));
     }
     let body = Full::new(Bytes::from(body.unwrap_or_default().to_owned()));
-    client
-        .request(request.body(body).expect("request"))
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    client.request(request.body(body).expect("request")).await
+}
+
+/// A free `127.0.0.1:PORT` for UDP (free when asked; taken soon after).
+pub fn free_udp_addr() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    socket.local_addr().expect("local addr").to_string()
+}
+
+/// A free `127.0.0.1:PORT` for TCP (free when asked; taken soon after).
+pub fn free_tcp_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    listener.local_addr().expect("local addr").to_string()
 }
 
 /// Sends a request and reads the whole answer; `None` if the connection
 /// failed or broke (the node died under it, say).
 pub async fn try_call(method: &str, url: &str, body: Option<&str>) -> Option<Answer> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = Request::builder()
-        .method(Method::from_bytes(method.as_bytes()).expect("method"))
-        .uri(url)
-        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
-        .expect("request");
-    let response = client.request(request).await.ok()?;
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.ok()?.to_bytes();
-    Some(Answer {
-        status,
-        body: text(&bytes),
-    })
+    send(method, url, None, body).await.ok()
 }
 
 /// Sends a request and reads the whole answer.
 pub async fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Answer {
-    let response = open(method, url, token, body).await;
-    let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
-        .collect()
+    send(method, url, token, body)
         .await
-        .expect("read body")
-        .to_bytes();
-    Answer {
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+async fn send(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
+    let response = request(method, url, token, body).await?;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok(Answer {
         status,
         body: text(&bytes),
-    }
+    })
 }
 
 /// Reads Server-Sent Events from `body` until one has `data` for which

@@ -196,7 +196,9 @@ pub fn check_log_filter(filter: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("log = {filter:?} is not a valid filter: {e}"))?;
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let bare = !directive.contains(['=', '[', ':']);
+        let bare = directive
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if bare
             && !LEVELS
                 .iter()
