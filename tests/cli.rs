@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use process::{call, free_udp_addr, init, murmur, text, NodeProcess};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -223,19 +223,35 @@ async fn wait_connected(node: &NodeProcess, peer: &str) {
 
 /// Waits until `node` lists `peer` connected, from `addr` if given.
 async fn wait_for_peer(node: &NodeProcess, peer: &str, addr: Option<&str>) {
+    let listed =
+        |p: &Value| p["id"] == json!(peer) && addr.is_none_or(|addr| p["addr"] == json!(addr));
+    wait_for_peers(
+        node,
+        &format!("{peer} connected (from {addr:?})"),
+        |peers| peers.iter().any(listed),
+    )
+    .await;
+}
+
+/// Waits until `node` no longer lists `peer` connected.
+async fn wait_for_peer_gone(node: &NodeProcess, peer: &str) {
+    wait_for_peers(node, &format!("{peer} gone"), |peers| {
+        !peers.iter().any(|p| p["id"] == json!(peer))
+    })
+    .await;
+}
+
+/// Waits until the peers `node` lists satisfy `done`.
+async fn wait_for_peers(node: &NodeProcess, what: &str, done: impl Fn(&[Value]) -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let peers = call("GET", &node.at("/peers"), None, None).await.json();
-        let listed = peers["peers"].as_array().into_iter().flatten();
-        if listed
-            .clone()
-            .any(|p| p["id"] == json!(peer) && addr.is_none_or(|addr| p["addr"] == json!(addr)))
-        {
+        if done(peers["peers"].as_array().map_or(&[][..], Vec::as_slice)) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{peer} never connected (from {addr:?}): {peers}"
+            "never saw {what}: {peers}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -374,8 +390,11 @@ async fn a_configured_peer_address_wins_over_the_one_membership_gossips() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // a restarts: b redials it, through the relay still.
+    // a restarts: b redials it, through the relay still. Count from the
+    // moment b has seen the old connection close, so the old connection's
+    // last packets do not count as the redial.
     assert!(a.terminate().success());
+    wait_for_peer_gone(&b, &id_a).await;
     let before = relay.forwarded();
     let a = NodeProcess::start(&config(dir_a.path()));
     wait_for_peer(&b, &id_a, Some(&relay.addr.to_string())).await;
