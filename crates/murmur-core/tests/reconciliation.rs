@@ -366,3 +366,82 @@ fn a_bucket_sent_in_several_ranges_still_reconciles_every_document() {
         }
     }
 }
+
+#[test]
+fn a_peer_creates_documents_here_only_with_content_and_few_per_message() {
+    let now = Time::from_millis(1_700_000_000_000);
+    let (me, peer) = (NodeId([1; 32]), NodeId([2; 32]));
+    let mut replica = Replica::open(Config::new(me), Box::new(MemStore::new()), now).unwrap();
+    replica.handle_peer_up(now, peer);
+    while replica.poll_transmit().is_some() {}
+
+    // A sync message with no changes about a document unknown here is
+    // answered (so the peer sends what it has), and creates nothing.
+    use automerge::sync::SyncDoc;
+    let doc = DocumentId::from_bytes([3; 16]);
+    let (theirs, mut state) = (automerge::Automerge::new(), automerge::sync::State::new());
+    let hello = theirs.generate_sync_message(&mut state).unwrap().encode();
+    replica
+        .handle_message(
+            now,
+            peer,
+            Message::Sync {
+                doc,
+                message: hello,
+            },
+        )
+        .unwrap();
+    match replica.poll_transmit().map(|t| t.message) {
+        Some(Message::Sync { doc: about, .. }) => assert_eq!(about, doc),
+        other => panic!("expected a sync answer, got {other:?}"),
+    }
+
+    // One reconciliation message naming 5,000 documents unknown here asks
+    // for 1,024 of them and creates none.
+    let entries: Vec<(DocumentId, u64)> = (0..5_000u32)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..2].copy_from_slice(&0x0102u16.to_be_bytes());
+            id[12..].copy_from_slice(&i.to_be_bytes());
+            (DocumentId::from_bytes(id), 1)
+        })
+        .collect();
+    let leaves = Message::DigestLeaves {
+        bucket: 0x0102,
+        after: None,
+        entries,
+        through_end: true,
+    };
+    replica.handle_message(now, peer, leaves).unwrap();
+    let mut asked = 0;
+    while let Some(transmit) = replica.poll_transmit() {
+        asked += usize::from(matches!(transmit.message, Message::Sync { .. }));
+    }
+    let limit = Config::new(me).max_documents_requested;
+    assert_eq!(asked, limit);
+    assert_eq!(
+        replica.metrics().document_requests_deferred,
+        5_000 - limit as u64
+    );
+    replica.flush_now(now).unwrap();
+    assert!(replica.document_ids().unwrap().is_empty());
+    assert_eq!(replica.digest_root().unwrap().1, 0);
+
+    // Content creates the document.
+    let mut theirs = automerge::Automerge::new();
+    let mut tx = theirs.transaction();
+    tx.put(ROOT, "k", 1_i64).unwrap();
+    tx.commit();
+    let change = theirs.get_changes(&[]).pop().unwrap().raw_bytes().to_vec();
+    replica
+        .handle_message(
+            now,
+            peer,
+            Message::Changes {
+                doc,
+                changes: vec![change],
+            },
+        )
+        .unwrap();
+    assert_eq!(replica.document_ids().unwrap(), vec![doc]);
+}
