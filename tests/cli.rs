@@ -308,10 +308,12 @@ async fn a_node_restarted_after_kill_9_is_reconnected_at_once() {
 }
 
 /// A UDP relay for one client: datagrams to `listen` go to `upstream`, the
-/// answers back to the client. Counts what it forwards.
+/// answers back to the client. Counts what it forwards; once blackholed,
+/// drops everything both ways.
 struct Relay {
     addr: std::net::SocketAddr,
     forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    blackholed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -324,6 +326,8 @@ impl Relay {
         let addr = outer.local_addr().unwrap();
         let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = forwarded.clone();
+        let blackholed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dropping = blackholed.clone();
         let task = tokio::spawn(async move {
             let (mut from_client, mut from_upstream) = (vec![0; 65536], vec![0; 65536]);
             let mut client = None;
@@ -331,11 +335,13 @@ impl Relay {
                 tokio::select! {
                     Ok((n, peer)) = outer.recv_from(&mut from_client) => {
                         client = Some(peer);
-                        let _ = inner.send(&from_client[..n]).await;
-                        count.fetch_add(1, Ordering::Relaxed);
+                        if !dropping.load(Ordering::Relaxed) {
+                            let _ = inner.send(&from_client[..n]).await;
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Ok(n) = inner.recv(&mut from_upstream) => {
-                        if let Some(peer) = client {
+                        if let (Some(peer), false) = (client, dropping.load(Ordering::Relaxed)) {
                             let _ = outer.send_to(&from_upstream[..n], peer).await;
                         }
                     }
@@ -345,8 +351,14 @@ impl Relay {
         Relay {
             addr,
             forwarded,
+            blackholed,
             task,
         }
+    }
+
+    fn blackhole(&self) {
+        self.blackholed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn forwarded(&self) -> u64 {
@@ -400,6 +412,27 @@ async fn a_configured_peer_address_wins_over_the_one_membership_gossips() {
     wait_for_peer(&b, &id_a, Some(&relay.addr.to_string())).await;
     assert!(relay.forwarded() > before, "nothing went through the relay");
     wait_connected(&a, &id_b).await;
+
+    // The relay goes silent: both sides drop the connection once it has
+    // been idle for the timeout (10 s), and say why. (a may then dial b at
+    // the address membership told it, so the evidence is the log line, not
+    // an empty peer list.)
+    relay.blackhole();
+    for node in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !node
+            .log()
+            .lines()
+            .any(|line| line.contains("peer disconnected") && line.contains("timed out"))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no idle timeout logged: {}",
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[test]

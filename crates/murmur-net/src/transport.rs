@@ -74,9 +74,13 @@ pub struct NetworkConfig {
     pub peers: Vec<(NodeId, SocketAddr)>,
     /// Ids that may connect (in addition to `peers`).
     pub allowed: Vec<NodeId>,
-    /// A connection with no traffic for this long is closed.
+    /// A connection with no traffic for this long is closed: how long a
+    /// peer that went silent (crashed, blackholed, unplugged) stays listed
+    /// as connected.
     pub idle_timeout: Duration,
-    /// Keep-alive interval (well under the idle timeout).
+    /// Keep-alive interval, well under the idle timeout: five keep-alives
+    /// fit in one, so a lossy link that still carries some of them keeps
+    /// its connection.
     pub keep_alive: Duration,
     /// First reconnect delay; doubles up to `reconnect_max`, with jitter.
     pub reconnect_min: Duration,
@@ -91,8 +95,8 @@ impl NetworkConfig {
             listen,
             peers: Vec::new(),
             allowed: Vec::new(),
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
         }
@@ -646,6 +650,10 @@ async fn read_frames(
                 }
             }
             Ok(None) => return "peer closed its stream".into(),
+            // Say why (timed out, reset, closed by the peer), not only that.
+            Err(quinn::ReadError::ConnectionLost(error)) => {
+                return format!("connection lost: {error}")
+            }
             Err(error) => return error.to_string(),
         }
     }
