@@ -1,8 +1,11 @@
 //! Running the `murmur` binary in tests: `murmur init` in a temporary
-//! directory, `murmur run` as a child process, and plain HTTP requests to
-//! its API.
+//! directory, `murmur run` as a child process (in the test's network
+//! namespace or in another), and plain HTTP requests to its API. The
+//! checkers that the fault tests share are in [`checks`].
 
 #![allow(dead_code)] // each test file uses part of this
+
+pub mod checks;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -68,12 +71,15 @@ pub fn text(bytes: &[u8]) -> String {
 pub struct NodeProcess {
     /// The process.
     pub child: Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://HOST:PORT`, as the node printed it (`127.0.0.1` unless its
+    /// config says otherwise).
     pub url: String,
     /// Its QUIC address.
     pub quic: String,
     /// Its node id.
     pub node_id: String,
+    /// The bearer token of its HTTP API (`http_token` in its config).
+    pub token: Option<String>,
     log: PathBuf,
 }
 
@@ -81,8 +87,24 @@ impl NodeProcess {
     /// Runs `murmur run --config CONFIG` and waits for the line saying
     /// where it listens.
     pub fn start(config: &Path) -> NodeProcess {
+        NodeProcess::spawn(Command::new(MURMUR), config)
+    }
+
+    /// Runs `murmur run --config CONFIG` inside the network namespace
+    /// `netns` (`ip netns exec`, which execs the binary: the child is the
+    /// node itself), and waits for the line saying where it listens.
+    pub fn start_in(netns: &str, config: &Path) -> NodeProcess {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns, MURMUR]);
+        NodeProcess::spawn(command, config)
+    }
+
+    /// Runs `command run --config CONFIG` (`command` being the binary, or
+    /// a prefix that runs it).
+    fn spawn(mut command: Command, config: &Path) -> NodeProcess {
         let log = config.with_file_name("run.log");
-        let mut child = Command::new(MURMUR)
+        let token = http_token(config);
+        let mut child = command
             .args(["run", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
@@ -114,6 +136,7 @@ impl NodeProcess {
             url: words[11].to_owned(),
             quic: words[6].to_owned(),
             node_id: words[2].to_owned(),
+            token,
             log,
         }
     }
@@ -121,6 +144,14 @@ impl NodeProcess {
     /// The full URL of `path`.
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
+    }
+
+    /// Its HTTP API: where it is and the token it wants.
+    pub fn api(&self) -> Api {
+        Api {
+            url: self.url.clone(),
+            token: self.token.clone(),
+        }
     }
 
     /// Sends SIGTERM and waits (bounded) for a clean exit.
@@ -160,6 +191,45 @@ impl Drop for NodeProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The `http_token` of the config file at `config`, if it sets one (a
+/// config that does not parse is the node's to refuse, not this one's).
+fn http_token(config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    Some(table.get("http_token")?.as_str()?.to_owned())
+}
+
+/// A node's HTTP API, as a client sees it: its base URL and the bearer
+/// token it wants, if any. Cheap to clone into tasks (a `NodeProcess` is
+/// not).
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// `http://HOST:PORT`.
+    pub url: String,
+    /// The bearer token, if the API wants one.
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// Sends a request for `path` and reads the whole answer; `None` if
+    /// the connection failed or broke.
+    pub async fn try_call(&self, method: &str, path: &str, body: Option<&str>) -> Option<Answer> {
+        let url = format!("{}{path}", self.url);
+        send(method, &url, self.token.as_deref(), body).await.ok()
+    }
+
+    /// Sends a request for `path` and reads the whole answer.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        call(
+            method,
+            &format!("{}{path}", self.url),
+            self.token.as_deref(),
+            body,
+        )
+        .await
     }
 }
 
