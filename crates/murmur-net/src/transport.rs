@@ -34,6 +34,10 @@ pub const LINK_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 pub const EVENT_QUEUE: usize = 1024;
 /// How long the opening Hello may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dial waits for its TLS handshake before it gives up and the
+/// dial loop tries again (a handshake takes a few round trips: well under
+/// a second on any working path).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Bytes read from a stream at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -483,7 +487,13 @@ async fn dial(
     let connecting = endpoint
         .connect(addr, tls::SERVER_NAME)
         .map_err(|e| e.to_string())?;
-    let connection = connecting.await.map_err(|e| e.to_string())?;
+    // QUIC backs off its handshake retransmissions exponentially: a dial
+    // begun during a partition would reach the healed network only after
+    // its next, ever later retransmission. A fresh dial starts fresh.
+    let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+        .await
+        .map_err(|_| format!("no handshake within {HANDSHAKE_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
     match authenticated_peer(&connection) {
         Some(peer) if peer == expected => Ok(connection),
         Some(peer) => {
