@@ -193,6 +193,7 @@ mod digest;
 mod document;
 mod error;
 mod flush;
+mod foreign;
 mod incarnation;
 mod load;
 mod membership;

@@ -210,12 +210,16 @@ impl Replica {
             // Automerge may have applied part of the message before failing;
             // the heads comparison below still records what changed.
             let mut log = automerge::PatchLog::new(observed);
-            let result = automerge::sync::SyncDoc::receive_sync_message_log_patches(
-                &mut document.doc,
-                state,
-                message,
-                &mut log,
-            );
+            let result = match crate::foreign::check_chunks(&document.doc, &message.changes) {
+                Ok(()) => automerge::sync::SyncDoc::receive_sync_message_log_patches(
+                    &mut document.doc,
+                    state,
+                    message,
+                    &mut log,
+                )
+                .map_err(|error| error.to_string()),
+                Err(reason) => Err(reason),
+            };
             let patches = observed.then(|| document.doc.make_patches(&mut log));
             let after = document.heads();
             let reply = document.after_sync_message(from, &before, their_before.as_deref());
@@ -229,7 +233,7 @@ impl Replica {
             self.changed(now, doc, Origin::Remote(from), patches);
             self.replication.owe(doc, from);
         }
-        result.map_err(|error| invalid(error.to_string()))?;
+        result.map_err(invalid)?;
         match reply {
             SyncReply::Continue => self.sync_with(doc, from, false),
             SyncReply::Resend if self.config.planted(FaultInjection::NoSyncResend) => {}
@@ -425,7 +429,7 @@ fn apply_pushes(
     mut messages: Vec<Vec<Change>>,
     log: &mut automerge::PatchLog,
     drop_orphans: bool,
-) -> Vec<AutomergeError> {
+) -> Vec<PushError> {
     let keep = |doc: &automerge::Automerge, changes: Vec<Change>| {
         if drop_orphans {
             keep_changes_with_dependencies(doc, changes)
@@ -442,8 +446,12 @@ fn apply_pushes(
         messages.iter().flatten().cloned().collect()
     };
     let all = keep(doc, all);
-    let Err(error) = doc.apply_changes_log_patches(all, log) else {
-        return Vec::new();
+    let error = match crate::foreign::check_actors(doc, &all) {
+        Ok(()) => match doc.apply_changes_log_patches(all, log) {
+            Ok(_) => return Vec::new(),
+            Err(error) => PushError::Automerge(error),
+        },
+        Err(reason) => PushError::UnknownActor(reason),
     };
     if single {
         return vec![error];
@@ -452,9 +460,33 @@ fn apply_pushes(
         .into_iter()
         .filter_map(|changes| {
             let changes = keep(doc, changes);
-            doc.apply_changes_log_patches(changes, log).err()
+            if let Err(reason) = crate::foreign::check_actors(doc, &changes) {
+                return Some(PushError::UnknownActor(reason));
+            }
+            doc.apply_changes_log_patches(changes, log)
+                .err()
+                .map(PushError::Automerge)
         })
         .collect()
+}
+
+/// Why a push was refused.
+#[derive(Debug)]
+enum PushError {
+    /// Automerge refused it.
+    Automerge(AutomergeError),
+    /// It names an actor the document does not know
+    /// ([`crate::foreign::check_actors`]).
+    UnknownActor(String),
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Automerge(error) => error.fmt(f),
+            PushError::UnknownActor(reason) => f.write_str(reason),
+        }
+    }
 }
 
 /// The planted bug [`FaultInjection::DropPushWithMissingDependencies`]:
