@@ -1,29 +1,53 @@
-//! A check on changes from peers that Automerge does not make itself.
+//! Checks on what peers send that Automerge does not make itself. Each
+//! was found by a fuzz target (`fuzz/`), and each input is kept in the
+//! corpus that `cargo test` replays.
 //!
-//! Automerge 0.12 registers a change's author as an actor of the document
-//! only for the author's first change (sequence number 1), and then looks
-//! up every actor a change names with an `unwrap` (`import_ops` in
-//! `op_set2/change/batch.rs`). A change that names an actor the document
-//! has never seen (a later change of an unknown author, or ops that refer
-//! to an unknown actor) therefore panics inside `apply_changes` or
-//! `receive_sync_message`, and leaves the document half-updated. Our
-//! `foreign_changes` fuzz target found it within seconds. A well-formed
-//! change never does this: the actors it names are its own (first change)
-//! or those of changes in its history, which a document applying it holds.
-//! So such a change is refused before Automerge sees it.
+//! * **Unknown actors.** Automerge 0.12 registers a change's author as an
+//!   actor of the document only for the author's first change (sequence
+//!   number 1), and then looks up every actor a change names with an
+//!   `unwrap` (`import_ops` in `op_set2/change/batch.rs`). A change naming
+//!   an actor the document has never seen panics inside `apply_changes` or
+//!   `receive_sync_message` and leaves the document half-updated. A
+//!   well-formed change never does this: the actors it names are its own
+//!   (first change) or those of changes in its history.
+//! * **Non-canonical changes.** Automerge accepts a change whose bytes are
+//!   not the canonical encoding of its content, under the hash of those
+//!   bytes; saving re-encodes it, so the document loaded back has another
+//!   hash for it. The stored document then no longer matches the one in
+//!   memory (nor the digest leaf), and after a restart the node holds a
+//!   change its peers know under another name (they cannot sync it: same
+//!   actor, same sequence number). A change Automerge made is canonical.
+//! * **Bloom filters without bits.** A sync message's `have` carries a
+//!   Bloom filter; one that claims entries but holds no bits (or asks for
+//!   billions of probes) makes Automerge divide by zero (or loop) the next
+//!   time it answers.
 
-use automerge::sync::ChunkList;
+use automerge::sync::{ChunkList, Have};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
+/// Most probes a peer's Bloom filter may ask for per hash (Automerge uses
+/// 7).
+const MAX_BLOOM_PROBES: u64 = 64;
+/// Most bits per entry a peer's Bloom filter may have (Automerge uses 10).
+const MAX_BLOOM_BITS_PER_ENTRY: u64 = 64;
+
 /// Refuses `changes` (in the order they will be handed to Automerge) if one
-/// names an actor that `doc` does not know and that no earlier change of
-/// the batch introduces (its first change, with its dependencies met).
-/// A change waiting for dependencies must name only known actors too: it
-/// may be applied later, from Automerge's queue, without another check.
-pub(crate) fn check_actors(doc: &Automerge, changes: &[Change]) -> Result<(), String> {
+/// is not canonically encoded, or names an actor that `doc` does not know
+/// and that no earlier change of the batch introduces (its first change,
+/// with its dependencies met). A change waiting for dependencies must name
+/// only known actors too: it may be applied later, from Automerge's queue,
+/// without another check.
+pub(crate) fn check_changes(doc: &Automerge, changes: &[Change]) -> Result<(), String> {
     let mut introduced: Vec<&ActorId> = Vec::new();
     let mut ready: Vec<ChangeHash> = Vec::new();
     for change in changes {
+        let canonical = Change::from(change.decode()).hash();
+        if canonical != change.hash() {
+            return Err(format!(
+                "change {} is not canonically encoded (re-encoded, its hash is {canonical})",
+                change.hash()
+            ));
+        }
         for actor in change.actors() {
             let first_of_its_author = actor == change.actor_id() && change.seq() == 1;
             if !first_of_its_author && !introduced.contains(&actor) && !knows(doc, actor) {
@@ -48,10 +72,19 @@ pub(crate) fn check_actors(doc: &Automerge, changes: &[Change]) -> Result<(), St
     Ok(())
 }
 
-/// [`check_actors`] for the chunks of a sync message: each is one change
-/// or a whole document (whose changes are checked in its order). A chunk
-/// that is neither is left to Automerge, which refuses it.
-pub(crate) fn check_chunks(doc: &Automerge, chunks: &ChunkList) -> Result<(), String> {
+/// [`check_changes`] for the chunks of a sync message (each one change or
+/// a whole document, whose changes are checked in its order; a chunk that
+/// is neither is left to Automerge, which refuses it), and the message's
+/// Bloom filters.
+pub(crate) fn check_sync_message(
+    doc: &Automerge,
+    message: &automerge::sync::Message,
+) -> Result<(), String> {
+    message.have.iter().try_for_each(check_bloom)?;
+    check_changes(doc, &chunk_changes(&message.changes))
+}
+
+fn chunk_changes(chunks: &ChunkList) -> Vec<Change> {
     let mut changes = Vec::new();
     for chunk in chunks.iter() {
         if let Ok(change) = Change::from_bytes(chunk.to_vec()) {
@@ -60,7 +93,30 @@ pub(crate) fn check_chunks(doc: &Automerge, chunks: &ChunkList) -> Result<(), St
             changes.extend(document.get_changes(&[]));
         }
     }
-    check_actors(doc, &changes)
+    changes
+}
+
+/// A Bloom filter is empty, or has entries, bits, and sane parameters.
+fn check_bloom(have: &Have) -> Result<(), String> {
+    let bytes = have.bloom.to_bytes();
+    let mut rest = bytes.as_slice();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let mut field = || leb128::read::unsigned(&mut rest).map_err(|e| e.to_string());
+    let (entries, bits_per_entry, probes) = (field()?, field()?, field()?);
+    let sane = entries > 0
+        && (1..=MAX_BLOOM_BITS_PER_ENTRY).contains(&bits_per_entry)
+        && (1..=MAX_BLOOM_PROBES).contains(&probes)
+        && !rest.is_empty();
+    if sane {
+        Ok(())
+    } else {
+        Err(format!(
+            "a Bloom filter of {entries} entries, {bits_per_entry} bits each, {probes} probes and {} bytes",
+            rest.len()
+        ))
+    }
 }
 
 /// True if `actor` is in `doc`'s actor table (Automerge has no direct
@@ -89,12 +145,12 @@ mod tests {
         }
         let all = changes_of(&theirs);
         let ours = Automerge::new();
-        assert!(check_actors(&ours, &all).is_ok(), "history in order");
-        let error = check_actors(&ours, &all[1..]).unwrap_err();
+        assert!(check_changes(&ours, &all).is_ok(), "history in order");
+        let error = check_changes(&ours, &all[1..]).unwrap_err();
         assert!(error.contains("does not know"), "{error}");
         // Once the first change is held, the second is fine on its own.
         let mut ours = ours;
         ours.apply_changes(all[..1].to_vec()).unwrap();
-        assert!(check_actors(&ours, &all[1..]).is_ok());
+        assert!(check_changes(&ours, &all[1..]).is_ok());
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 #[test]
 fn every_kept_input_of_every_target_passes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+    let mut failures = Vec::new();
     for (target, run) in murmur_fuzz::TARGETS {
         let dir = root.join(target);
         let mut inputs: Vec<_> = std::fs::read_dir(&dir)
@@ -23,11 +24,17 @@ fn every_kept_input_of_every_target_passes() {
         );
         for input in &inputs {
             let data = std::fs::read(input).expect("read a corpus input");
-            let outcome = std::panic::catch_unwind(|| run(&data));
-            assert!(outcome.is_ok(), "{target}: {} fails", input.display());
+            if std::panic::catch_unwind(|| run(&data)).is_err() {
+                failures.push(format!("{target}: {}", input.display()));
+            }
         }
         println!("{target}: {} inputs replayed", inputs.len());
     }
+    assert!(
+        failures.is_empty(),
+        "inputs that fail:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The seeds reach past the decoders: the first seed of `foreign_changes`

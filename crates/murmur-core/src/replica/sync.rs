@@ -210,7 +210,7 @@ impl Replica {
             // Automerge may have applied part of the message before failing;
             // the heads comparison below still records what changed.
             let mut log = automerge::PatchLog::new(observed);
-            let result = match crate::foreign::check_chunks(&document.doc, &message.changes) {
+            let result = match crate::foreign::check_sync_message(&document.doc, &message) {
                 Ok(()) => automerge::sync::SyncDoc::receive_sync_message_log_patches(
                     &mut document.doc,
                     state,
@@ -446,12 +446,12 @@ fn apply_pushes(
         messages.iter().flatten().cloned().collect()
     };
     let all = keep(doc, all);
-    let error = match crate::foreign::check_actors(doc, &all) {
+    let error = match crate::foreign::check_changes(doc, &all) {
         Ok(()) => match doc.apply_changes_log_patches(all, log) {
             Ok(_) => return Vec::new(),
             Err(error) => PushError::Automerge(error),
         },
-        Err(reason) => PushError::UnknownActor(reason),
+        Err(reason) => PushError::Foreign(reason),
     };
     if single {
         return vec![error];
@@ -460,8 +460,8 @@ fn apply_pushes(
         .into_iter()
         .filter_map(|changes| {
             let changes = keep(doc, changes);
-            if let Err(reason) = crate::foreign::check_actors(doc, &changes) {
-                return Some(PushError::UnknownActor(reason));
+            if let Err(reason) = crate::foreign::check_changes(doc, &changes) {
+                return Some(PushError::Foreign(reason));
             }
             doc.apply_changes_log_patches(changes, log)
                 .err()
@@ -475,16 +475,16 @@ fn apply_pushes(
 enum PushError {
     /// Automerge refused it.
     Automerge(AutomergeError),
-    /// It names an actor the document does not know
-    /// ([`crate::foreign::check_actors`]).
-    UnknownActor(String),
+    /// It fails a check Automerge does not make
+    /// ([`crate::foreign::check_changes`]).
+    Foreign(String),
 }
 
 impl std::fmt::Display for PushError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PushError::Automerge(error) => error.fmt(f),
-            PushError::UnknownActor(reason) => f.write_str(reason),
+            PushError::Foreign(reason) => f.write_str(reason),
         }
     }
 }
