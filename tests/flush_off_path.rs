@@ -57,6 +57,14 @@ async fn applied_writes_and_status_are_answered_while_a_flush_is_written() {
         .await
         .unwrap()
         .unwrap();
+    // The new document's first change is flushed on its own: wait for it,
+    // so that nothing is in flight when the test begins.
+    handle
+        .change(doc, AckLevel::Durable, |tx| tx.put(ROOT, "setup", 0))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 
     // A durable write starts a flush, which takes 400 ms.
     let durable = {
