@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| murmur_fuzz::json_changes(data));
+libfuzzer_sys::fuzz_target!(init: murmur_fuzz::init(), |data: &[u8]| murmur_fuzz::json_changes(data));

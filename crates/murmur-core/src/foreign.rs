@@ -17,6 +17,10 @@
 //!   memory (nor the digest leaf), and after a restart the node holds a
 //!   change its peers know under another name (they cannot sync it: same
 //!   actor, same sequence number). A change Automerge made is canonical.
+//! * **Malformed ops.** Automerge's own decoder (`Change::decode`, used
+//!   for the check above) unwraps each op's actor index; an op naming an
+//!   index past the change's actor list panics there. That panic is caught
+//!   (decoding mutates nothing) and the change refused.
 //! * **Bloom filters without bits.** A sync message's `have` carries a
 //!   Bloom filter; one that claims entries but holds no bits (or asks for
 //!   billions of probes) makes Automerge divide by zero (or loop) the next
@@ -41,7 +45,12 @@ pub(crate) fn check_changes(doc: &Automerge, changes: &[Change]) -> Result<(), S
     let mut introduced: Vec<&ActorId> = Vec::new();
     let mut ready: Vec<ChangeHash> = Vec::new();
     for change in changes {
-        let canonical = Change::from(change.decode()).hash();
+        let Some(canonical) = canonical_hash(change) else {
+            return Err(format!(
+                "change {} is malformed (an op names an actor the change does not list)",
+                change.hash()
+            ));
+        };
         if canonical != change.hash() {
             return Err(format!(
                 "change {} is not canonically encoded (re-encoded, its hash is {canonical})",
@@ -70,6 +79,16 @@ pub(crate) fn check_changes(doc: &Automerge, changes: &[Change]) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// The hash of `change` re-encoded canonically, or `None` if Automerge
+/// cannot decode it. Its decoder unwraps the actor of every op, so a change
+/// whose ops name an actor index past its own list panics there (found by
+/// `foreign_changes`). Decoding reads the change and builds a new value,
+/// nothing else, so the panic is caught and the change refused.
+fn canonical_hash(change: &Change) -> Option<ChangeHash> {
+    let reencode = std::panic::AssertUnwindSafe(|| Change::from(change.decode()).hash());
+    std::panic::catch_unwind(reencode).ok()
 }
 
 /// [`check_changes`] for the chunks of a sync message (each one change or

@@ -29,6 +29,16 @@ pub use peer::{foreign_changes, sync_messages, PeerFixture};
 pub use store::stored_values;
 pub use wire::frames;
 
+/// Called once before fuzzing (`fuzz_target!(init: ...)`): puts back the
+/// default panic hook in place of libfuzzer-sys's, which aborts on every
+/// panic, even one Murmur catches on purpose (Automerge's change decoder
+/// panics on some malformed changes; `murmur-core` catches that and
+/// refuses the change). A panic that escapes a target still aborts the
+/// fuzzer: libfuzzer-sys catches it at the top and aborts.
+pub fn init() {
+    let _libfuzzer_hook = std::panic::take_hook();
+}
+
 /// A target's body: arbitrary bytes in, a panic if a promise broke.
 pub type Target = fn(&[u8]);
 
