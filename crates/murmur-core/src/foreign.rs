@@ -36,11 +36,11 @@ const MAX_BLOOM_PROBES: u64 = 64;
 const MAX_BLOOM_BITS_PER_ENTRY: u64 = 64;
 
 /// Refuses `changes` (in the order they will be handed to Automerge) if one
-/// is not canonically encoded, or names an actor that `doc` does not know
-/// and that no earlier change of the batch introduces (its first change,
-/// with its dependencies met). A change waiting for dependencies must name
-/// only known actors too: it may be applied later, from Automerge's queue,
-/// without another check.
+/// is not canonically encoded, or has its dependencies met yet names an
+/// actor that `doc` does not know and that no earlier change of the batch
+/// introduces (its author's first change, with its dependencies met): a
+/// well-formed change never does. A change waiting for dependencies is
+/// left to Automerge's queue unchecked.
 pub(crate) fn check_changes(doc: &Automerge, changes: &[Change]) -> Result<(), String> {
     let mut introduced: Vec<&ActorId> = Vec::new();
     let mut ready: Vec<ChangeHash> = Vec::new();
@@ -57,6 +57,18 @@ pub(crate) fn check_changes(doc: &Automerge, changes: &[Change]) -> Result<(), S
                 change.hash()
             ));
         }
+        let deps_met = change
+            .deps()
+            .iter()
+            .all(|dep| ready.contains(dep) || doc.get_change_by_hash(dep).is_some());
+        if !deps_met {
+            // It may honestly name actors that only its missing
+            // dependencies introduce (a node that lost the first change of
+            // an author in a crash): Automerge queues it and the sync for
+            // the missing ones brings them. Its actors are not checked
+            // (fuzz/open/README.md: the hole this leaves).
+            continue;
+        }
         for actor in change.actors() {
             let first_of_its_author = actor == change.actor_id() && change.seq() == 1;
             if !first_of_its_author && !introduced.contains(&actor) && !knows(doc, actor) {
@@ -67,15 +79,9 @@ pub(crate) fn check_changes(doc: &Automerge, changes: &[Change]) -> Result<(), S
                 ));
             }
         }
-        let deps_met = change
-            .deps()
-            .iter()
-            .all(|dep| ready.contains(dep) || doc.get_change_by_hash(dep).is_some());
-        if deps_met {
-            ready.push(change.hash());
-            if change.seq() == 1 {
-                introduced.push(change.actor_id());
-            }
+        ready.push(change.hash());
+        if change.seq() == 1 {
+            introduced.push(change.actor_id());
         }
     }
     Ok(())
@@ -155,7 +161,7 @@ mod tests {
     }
 
     #[test]
-    fn a_later_change_of_an_unknown_author_is_refused_and_history_in_order_is_not() {
+    fn a_change_waiting_for_its_authors_first_is_left_to_the_queue() {
         let mut theirs = Automerge::new().with_actor(ActorId::from([9u8; 16]));
         for value in 0..2_i64 {
             let mut tx = theirs.transaction();
@@ -165,8 +171,8 @@ mod tests {
         let all = changes_of(&theirs);
         let ours = Automerge::new();
         assert!(check_changes(&ours, &all).is_ok(), "history in order");
-        let error = check_changes(&ours, &all[1..]).unwrap_err();
-        assert!(error.contains("does not know"), "{error}");
+        // The second alone waits for the first: left to Automerge's queue.
+        assert!(check_changes(&ours, &all[1..]).is_ok());
         // Once the first change is held, the second is fine on its own.
         let mut ours = ours;
         ours.apply_changes(all[..1].to_vec()).unwrap();
