@@ -79,10 +79,6 @@ pub struct Config {
     /// bucket holding more is sent as several id ranges. At most (and by
     /// default) the wire's limit, [`MAX_DIGEST_LEAVES`].
     pub max_digest_leaves: usize,
-    /// Most documents this node does not hold that one reconciliation
-    /// message from a peer makes it ask for (a document is created only
-    /// when its content arrives); the next round asks for the rest.
-    pub max_documents_requested: usize,
     /// Most local writes whose copies on peers are counted at once (for
     /// `Replicated(k)` acknowledgements); past it the oldest is forgotten.
     pub max_tracked_replications: usize,
@@ -149,15 +145,11 @@ pub enum FaultInjection {
     /// Pushes batched together ([`crate::Replica::handle_messages`]) apply
     /// only the first push's changes; the rest are counted and dropped.
     BatchAppliesFirstPushOnly,
-    /// A peer's message creates a document without content: a sync
-    /// message with no changes, or reconciliation naming an id (the
-    /// behaviour before peers had to send content).
-    CreateDocumentsWithoutContent,
 }
 
 impl FaultInjection {
     /// Every planted bug (not [`FaultInjection::None`]).
-    pub const ALL: [FaultInjection; 14] = [
+    pub const ALL: [FaultInjection; 13] = [
         FaultInjection::AckDurableBeforeFlush,
         FaultInjection::DropPushWithMissingDependencies,
         FaultInjection::NoSyncResend,
@@ -171,7 +163,6 @@ impl FaultInjection {
         FaultInjection::LeakQueuedBytes,
         FaultInjection::NoSyncRetry,
         FaultInjection::BatchAppliesFirstPushOnly,
-        FaultInjection::CreateDocumentsWithoutContent,
     ];
 
     /// True when this build can plant bugs (the `planted-bugs` feature).
@@ -210,7 +201,6 @@ impl Config {
             max_loads_in_flight: 4,
             max_parked_inputs: 4096,
             max_digest_leaves: MAX_DIGEST_LEAVES,
-            max_documents_requested: 1024,
             max_tracked_replications: 65_536,
             anti_entropy: true,
             membership_addr: None,

@@ -91,13 +91,6 @@
 //!   found to differ then run the Automerge sync protocol, after resetting
 //!   the in-flight part of their sync state, so a lost message cannot
 //!   stall it.
-//! * **New documents come with content.** A peer's message makes this
-//!   node create a document only if it carries changes (a push, or a sync
-//!   message with changes); a document only a peer holds is asked for with
-//!   the sync message of an empty document, at most
-//!   [`Config::max_documents_requested`] per reconciliation message, and
-//!   created when its content arrives. So [`Replica::create_document`]
-//!   makes a first change with no operations.
 //! * **Sync state** per (peer, document) is stored, so a reconnect sends
 //!   only what is missing. A conversation that lost a message is restarted
 //!   three ways: a side that receives no progress resends once; a
@@ -283,12 +276,6 @@ pub struct Metrics {
     /// Documents that reconciliation found to differ from a peer's and
     /// synced.
     pub documents_reconciled: u64,
-    /// Documents only a peer held that reconciliation asked it for (they
-    /// are created here when their content arrives).
-    pub documents_requested: u64,
-    /// Documents a reconciliation message named that were not asked for,
-    /// past [`Config::max_documents_requested`] (a later round asks).
-    pub document_requests_deferred: u64,
     /// Digest buckets too big for one message, sent as several id ranges.
     pub digest_buckets_split: u64,
     /// Sync conversations restarted because the peer went quiet (a lost
@@ -395,8 +382,6 @@ impl Metrics {
             digest_messages_sent,
             digest_messages_received,
             documents_reconciled,
-            documents_requested,
-            document_requests_deferred,
             digest_buckets_split,
             sync_retries,
             disk_free_bytes,
@@ -428,8 +413,6 @@ impl Metrics {
             F::counter("digest_messages_sent", "murmur_digest_messages_sent_total", "Reconciliation digest messages queued.", digest_messages_sent),
             F::counter("digest_messages_received", "murmur_digest_messages_received_total", "Reconciliation digest messages received.", digest_messages_received),
             F::counter("documents_reconciled", "murmur_documents_reconciled_total", "Documents reconciliation found differing from a peer's, and synced.", documents_reconciled),
-            F::counter("documents_requested", "murmur_documents_requested_total", "Documents only a peer held that reconciliation asked it for.", documents_requested),
-            F::counter("document_requests_deferred", "murmur_document_requests_deferred_total", "Documents a peer named that were left for a later round (over the per-message limit).", document_requests_deferred),
             F::counter("digest_buckets_split", "murmur_digest_buckets_split_total", "Digest buckets too big for one message, sent as several id ranges.", digest_buckets_split),
             F::counter("flushes", "murmur_flushes_total", "Successful flushes to disk.", flushes),
             F::counter("flush_failures", "murmur_flush_failures_total", "Failed flushes (retried).", flush_failures),
@@ -473,8 +456,6 @@ impl Metrics {
             digest_messages_sent,
             digest_messages_received,
             documents_reconciled,
-            documents_requested,
-            document_requests_deferred,
             digest_buckets_split,
             sync_retries,
             disk_free_bytes,
@@ -508,8 +489,6 @@ impl Metrics {
         self.digest_messages_sent += digest_messages_sent;
         self.digest_messages_received += digest_messages_received;
         self.documents_reconciled += documents_reconciled;
-        self.documents_requested += documents_requested;
-        self.document_requests_deferred += document_requests_deferred;
         self.digest_buckets_split += digest_buckets_split;
         self.sync_retries += sync_retries;
         self.disk_free_bytes += disk_free_bytes;

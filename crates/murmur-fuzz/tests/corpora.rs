@@ -67,23 +67,3 @@ fn the_seeds_reach_the_document() {
         "the sync message was not taken up"
     );
 }
-
-/// The findings not fixed yet (`fuzz/open/`, see its README): each still
-/// fails its target. Run with `--ignored`; when one passes, it is fixed and
-/// moves to the corpus as a regression.
-#[test]
-#[ignore = "known open findings: fuzz/open/README.md"]
-fn open_findings_still_fail() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/open");
-    for (target, run) in murmur_fuzz::TARGETS {
-        for entry in std::fs::read_dir(&dir).expect("fuzz/open") {
-            let path = entry.expect("an entry").path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{target}-")) {
-                let data = std::fs::read(&path).expect("read a finding");
-                let failed = std::panic::catch_unwind(|| run(&data)).is_err();
-                assert!(failed, "{name} no longer fails: move it to the corpus");
-            }
-        }
-    }
-}

@@ -116,7 +116,6 @@ impl PlantedBug {
             FaultInjection::LeakQueuedBytes => "leak-queued-bytes",
             FaultInjection::NoSyncRetry => "no-sync-retry",
             FaultInjection::BatchAppliesFirstPushOnly => "batch-applies-first-push-only",
-            FaultInjection::CreateDocumentsWithoutContent => "create-documents-without-content",
             _ => "none",
         }
     }
@@ -154,7 +153,6 @@ impl PlantedBug {
             FaultInjection::CompactDeletesBeforeSnapshot => &["compaction-crash"],
             FaultInjection::ReuseActorAfterCleanClose => &["restarts"],
             FaultInjection::EvictDirtyDocuments => &["many-docs"],
-            FaultInjection::CreateDocumentsWithoutContent => &["partition-halves"],
             FaultInjection::ReplicatedOvercount
             | FaultInjection::StaleDigestLeaf
             | FaultInjection::LeakQueuedBytes => &["partition-halves"],

@@ -46,9 +46,6 @@ impl Replica {
         doc: DocumentId,
         heads: &[murmur_wire::ChangeHash],
     ) {
-        // The peer answered about this document: a conversation waiting
-        // for it (a new document's first push) need not be retried.
-        self.retries.heard(doc, peer);
         if !self.replication.waits_for(doc, peer) {
             return;
         }

@@ -268,39 +268,8 @@ impl Replica {
             .ok_or(ReplicaError::UnknownDocument(doc))
     }
 
-    /// Runs `apply` on the document a peer sends content for: the one held,
-    /// or, if this node does not hold it, a new one, kept only if `apply`
-    /// left a change in it. Content that does not apply creates nothing,
-    /// and neither do changes waiting for dependencies (a document is
-    /// stored with its applied changes only: it would be stored empty).
-    pub(super) fn with_document<R>(
-        &mut self,
-        now: Time,
-        doc: DocumentId,
-        apply: impl FnOnce(&mut Document) -> R,
-    ) -> Result<R, ReplicaError> {
-        if self.docs.is_quarantined(&doc) {
-            return Err(self.missing(doc));
-        }
-        if self.resident(doc)? {
-            let document = self
-                .docs
-                .get_mut(&doc)
-                .ok_or(ReplicaError::UnknownDocument(doc))?;
-            return Ok(apply(document));
-        }
-        let mut document = Document::new(self.actor.clone());
-        let result = apply(&mut document);
-        if !document.heads().is_empty() {
-            self.docs.insert(doc, document);
-            self.mark_dirty(now, doc);
-        }
-        Ok(result)
-    }
-
     /// The document a peer talks about, created if this node has never
-    /// heard of it (only the planted bug
-    /// [`FaultInjection::CreateDocumentsWithoutContent`] does this now).
+    /// heard of it (every document replicates to every peer).
     pub(super) fn document_or_new(
         &mut self,
         now: Time,

@@ -1,8 +1,6 @@
 //! The engine's internal invariants, checked by the simulator after every
 //! step.
 
-use automerge::ReadDoc;
-
 use super::Replica;
 
 impl Replica {
@@ -17,25 +15,11 @@ impl Replica {
     /// - unflushed state (dirty documents, writes awaiting their flush,
     ///   dirty sync states) implies a scheduled flush, and every dirty
     ///   document, and every one the flush in flight writes, is in memory
-    ///   (evicting one would lose it);
-    /// - every document in memory holds a change, or waits for the
-    ///   dependencies of one (a document comes with content).
+    ///   (evicting one would lose it).
     pub fn check_invariants(&self) -> Result<(), String> {
         self.docs.check()?;
         self.check_queues()?;
         self.retries.check()?;
-        // A document held with no change and none queued came from a
-        // peer's message without content.
-        let empty = |doc: &&murmur_wire::DocumentId| {
-            self.docs.get(doc).is_some_and(|document| {
-                document.heads().is_empty() && document.doc.get_missing_deps(&[]).is_empty()
-            })
-        };
-        if let Some(doc) = self.docs.keys().find(empty) {
-            return Err(format!(
-                "document {doc} is held with no change (a document comes with content)"
-            ));
-        }
         self.durability.check(|doc| self.docs.contains_key(doc))
     }
 

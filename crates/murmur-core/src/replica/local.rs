@@ -27,9 +27,8 @@ pub struct LocalWrite<O> {
 }
 
 impl Replica {
-    /// Creates a new document with a random id. It holds one change with no
-    /// operations (so its content is empty, its heads are not), pushed to
-    /// the connected peers: a peer creates a document only from content.
+    /// Creates a new, empty document with a random id, and announces it to
+    /// the connected peers.
     pub fn create_document(&mut self, now: Time) -> DocumentId {
         self.observe_clock(now);
         let id = loop {
@@ -41,28 +40,12 @@ impl Replica {
                 break id;
             }
         };
-        // A document starts with one change holding no operations: peers
-        // create a document only from content, so this is what makes every
-        // connected peer (pushed to now) and every later one (through
-        // reconciliation) hold it. Each peer's report of its heads after it
-        // flushed the push settles it; a peer that stays quiet (the push
-        // was lost) is synced by the retry timer.
-        let mut document = Document::new(self.actor.clone());
-        let options = CommitOptions::default().with_time(now.as_automerge_seconds());
-        let first = document.doc.empty_commit(options);
-        let raw = document
-            .doc
-            .get_change_by_hash(&first)
-            .map(|change| change.raw_bytes().to_vec());
-        self.docs.insert(id, document);
+        self.docs.insert(id, Document::new(self.actor.clone()));
         self.mark_dirty(now, id);
-        if let Some(raw) = raw {
-            self.push_to_all(id, raw);
-        }
-        let (wait, limit) = (self.config.sync_retry, self.config.max_watched_syncs);
+        // Announce it: a sync message makes every connected peer hold it.
         let peers: Vec<NodeId> = self.peers.iter().copied().collect();
         for peer in peers {
-            self.retries.spoke(now, id, peer, wait, limit);
+            self.sync_with(id, peer, false);
         }
         tracing::debug!(doc = %id, "created document");
         id

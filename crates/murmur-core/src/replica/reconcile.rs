@@ -189,18 +189,7 @@ impl Replica {
             .map(|(doc, _)| *doc)
             .collect();
         differing.extend(theirs.keys().filter(|doc| !mine.contains_key(doc)));
-        // Documents only the peer holds are asked for, not created: at most
-        // `max_documents_requested` per message (the next round asks for
-        // the rest), so one message cannot make this node take on
-        // thousands of documents whose ids the peer picked.
-        let mut requested = 0;
         for doc in differing {
-            let held = mine.contains_key(&doc) || self.docs.contains_key(&doc);
-            if !held && requested >= self.config.max_documents_requested {
-                self.metrics.document_requests_deferred += 1;
-                continue;
-            }
-            requested += usize::from(!held);
             self.reconcile_document(now, from, doc);
         }
         Ok(())
@@ -209,25 +198,8 @@ impl Replica {
     /// Syncs one document found to differ from `peer`'s, creating it here
     /// if only the peer holds it.
     pub(super) fn reconcile_document(&mut self, now: Time, peer: NodeId, doc: DocumentId) {
-        match self.resident(doc) {
-            Ok(true) => {}
-            Ok(false)
-                if self
-                    .config
-                    .planted(FaultInjection::CreateDocumentsWithoutContent) =>
-            {
-                if self.document_or_new(now, doc).is_err() {
-                    return;
-                }
-            }
-            Ok(false) => {
-                // Only the peer holds it: ask for its content.
-                self.metrics.documents_reconciled += 1;
-                self.metrics.documents_requested += 1;
-                let mut state = automerge::sync::State::new();
-                self.request_document(peer, doc, &automerge::Automerge::new(), &mut state);
-                return;
-            }
+        match self.document_or_new(now, doc) {
+            Ok(_) => {}
             Err(ReplicaError::Loading(_)) => {
                 self.park(doc, Parked::Reconcile { peer });
                 return;

@@ -121,37 +121,26 @@ impl Replica {
             .config
             .planted(FaultInjection::DropPushWithMissingDependencies);
         let observed = self.events.observed(doc);
-        let applied = self.with_document(now, doc, |document| {
-            let before = document.heads();
-            let mut log = automerge::PatchLog::new(observed);
-            let rejected = apply_pushes(&mut document.doc, decoded, &mut log, drop_orphans);
-            let patches = observed.then(|| document.doc.make_patches(&mut log));
-            let after = document.heads();
-            let missing = !document.doc.get_missing_deps(&[]).is_empty();
-            (before, after, patches, missing, rejected)
-        });
-        let (before, after, patches, missing, rejected) = match applied {
-            Ok(applied) => applied,
+        let document = match self.document_or_new(now, doc) {
+            Ok(document) => document,
             Err(error) => {
                 errors.push(error);
                 return errors;
             }
         };
+        let before = document.heads();
+        let mut log = automerge::PatchLog::new(observed);
+        let rejected = apply_pushes(&mut document.doc, decoded, &mut log, drop_orphans);
         errors.extend(rejected.into_iter().map(|error| invalid(error.to_string())));
+        let patches = observed.then(|| document.doc.make_patches(&mut log));
+        let after = document.heads();
+        let missing = !document.doc.get_missing_deps(&[]).is_empty();
         self.metrics.changes_received += count as u64;
         if before != after {
             self.changed(now, doc, Origin::Remote(from), patches);
             self.replication.owe(doc, from);
         }
-        if missing && !self.docs.contains_key(&doc) {
-            // A document new here whose changes wait for others: ask the
-            // peer for all of it.
-            tracing::debug!(peer = %from.short(), doc = %doc, "pushed changes of a new document miss dependencies; asking for it");
-            self.metrics.missing_dependency_syncs += 1;
-            self.metrics.documents_requested += 1;
-            let mut state = automerge::sync::State::new();
-            self.request_document(from, doc, &automerge::Automerge::new(), &mut state);
-        } else if missing {
+        if missing {
             // Keep the change (Automerge queues it) and fetch what it needs.
             tracing::debug!(peer = %from.short(), doc = %doc, "pushed change misses dependencies; syncing");
             self.metrics.missing_dependency_syncs += 1;
@@ -186,48 +175,28 @@ impl Replica {
         let message =
             automerge::sync::Message::decode(bytes).map_err(|e| invalid(e.to_string()))?;
         self.retries.heard(doc, from);
-        if self
-            .config
-            .planted(FaultInjection::CreateDocumentsWithoutContent)
-        {
-            self.document_or_new(now, doc)?;
-        } else if message.changes.is_empty() && !self.resident(doc)? {
-            // A peer creates a document here only by sending content.
-            self.answer_without_holding(from, doc, message);
-            return Ok(());
-        }
         let observed = self.events.observed(doc);
-        // A peer with no heads holds nothing of it (it asks for the whole
-        // document): what is in flight to it is not there.
-        let asks_for_all = message.heads.is_empty();
-        let (before, after, patches, reply, result) = self.with_document(now, doc, |document| {
-            if asks_for_all {
-                document.restart_sync(from);
-            }
-            let before = document.heads();
-            let state = document.sync.entry(from).or_default();
-            let their_before = state.their_heads.clone();
-            // Automerge may have applied part of the message before failing;
-            // the heads comparison below still records what changed.
-            let mut log = automerge::PatchLog::new(observed);
-            let result = match crate::foreign::check_sync_message(&document.doc, &message) {
-                Ok(()) => automerge::sync::SyncDoc::receive_sync_message_log_patches(
-                    &mut document.doc,
-                    state,
-                    message,
-                    &mut log,
-                )
-                .map_err(|error| error.to_string()),
-                Err(reason) => Err(reason),
-            };
-            let patches = observed.then(|| document.doc.make_patches(&mut log));
-            let after = document.heads();
-            let reply = document.after_sync_message(from, &before, their_before.as_deref());
-            (before, after, patches, reply, result)
-        })?;
-        if self.docs.contains_key(&doc) {
-            self.mark_sync_dirty(doc, from);
-        }
+        let document = self.document_or_new(now, doc)?;
+        let before = document.heads();
+        let state = document.sync.entry(from).or_default();
+        let their_before = state.their_heads.clone();
+        // Automerge may have applied part of the message before failing; the
+        // heads comparison below still records what changed.
+        let mut log = automerge::PatchLog::new(observed);
+        let result = match crate::foreign::check_sync_message(&document.doc, &message) {
+            Ok(()) => automerge::sync::SyncDoc::receive_sync_message_log_patches(
+                &mut document.doc,
+                state,
+                message,
+                &mut log,
+            )
+            .map_err(|error| error.to_string()),
+            Err(reason) => Err(reason),
+        };
+        let patches = observed.then(|| document.doc.make_patches(&mut log));
+        let after = document.heads();
+        let reply = document.after_sync_message(from, &before, their_before.as_deref());
+        self.mark_sync_dirty(doc, from);
         self.metrics.sync_messages_received += 1;
         if before != after {
             self.changed(now, doc, Origin::Remote(from), patches);
@@ -247,48 +216,6 @@ impl Replica {
             }
         }
         Ok(())
-    }
-
-    /// Answers a sync message about a document this node does not hold
-    /// and that carries no changes, from an empty document that is not
-    /// kept: the answer says this node has nothing, so the peer sends what
-    /// it has, and the document is created when that content arrives.
-    pub(super) fn answer_without_holding(
-        &mut self,
-        peer: NodeId,
-        doc: DocumentId,
-        message: automerge::sync::Message,
-    ) {
-        use automerge::sync::SyncDoc;
-        let mut empty = automerge::Automerge::new();
-        let mut state = automerge::sync::State::new();
-        self.metrics.sync_messages_received += 1;
-        // Nothing to apply: the message holds no changes.
-        let _ = empty.receive_sync_message(&mut state, message);
-        self.request_document(peer, doc, &empty, &mut state);
-    }
-
-    /// Asks `peer` for a document this node does not hold: sends it the
-    /// sync message of an empty document (`state` fresh, or what answering
-    /// the peer's message left), so that the peer answers with everything.
-    pub(super) fn request_document(
-        &mut self,
-        peer: NodeId,
-        doc: DocumentId,
-        empty: &automerge::Automerge,
-        state: &mut automerge::sync::State,
-    ) {
-        use automerge::sync::SyncDoc;
-        if let Some(message) = empty.generate_sync_message(state) {
-            let message = message.encode();
-            // Watched like any conversation: if the peer stays quiet, the
-            // retry timer asks again.
-            let (wait, limit) = (self.config.sync_retry, self.config.max_watched_syncs);
-            self.retries.spoke(self.now, doc, peer, wait, limit);
-            if self.enqueue(peer, Message::Sync { doc, message }) {
-                self.metrics.sync_messages_sent += 1;
-            }
-        }
     }
 
     /// Eagerly pushes one new change to every connected peer, joining it to
@@ -326,13 +253,7 @@ impl Replica {
     /// message is sent even if an earlier one is (or was lost) in flight.
     pub(super) fn sync_with(&mut self, doc: DocumentId, peer: NodeId, reset: bool) {
         match self.resident(doc) {
-            Ok(true) => {}
-            Ok(false) => {
-                // Not held here (yet): ask for all of it.
-                let mut state = automerge::sync::State::new();
-                self.request_document(peer, doc, &automerge::Automerge::new(), &mut state);
-                return;
-            }
+            Ok(_) => {}
             Err(ReplicaError::Loading(_)) => {
                 self.park(doc, Parked::SyncWith { peer, reset });
                 return;
