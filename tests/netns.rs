@@ -1016,6 +1016,17 @@ async fn partitions_and_bad_links_lose_no_durable_write_and_heal_to_identical_he
             schedule = shapes.clone();
             schedule.shuffle(&mut rng);
         }
+        // A fault acts on the connections it cuts: every round starts from
+        // a full mesh (a heal that left two nodes talking only through a
+        // third would let the next bridge block nothing).
+        let meshing = Instant::now();
+        cluster.wait_meshed_through_relay().await;
+        if meshing.elapsed() > Duration::from_millis(500) {
+            println!(
+                "netns: the mesh was whole again {:.1} s after the last heal settled",
+                meshing.elapsed().as_secs_f64()
+            );
+        }
         let shape = schedule.pop().expect("a shape");
         let fault = draw_fault(shape, nodes, &mut rng);
         let window = Duration::from_millis(rng.gen_range(window_ms_max / 3..=window_ms_max));
