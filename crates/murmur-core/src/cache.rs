@@ -1,8 +1,8 @@
 //! The documents of a replica as one type: those in memory, in
 //! least-recently-used order with roughly how many bytes they take (so a
 //! document and its cache entry come and go together), those loading (with
-//! the inputs waiting for them), and those set aside because they do not
-//! load.
+//! the inputs waiting for them), those being rebuilt because a peer's data
+//! broke them in memory, and those set aside because they do not load.
 //!
 //! The order is a counter bumped on every use, kept in a `BTreeMap`, so
 //! eviction is deterministic (same inputs, same evictions): the simulator
@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use automerge::Change;
 use murmur_store::{layout, Storage};
 use murmur_wire::DocumentId;
 
@@ -27,6 +28,10 @@ pub(crate) struct Documents {
     loads: Loads,
     /// Documents whose stored data does not load, with the reason.
     quarantined: BTreeMap<DocumentId, String>,
+    /// Documents dropped from memory because a peer's data broke them,
+    /// reloading, with the changes applied since their last durable save
+    /// (to apply again once the stored part has loaded).
+    rebuilding: BTreeMap<DocumentId, Vec<Change>>,
 }
 
 impl Documents {
@@ -46,6 +51,14 @@ impl Documents {
             return Err(self.missing(doc));
         }
         if self.loads.is_loading(&doc) {
+            return Err(ReplicaError::Loading(doc));
+        }
+        if self.rebuilding.contains_key(&doc) {
+            // Its load failed (a storage error): ask again. It may not be
+            // stored at all yet (never flushed), and still must not be
+            // taken for a new document.
+            self.loads.request(doc);
+            self.loads.want(doc);
             return Err(ReplicaError::Loading(doc));
         }
         if !layout::document_exists(store, doc.as_bytes())? {
@@ -69,6 +82,32 @@ impl Documents {
     /// Sets `doc` aside: its stored data does not load.
     pub(crate) fn quarantine(&mut self, doc: DocumentId, reason: String) {
         self.quarantined.insert(doc, reason);
+    }
+
+    /// Drops `doc` from memory to rebuild it: its stored part loads (once
+    /// the flush in flight has landed, if `flush_in_flight`) and `unsaved`
+    /// (the changes applied since its last durable save) is applied again.
+    pub(crate) fn rebuild(&mut self, doc: DocumentId, unsaved: Vec<Change>, flush_in_flight: bool) {
+        self.remove(doc);
+        self.rebuilding.insert(doc, unsaved);
+        if !self.loads.is_loading(&doc) {
+            self.loads.request(doc);
+        }
+        self.loads.want(doc);
+        if flush_in_flight {
+            self.loads.hold(doc);
+        }
+    }
+
+    /// Whether `doc` is being rebuilt ([`Documents::rebuild`]).
+    pub(crate) fn is_rebuilding(&self, doc: &DocumentId) -> bool {
+        self.rebuilding.contains_key(doc)
+    }
+
+    /// The changes to apply again to `doc`, just loaded, if it is being
+    /// rebuilt; it no longer is.
+    pub(crate) fn take_rebuilding(&mut self, doc: DocumentId) -> Option<Vec<Change>> {
+        self.rebuilding.remove(&doc)
     }
 
     /// Whether `doc` is set aside.
@@ -169,6 +208,13 @@ impl Documents {
         }
         if let Some(doc) = self.docs.keys().find(|doc| !self.cache.contains(doc)) {
             return Err(format!("document {doc} is in memory but not in the cache"));
+        }
+        if let Some(doc) = self
+            .rebuilding
+            .keys()
+            .find(|doc| self.docs.contains_key(doc))
+        {
+            return Err(format!("document {doc} is being rebuilt but in memory"));
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{ActorId, Automerge, ChangeHash};
+use automerge::{ActorId, Automerge, Change, ChangeHash};
 use murmur_store::layout::{self, DocumentLog};
 use murmur_store::{Storage, StoreError, WriteBatch};
 use murmur_wire::{DocumentId, NodeId};
@@ -30,6 +30,11 @@ pub(crate) struct Document {
     /// last stalled and was answered with a resend (see
     /// [`Document::after_sync_message`]).
     stalls: BTreeMap<NodeId, (Vec<ChangeHash>, Vec<ChangeHash>)>,
+    /// Every change applied since the last durable save (local ones, and
+    /// peers' once verified), in order: with the store, what rebuilds the
+    /// document should a peer's data break it in memory. Trimmed as saves
+    /// become durable, so it holds about one group commit's worth.
+    unsaved: Vec<Change>,
 }
 
 /// How to answer a sync message.
@@ -49,6 +54,8 @@ pub(crate) enum SyncReply {
 pub(crate) struct PendingSave {
     heads: Vec<ChangeHash>,
     written: Option<Written>,
+    /// How many of [`Document::unsaved`]'s changes it covers.
+    unsaved: usize,
 }
 
 /// What a save wrote.
@@ -84,6 +91,7 @@ impl Document {
             stale_keys: Vec::new(),
             sync: BTreeMap::new(),
             stalls: BTreeMap::new(),
+            unsaved: Vec::new(),
         }
     }
 
@@ -118,10 +126,13 @@ impl Document {
             snapshot_bytes: log.snapshot_bytes(),
             chunk_bytes: log.chunk_bytes(),
             chunk_count: log.chunks.len(),
-            unindexed: false,
+            // Nothing stored (a document rebuilt before its first flush):
+            // its first save writes the index key.
+            unindexed: log.snapshot.is_none() && log.chunks.is_empty(),
             stale_keys: log.stale_keys,
             sync,
             stalls: BTreeMap::new(),
+            unsaved: Vec::new(),
         })
     }
 
@@ -174,7 +185,23 @@ impl Document {
                 layout::put_chunk(batch, &key, self.next_seq, bytes);
             }
         }
-        PendingSave { heads, written }
+        PendingSave {
+            heads,
+            written,
+            unsaved: self.unsaved.len(),
+        }
+    }
+
+    /// Records changes just applied (local, or a peer's verified by
+    /// [`crate::foreign::verify_applied`]) until a save of them is durable.
+    pub(crate) fn applied(&mut self, changes: impl IntoIterator<Item = Change>) {
+        self.unsaved.extend(changes);
+    }
+
+    /// The changes applied since the last durable save, in order; the
+    /// document is given up (a peer's data broke it in memory).
+    pub(crate) fn into_unsaved(self) -> Vec<Change> {
+        self.unsaved
     }
 
     /// Records that the batch built by [`Document::save_into`] is durable.
@@ -182,6 +209,8 @@ impl Document {
         self.unindexed = false;
         self.stale_keys.clear();
         self.saved_heads = pending.heads;
+        self.unsaved
+            .drain(..pending.unsaved.min(self.unsaved.len()));
         match pending.written {
             Some(Written::Chunk(bytes)) => {
                 self.chunk_bytes += bytes;

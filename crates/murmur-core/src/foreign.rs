@@ -1,33 +1,50 @@
-//! Checks on what peers send that Automerge does not make itself. Each
-//! was found by a fuzz target (`fuzz/`), and each input is kept in the
-//! corpus that `cargo test` replays.
+//! What peers send, checked and applied so that no change of theirs can
+//! stop the engine or corrupt what it stores. Each case was found by a fuzz
+//! target (`fuzz/`), and each input is kept in the corpus that `cargo test`
+//! replays.
 //!
+//! Checked before applying, cheaply:
 //! * **Unknown actors.** Automerge 0.12 registers a change's author as an
 //!   actor of the document only for the author's first change (sequence
 //!   number 1), and then looks up every actor a change names with an
 //!   `unwrap` (`import_ops` in `op_set2/change/batch.rs`). A change naming
 //!   an actor the document has never seen panics inside `apply_changes` or
-//!   `receive_sync_message` and leaves the document half-updated. A
-//!   well-formed change never does this: the actors it names are its own
-//!   (first change) or those of changes in its history.
-//! * **Non-canonical changes.** Automerge accepts a change whose bytes are
-//!   not the canonical encoding of its content, under the hash of those
-//!   bytes; saving re-encodes it, so the document loaded back has another
-//!   hash for it. The stored document then no longer matches the one in
-//!   memory (nor the digest leaf), and after a restart the node holds a
-//!   change its peers know under another name (they cannot sync it: same
-//!   actor, same sequence number). A change Automerge made is canonical.
-//! * **Malformed ops.** Automerge's own decoder (`Change::decode`, used
-//!   for the check above) unwraps each op's actor index; an op naming an
-//!   index past the change's actor list panics there. That panic is caught
-//!   (decoding mutates nothing) and the change refused.
+//!   `receive_sync_message`. A well-formed change never does this: the
+//!   actors it names are its own (first change) or those of changes in its
+//!   history.
 //! * **Bloom filters without bits.** A sync message's `have` carries a
 //!   Bloom filter; one that claims entries but holds no bits (or asks for
 //!   billions of probes) makes Automerge divide by zero (or loop) the next
 //!   time it answers.
+//!
+//! Guarded while applying ([`guarded`]) and verified after
+//! ([`verify_applied`]), because no check beforehand catches them all:
+//! * **Panics inside Automerge.** An op naming an actor index past its
+//!   change's list panics in Automerge's decoder; a change waiting in
+//!   Automerge's queue is not checked for actors (an honest one may name an
+//!   author whose first change the node lost in a crash) and panics when
+//!   its dependencies arrive; a change that passes every check may still
+//!   leave the document's change collector asserting on the next save.
+//! * **Changes that do not come back as they went in.** Automerge keeps a
+//!   change under the hash of its bytes, but saves it re-encoded from its
+//!   ops. A change that is not canonically encoded, or whose ops Automerge
+//!   reorders, comes back under another hash: the stored document would
+//!   load with other heads than the one in memory, and after a restart
+//!   the node would hold a change its peers know under another name.
+//!
+//! The caller applies under [`guarded`], then asks [`verify_applied`] to
+//! rebuild every change the apply added (what the next flush will write)
+//! and to find each under the hash Automerge keeps for it. A panic or a
+//! mismatch means the document in memory can no longer be trusted: the
+//! message is refused and the document is rebuilt from the store and the
+//! changes verified since its last durable save
+//! ([`crate::Replica`]'s `rebuild_document`).
 
-use automerge::sync::{ChunkList, Have};
-use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use automerge::sync::Have;
+use automerge::{ActorId, Automerge, Change, ChangeHash};
 
 /// Most probes a peer's Bloom filter may ask for per hash (Automerge uses
 /// 7).
@@ -35,43 +52,30 @@ const MAX_BLOOM_PROBES: u64 = 64;
 /// Most bits per entry a peer's Bloom filter may have (Automerge uses 10).
 const MAX_BLOOM_BITS_PER_ENTRY: u64 = 64;
 
-/// Refuses `changes` (in the order they will be handed to Automerge) if one
-/// is not canonically encoded, or has its dependencies met yet names an
-/// actor that `doc` does not know and that no earlier change of the batch
-/// introduces (its author's first change, with its dependencies met): a
-/// well-formed change never does. A change waiting for dependencies is
-/// left to Automerge's queue unchecked.
+/// Refuses `changes` (in the order they will be handed to Automerge) if
+/// one has its dependencies met yet names an actor that `doc` does not know
+/// and that no earlier change of the batch introduces (its author's first
+/// change, with its dependencies met): a well-formed change never does. A
+/// change waiting for dependencies is left to Automerge's queue unchecked.
 pub(crate) fn check_changes(doc: &Automerge, changes: &[Change]) -> Result<(), String> {
-    let mut introduced: Vec<&ActorId> = Vec::new();
-    let mut ready: Vec<ChangeHash> = Vec::new();
+    let mut introduced: BTreeSet<&ActorId> = BTreeSet::new();
+    let mut ready: BTreeSet<ChangeHash> = BTreeSet::new();
     for change in changes {
-        let Some(canonical) = canonical_hash(change) else {
-            return Err(format!(
-                "change {} is malformed (an op names an actor the change does not list)",
-                change.hash()
-            ));
-        };
-        if canonical != change.hash() {
-            return Err(format!(
-                "change {} is not canonically encoded (re-encoded, its hash is {canonical})",
-                change.hash()
-            ));
-        }
         let deps_met = change
             .deps()
             .iter()
-            .all(|dep| ready.contains(dep) || doc.get_change_by_hash(dep).is_some());
+            .all(|dep| ready.contains(dep) || doc.get_change_meta_by_hash(dep).is_some());
         if !deps_met {
             // It may honestly name actors that only its missing
             // dependencies introduce (a node that lost the first change of
             // an author in a crash): Automerge queues it and the sync for
-            // the missing ones brings them. Its actors are not checked
-            // (fuzz/open/README.md: the hole this leaves).
+            // the missing ones brings them. If it panics once they do,
+            // `guarded` catches that.
             continue;
         }
         for actor in change.actors() {
             let first_of_its_author = actor == change.actor_id() && change.seq() == 1;
-            if !first_of_its_author && !introduced.contains(&actor) && !knows(doc, actor) {
+            if !first_of_its_author && !introduced.contains(actor) && !knows(doc, actor) {
                 return Err(format!(
                     "change {} (seq {}) names actor {actor}, which the document does not know",
                     change.hash(),
@@ -79,46 +83,81 @@ pub(crate) fn check_changes(doc: &Automerge, changes: &[Change]) -> Result<(), S
                 ));
             }
         }
-        ready.push(change.hash());
+        ready.insert(change.hash());
         if change.seq() == 1 {
-            introduced.push(change.actor_id());
+            introduced.insert(change.actor_id());
         }
     }
     Ok(())
 }
 
-/// The hash of `change` re-encoded canonically, or `None` if Automerge
-/// cannot decode it. Its decoder unwraps the actor of every op, so a change
-/// whose ops name an actor index past its own list panics there (found by
-/// `foreign_changes`). Decoding reads the change and builds a new value,
-/// nothing else, so the panic is caught and the change refused.
-fn canonical_hash(change: &Change) -> Option<ChangeHash> {
-    let reencode = std::panic::AssertUnwindSafe(|| Change::from(change.decode()).hash());
-    std::panic::catch_unwind(reencode).ok()
-}
-
-/// [`check_changes`] for the chunks of a sync message (each one change or
-/// a whole document, whose changes are checked in its order; a chunk that
-/// is neither is left to Automerge, which refuses it), and the message's
-/// Bloom filters.
+/// [`check_changes`] for the chunks of a sync message that are single
+/// changes (a chunk holding a whole document or a bundle is left to the
+/// guarded apply: listing its changes would decode it twice), and the
+/// message's Bloom filters.
 pub(crate) fn check_sync_message(
     doc: &Automerge,
     message: &automerge::sync::Message,
 ) -> Result<(), String> {
     message.have.iter().try_for_each(check_bloom)?;
-    check_changes(doc, &chunk_changes(&message.changes))
+    let changes: Vec<Change> = message
+        .changes
+        .iter()
+        .filter_map(|chunk| Change::from_bytes(chunk.to_vec()).ok())
+        .collect();
+    check_changes(doc, &changes)
 }
 
-fn chunk_changes(chunks: &ChunkList) -> Vec<Change> {
-    let mut changes = Vec::new();
-    for chunk in chunks.iter() {
-        if let Ok(change) = Change::from_bytes(chunk.to_vec()) {
-            changes.push(change);
-        } else if let Ok(document) = Automerge::load(chunk) {
-            changes.extend(document.get_changes(&[]));
-        }
+/// Runs `apply` (which changes a document with a peer's data), turning a
+/// panic inside Automerge into an error that says where it came from. After
+/// an `Err` the document may be half-changed: the caller must not use it
+/// again.
+pub(crate) fn guarded<T>(apply: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(apply)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic with no message".to_owned());
+        format!("Automerge panicked applying it: {what}")
+    })
+}
+
+/// The changes `doc` gained since `before` (its heads before an apply),
+/// rebuilt from its ops as the next flush will write them, each checked to
+/// come back under the hash Automerge holds it by. An `Err` (a mismatch, or
+/// a panic while rebuilding) means `doc` no longer saves what it holds.
+pub(crate) fn verify_applied(
+    doc: &Automerge,
+    before: &[ChangeHash],
+) -> Result<Vec<Change>, String> {
+    if doc.get_heads() == before {
+        return Ok(Vec::new());
     }
-    changes
+    let (rebuilt, held) = guarded(|| {
+        let rebuilt = doc.get_changes(before);
+        let held: BTreeSet<ChangeHash> = doc
+            .get_changes_meta(before)
+            .iter()
+            .map(|meta| meta.hash)
+            .collect();
+        (rebuilt, held)
+    })?;
+    let came_back: BTreeSet<ChangeHash> = rebuilt.iter().map(Change::hash).collect();
+    if came_back != held {
+        let stray = came_back
+            .difference(&held)
+            .next()
+            .or(held.difference(&came_back).next());
+        return Err(format!(
+            "the document no longer saves what it holds: {} changes held since the last heads, \
+             {} rebuilt, differing at {}",
+            held.len(),
+            rebuilt.len(),
+            stray.map_or_else(|| "?".to_owned(), ToString::to_string)
+        ));
+    }
+    Ok(rebuilt)
 }
 
 /// A Bloom filter is empty, or has entries, bits, and sane parameters.

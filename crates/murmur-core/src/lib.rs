@@ -261,6 +261,10 @@ pub struct Metrics {
     pub inputs_dropped_loading: u64,
     /// Documents evicted from memory (clean and cold).
     pub documents_evicted: u64,
+    /// Documents dropped from memory and rebuilt from the store because a
+    /// peer's data broke them there (an Automerge bug; the data was
+    /// refused).
+    pub documents_rebuilt: u64,
     /// Documents in memory now (a gauge).
     pub cached_documents: u64,
     /// Documents in the store (a gauge), as of the last flush: the
@@ -376,6 +380,7 @@ impl Metrics {
             inputs_parked,
             inputs_dropped_loading,
             documents_evicted,
+            documents_rebuilt,
             cached_documents,
             documents_held,
             cached_document_bytes,
@@ -395,6 +400,7 @@ impl Metrics {
             F::gauge("cached_document_bytes", "murmur_cached_document_bytes", "Estimated bytes of the documents in memory.", cached_document_bytes),
             F::counter("documents_loaded", "murmur_documents_loaded_total", "Documents loaded from the store into memory.", documents_loaded),
             F::counter("documents_evicted", "murmur_documents_evicted_total", "Documents evicted from memory (clean and cold).", documents_evicted),
+            F::counter("documents_rebuilt", "murmur_documents_rebuilt_total", "Documents rebuilt from the store because a peer's data broke them in memory (the data was refused).", documents_rebuilt),
             F::counter("inputs_parked", "murmur_inputs_parked_total", "Peer messages and owed syncs that waited for their document to load.", inputs_parked),
             F::counter("inputs_dropped_loading", "murmur_inputs_dropped_loading_total", "Peer messages and owed syncs dropped while too many waited for loads (repair resends them).", inputs_dropped_loading),
             F::counter("local_changes", "murmur_local_changes_total", "Changes made on this node (applied locally).", local_changes),
@@ -450,6 +456,7 @@ impl Metrics {
             inputs_parked,
             inputs_dropped_loading,
             documents_evicted,
+            documents_rebuilt,
             cached_documents,
             documents_held,
             cached_document_bytes,
@@ -483,6 +490,7 @@ impl Metrics {
         self.inputs_parked += inputs_parked;
         self.inputs_dropped_loading += inputs_dropped_loading;
         self.documents_evicted += documents_evicted;
+        self.documents_rebuilt += documents_rebuilt;
         self.cached_documents += cached_documents;
         self.documents_held += documents_held;
         self.cached_document_bytes += cached_document_bytes;

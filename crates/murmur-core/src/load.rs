@@ -169,6 +169,9 @@ pub(crate) struct Loads {
     in_flight: BTreeSet<DocumentId>,
     /// Inputs parked, all documents together.
     parked: usize,
+    /// Queued loads not to hand out before the flush in flight lands (a
+    /// document rebuilt while that flush writes its keys).
+    held: BTreeSet<DocumentId>,
 }
 
 impl Loads {
@@ -214,23 +217,32 @@ impl Loads {
         Parking::Parked
     }
 
-    /// The next load to hand out, if fewer than `max_in_flight` are out.
+    /// The next load to hand out, if fewer than `max_in_flight` are out
+    /// (held ones keep their place in the queue).
     pub(crate) fn next(&mut self, max_in_flight: usize) -> Option<DocumentId> {
         if self.in_flight.len() >= max_in_flight.max(1) {
             return None;
         }
-        while let Some(doc) = self.queue.pop_front() {
-            if self.waiting.contains_key(&doc) && self.in_flight.insert(doc) {
-                return Some(doc);
-            }
-        }
-        None
+        let position = self.queue.iter().position(|doc| !self.held.contains(doc))?;
+        let doc = self.queue.remove(position)?;
+        self.in_flight.insert(doc);
+        Some(doc)
+    }
+
+    /// Keeps `doc`'s queued load until [`Loads::release_held`].
+    pub(crate) fn hold(&mut self, doc: DocumentId) {
+        self.held.insert(doc);
+    }
+
+    /// The flush in flight landed: held loads may go.
+    pub(crate) fn release_held(&mut self) {
+        self.held.clear();
     }
 
     /// Takes `doc`'s requested load out of the queue to run now (on the
-    /// caller's thread); false if it is out already.
+    /// caller's thread); false if it is out already or held.
     pub(crate) fn take_now(&mut self, doc: DocumentId) -> bool {
-        if self.in_flight.contains(&doc) {
+        if self.in_flight.contains(&doc) || self.held.contains(&doc) {
             return false;
         }
         self.queue.retain(|queued| *queued != doc);

@@ -5,9 +5,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{ChangeHash, ReadDoc};
+use automerge::{Change, ChangeHash, ReadDoc};
 use murmur_store::layout;
-use murmur_wire::DocumentId;
+use murmur_wire::{DocumentId, NodeId};
 
 use super::Replica;
 use crate::digest::{self};
@@ -56,14 +56,21 @@ impl Replica {
             return Ok(());
         };
         match loaded.result {
-            Ok(document) => {
+            Ok(mut document) => {
                 // Nothing about a loading document runs, so it cannot be in
                 // memory already; if it were, the one in memory is newer.
                 if !self.docs.contains_key(&doc) {
+                    let rebuilt = self
+                        .docs
+                        .take_rebuilding(doc)
+                        .map(|unsaved| reapply(&mut document, unsaved));
                     self.docs.insert(doc, document);
                     self.metrics.documents_loaded += 1;
                     self.metrics.cached_documents = self.docs.len() as u64;
                     self.metrics.cached_document_bytes = self.docs.bytes() as u64;
+                    if let Some(result) = rebuilt {
+                        self.rebuilt(now, doc, result);
+                    }
                 }
             }
             Err(LoadError::Automerge(error)) => {
@@ -80,6 +87,59 @@ impl Replica {
             self.replay(now, doc, input);
         }
         Ok(())
+    }
+
+    /// A peer's data broke `doc` in memory (Automerge panicked applying
+    /// it, or the document no longer saves what it holds: see
+    /// [`crate::foreign`]); `from` is the peer, if the break showed while
+    /// applying its data (its message is refused), `None` if it showed only
+    /// when saving. The document is dropped from memory, its stored part
+    /// reloads (once the flush in flight, which may be writing it, has
+    /// landed) and the changes applied since its last durable save are
+    /// applied again. Meanwhile its inputs wait as for any load, and its
+    /// writes wait for the flush after.
+    pub(super) fn rebuild_document(&mut self, doc: DocumentId, from: Option<NodeId>, reason: &str) {
+        let Some(document) = self.docs.remove(doc) else {
+            return;
+        };
+        let unsaved = document.into_unsaved();
+        match from {
+            Some(peer) => tracing::error!(
+                peer = %peer.short(), doc = %doc, reason, unsaved = unsaved.len(),
+                "a peer's data broke the document in memory (an Automerge bug); refused it, rebuilding the document from the store"
+            ),
+            None => tracing::error!(
+                doc = %doc, reason, unsaved = unsaved.len(),
+                "the document no longer saves (an Automerge bug); rebuilding it from the store"
+            ),
+        }
+        self.metrics.documents_rebuilt += 1;
+        self.durability.forget_document(doc);
+        let flushing = self.durability.flushing_document(doc);
+        self.docs.rebuild(doc, unsaved, flushing);
+        self.metrics.cached_documents = self.docs.len() as u64;
+        self.metrics.cached_document_bytes = self.docs.bytes() as u64;
+    }
+
+    /// A rebuilt document is back in memory with `result` of applying
+    /// again what was unsaved: it is saved with the next flush (which
+    /// acknowledges the writes that waited for it).
+    fn rebuilt(&mut self, now: Time, doc: DocumentId, result: Result<usize, String>) {
+        match result {
+            Ok(changes) => {
+                tracing::warn!(doc = %doc, changes, "document rebuilt from the store and the changes since its last flush");
+            }
+            Err(reason) => {
+                // Our own and verified changes, on the stored document they
+                // were made on: this does not happen, but if it does the
+                // document is not trusted either way.
+                tracing::error!(doc = %doc, reason, "rebuilding the document failed; set aside");
+                self.docs.remove(doc);
+                self.docs.quarantine(doc, reason);
+                return;
+            }
+        }
+        self.mark_dirty(now, doc);
     }
 
     /// Loads `doc` on the calling thread if it is stored and not in memory,
@@ -325,4 +385,18 @@ impl Replica {
         self.metrics.cached_documents = self.docs.len() as u64;
         self.metrics.cached_document_bytes = self.docs.bytes() as u64;
     }
+}
+
+/// Applies `unsaved` (changes applied before a peer's data broke the
+/// document, verified then) to `document` as just loaded from the store:
+/// how many, or why that failed.
+fn reapply(document: &mut Document, unsaved: Vec<Change>) -> Result<usize, String> {
+    let count = unsaved.len();
+    let before = document.heads();
+    let doc = &mut document.doc;
+    crate::foreign::guarded(|| doc.apply_changes(unsaved.iter().cloned()))?
+        .map_err(|error| error.to_string())?;
+    let applied = crate::foreign::verify_applied(&document.doc, &before)?;
+    document.applied(applied);
+    Ok(count)
 }

@@ -65,6 +65,13 @@ impl Durability {
         pinned
     }
 
+    /// Whether the flush in flight carries `doc`.
+    pub(super) fn flushing_document(&self, doc: DocumentId) -> bool {
+        self.flushing
+            .as_ref()
+            .is_some_and(|flight| flight.pinned.contains(&doc))
+    }
+
     /// Whether a sync state waits for a flush.
     pub(super) fn sync_states_dirty(&self) -> bool {
         !self.dirty_sync.is_empty()
@@ -73,21 +80,64 @@ impl Durability {
     /// Puts what a failed flush covered back among what waits for the next
     /// one, its writes first, in their order. Returns the heads reports it
     /// owed, to owe again.
-    fn requeue(&mut self, flight: InFlight) -> Vec<(DocumentId, NodeId)> {
-        self.dirty_docs
-            .extend(flight.saves.iter().map(|(id, _)| *id));
-        self.dirty_sync.extend(flight.sync);
+    /// Documents being rebuilt are left out: they are saved again once
+    /// rebuilt.
+    fn requeue(
+        &mut self,
+        flight: InFlight,
+        rebuilding: impl Fn(&DocumentId) -> bool,
+    ) -> Vec<(DocumentId, NodeId)> {
+        self.dirty_docs.extend(
+            flight
+                .saves
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !rebuilding(id)),
+        );
+        self.dirty_sync
+            .extend(flight.sync.into_iter().filter(|(doc, _)| !rebuilding(doc)));
         let mut writes = flight.writes;
         writes.append(&mut self.awaiting);
         self.awaiting = writes;
         flight.owed
     }
 
+    /// Forgets what waits to save `doc` (dropped from memory to be
+    /// rebuilt); its writes keep waiting, and
+    /// [`Durability::take_flushable_writes`] keeps them out of flushes
+    /// until it is back.
+    pub(super) fn forget_document(&mut self, doc: DocumentId) {
+        self.dirty_docs.remove(&doc);
+        self.dirty_sync.retain(|(dirty, _)| *dirty != doc);
+    }
+
+    /// The writes waiting for the next flush, except those of documents
+    /// `rebuilding` (not in memory: the flush cannot carry them), which
+    /// keep waiting in order.
+    fn take_flushable_writes(
+        &mut self,
+        rebuilding: impl Fn(&DocumentId) -> bool,
+    ) -> Vec<(WriteId, DocumentId)> {
+        let (waiting, flushable) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|(_, doc)| rebuilding(doc));
+        self.awaiting = waiting;
+        flushable
+    }
+
     /// Unflushed state implies a scheduled flush, and every document it
-    /// names is in memory.
-    pub(super) fn check(&self, in_memory: impl Fn(&DocumentId) -> bool) -> Result<(), String> {
-        let unflushed =
-            !self.dirty_docs.is_empty() || !self.awaiting.is_empty() || !self.dirty_sync.is_empty();
+    /// names is in memory; writes of a document `rebuilding` wait for it
+    /// to be back (then it is dirty, and a flush scheduled), and the flush
+    /// in flight may have been carrying it.
+    pub(super) fn check(
+        &self,
+        in_memory: impl Fn(&DocumentId) -> bool,
+        rebuilding: impl Fn(&DocumentId) -> bool,
+    ) -> Result<(), String> {
+        let flushable_writes = self.awaiting.iter().filter(|(_, doc)| !rebuilding(doc));
+        let unflushed = !self.dirty_docs.is_empty()
+            || flushable_writes.clone().next().is_some()
+            || !self.dirty_sync.is_empty();
         if unflushed && self.flush_at.is_none() {
             return Err(format!(
                 "unflushed state ({} dirty documents, {} writes awaiting a flush, {} sync states) but no flush scheduled",
@@ -97,8 +147,12 @@ impl Durability {
             ));
         }
         let dirty = self.dirty_docs.iter();
-        let awaiting = self.awaiting.iter().map(|(_, doc)| doc);
-        let flushing = self.flushing.iter().flat_map(|flight| flight.pinned.iter());
+        let awaiting = flushable_writes.map(|(_, doc)| doc);
+        let flushing = self
+            .flushing
+            .iter()
+            .flat_map(|flight| flight.pinned.iter())
+            .filter(|doc| !rebuilding(doc));
         match dirty
             .chain(awaiting)
             .chain(flushing)
@@ -193,14 +247,26 @@ impl Replica {
             self.config.compaction_min_bytes,
             self.config.compaction_max_chunks,
         );
+        let mut broken = Vec::new();
         for id in &self.durability.dirty_docs {
             if let Some(document) = self.docs.get_mut(id) {
-                if document.leaf_outdated() && !self.config.planted(FaultInjection::StaleDigestLeaf)
-                {
-                    leaves.push((*id, digest::leaf_value(id, &document.heads())));
+                let leaf = (document.leaf_outdated()
+                    && !self.config.planted(FaultInjection::StaleDigestLeaf))
+                .then(|| digest::leaf_value(id, &document.heads()));
+                // Every peer's change was verified to save as it was
+                // applied; should a document still fail to (an Automerge
+                // panic), it is rebuilt, not the node stopped.
+                match crate::foreign::guarded(|| document.save_into(*id, &mut batch, compact_at)) {
+                    Ok(save) => {
+                        leaves.extend(leaf.map(|leaf| (*id, leaf)));
+                        saves.push((*id, save));
+                    }
+                    Err(reason) => broken.push((*id, reason)),
                 }
-                saves.push((*id, document.save_into(*id, &mut batch, compact_at)));
             }
+        }
+        for (id, reason) in broken {
+            self.rebuild_document(id, None, &reason);
         }
         let staged = match self.stage_digest(&leaves, &mut batch) {
             Ok(staged) => staged,
@@ -237,7 +303,9 @@ impl Replica {
         self.durability.flushing = Some(InFlight {
             saves,
             staged,
-            writes: std::mem::take(&mut self.durability.awaiting),
+            writes: self
+                .durability
+                .take_flushable_writes(|doc| self.docs.is_rebuilding(doc)),
             sync,
             owed: self.replication.take_owed().into_iter().collect(),
             bytes: batch.payload_bytes(),
@@ -269,8 +337,14 @@ impl Replica {
             tracing::warn!("a flush completed that was not in flight; ignored");
             return;
         };
+        // Documents being rebuilt may read the store now.
+        self.docs.loads_mut().release_held();
         if let Err(error) = result {
-            for (doc, peer) in self.durability.requeue(flight) {
+            let docs = &self.docs;
+            for (doc, peer) in self
+                .durability
+                .requeue(flight, |doc| docs.is_rebuilding(doc))
+            {
                 self.replication.owe(doc, peer);
             }
             self.flush_failed(now, &error);

@@ -20,7 +20,10 @@ impl Replica {
         self.docs.check()?;
         self.check_queues()?;
         self.retries.check()?;
-        self.durability.check(|doc| self.docs.contains_key(doc))
+        self.durability.check(
+            |doc| self.docs.contains_key(doc),
+            |doc| self.docs.is_rebuilding(doc),
+        )
     }
 
     /// Roughly how many entries [`Replica::check_invariants`] walks:

@@ -79,9 +79,9 @@ impl Replica {
             patches,
             ops,
         } = transact(&mut document.doc, options, observed, max_ops, change)?;
-        let raw_change = hash
-            .and_then(|hash| document.doc.get_change_by_hash(&hash))
-            .map(|change| change.raw_bytes().to_vec());
+        let made = hash.and_then(|hash| document.doc.get_change_by_hash(&hash));
+        let raw_change = made.as_ref().map(|change| change.raw_bytes().to_vec());
+        document.applied(made);
         let write = WriteId(self.next_write);
         self.next_write += 1;
         let (Some(hash), Some(raw_change)) = (hash, raw_change) else {

@@ -130,7 +130,24 @@ impl Replica {
         };
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
-        let rejected = apply_pushes(&mut document.doc, decoded, &mut log, drop_orphans);
+        let automerge = &mut document.doc;
+        let applied =
+            crate::foreign::guarded(|| apply_pushes(automerge, decoded, &mut log, drop_orphans))
+                .and_then(|rejected| {
+                    crate::foreign::verify_applied(&document.doc, &before)
+                        .map(|added| (rejected, added))
+                });
+        let rejected = match applied {
+            Ok((rejected, added)) => {
+                document.applied(added);
+                rejected
+            }
+            Err(reason) => {
+                self.rebuild_document(doc, Some(from), &reason);
+                errors.push(invalid(reason));
+                return errors;
+            }
+        };
         errors.extend(rejected.into_iter().map(|error| invalid(error.to_string())));
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
@@ -183,15 +200,32 @@ impl Replica {
         // Automerge may have applied part of the message before failing; the
         // heads comparison below still records what changed.
         let mut log = automerge::PatchLog::new(observed);
-        let result = match crate::foreign::check_sync_message(&document.doc, &message) {
-            Ok(()) => automerge::sync::SyncDoc::receive_sync_message_log_patches(
-                &mut document.doc,
-                state,
-                message,
-                &mut log,
-            )
-            .map_err(|error| error.to_string()),
-            Err(reason) => Err(reason),
+        // Outer `Err`: the document is broken in memory (rebuilt below);
+        // inner: the message is refused.
+        let outcome = match crate::foreign::check_sync_message(&document.doc, &message) {
+            Ok(()) => {
+                let automerge = &mut document.doc;
+                crate::foreign::guarded(|| {
+                    automerge::sync::SyncDoc::receive_sync_message_log_patches(
+                        automerge, state, message, &mut log,
+                    )
+                    .map_err(|error| error.to_string())
+                })
+            }
+            Err(reason) => Ok(Err(reason)),
+        };
+        let verified = outcome.and_then(|result| {
+            crate::foreign::verify_applied(&document.doc, &before).map(|added| (result, added))
+        });
+        let result = match verified {
+            Ok((result, added)) => {
+                document.applied(added);
+                result
+            }
+            Err(reason) => {
+                self.rebuild_document(doc, Some(from), &reason);
+                return Err(invalid(reason));
+            }
         };
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
