@@ -104,6 +104,11 @@ impl Documents {
         self.rebuilding.contains_key(doc)
     }
 
+    /// The documents being rebuilt, in order.
+    pub(crate) fn rebuilding(&self) -> Vec<DocumentId> {
+        self.rebuilding.keys().copied().collect()
+    }
+
     /// The changes to apply again to `doc`, just loaded, if it is being
     /// rebuilt; it no longer is.
     pub(crate) fn take_rebuilding(&mut self, doc: DocumentId) -> Option<Vec<Change>> {

@@ -206,3 +206,27 @@ fn a_document_broken_before_its_first_flush_is_rebuilt_from_nothing_but_its_chan
     reopened.load_now(NOW, doc).unwrap();
     assert_eq!(value(&reopened, doc, "h"), Some(1));
 }
+
+#[test]
+fn a_clean_close_while_a_document_is_rebuilt_saves_what_it_held() {
+    let store = MemStore::new();
+    let mut replica = open(&store);
+    let doc = replica.create_document(NOW);
+    replica.flush_now(NOW).unwrap();
+    replica.handle_peer_up(NOW, PEER);
+    put(&mut replica, doc, "a", 1);
+    let base = replica.read_document(doc).unwrap().into_owned();
+    let release = change_on(&base, 8, "c", 3);
+    replica
+        .handle_message(NOW, PEER, push(doc, &poisoned_change(&release)))
+        .unwrap();
+    assert!(replica
+        .handle_message(NOW, PEER, push(doc, &release))
+        .is_err());
+    assert_eq!(replica.metrics().documents_rebuilt, 1);
+    // Closed before the driver ran the rebuild's load.
+    replica.close(NOW).unwrap();
+    let mut reopened = open(&store);
+    reopened.load_now(NOW, doc).unwrap();
+    assert_eq!(value(&reopened, doc, "a"), Some(1));
+}

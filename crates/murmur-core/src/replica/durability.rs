@@ -206,6 +206,15 @@ impl Replica {
     /// may block; nothing may change after it.
     pub fn close(mut self, now: Time) -> Result<(), ReplicaError> {
         self.flush_now(now)?;
+        // A document being rebuilt still holds changes to save (and writes
+        // waiting for them): it loads here, on this thread, and is saved.
+        let rebuilding = self.docs.rebuilding();
+        if !rebuilding.is_empty() {
+            for doc in rebuilding {
+                self.load_now(now, doc)?;
+            }
+            self.flush_now(now)?;
+        }
         if self.durability.flush_at.is_some() {
             return Err(ReplicaError::Storage(StoreError::Backend(
                 "the final flush failed; the store is not marked clean".into(),
