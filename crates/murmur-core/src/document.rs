@@ -192,10 +192,29 @@ impl Document {
         }
     }
 
-    /// Records changes just applied (local, or a peer's verified by
-    /// [`crate::foreign::verify_applied`]) until a save of them is durable.
+    /// Records changes just applied (local ones, or those
+    /// [`Document::apply_verified`] checked) until a save of them is
+    /// durable.
     pub(crate) fn applied(&mut self, changes: impl IntoIterator<Item = Change>) {
         self.unsaved.extend(changes);
+    }
+
+    /// Runs `apply` (which changes this document with data from outside:
+    /// a peer's, or changes applied again on a rebuild) under
+    /// [`crate::foreign::guarded`], then verifies with
+    /// [`crate::foreign::verify_applied`] that what it added saves as it
+    /// holds it, and records that as unsaved. An `Err` says the document
+    /// is broken in memory and must not be used again (the caller rebuilds
+    /// it).
+    pub(crate) fn apply_verified<T>(
+        &mut self,
+        apply: impl FnOnce(&mut Document) -> T,
+    ) -> Result<T, String> {
+        let before = self.heads();
+        let output = crate::foreign::guarded(|| apply(&mut *self))?;
+        let added = crate::foreign::verify_applied(&self.doc, &before)?;
+        self.applied(added);
+        Ok(output)
     }
 
     /// The changes applied since the last durable save, in order; the

@@ -56,6 +56,25 @@ fn poisoned_change(waits_for: &Change) -> Change {
     Change::from(expanded)
 }
 
+/// Breaks `doc` in `replica`'s memory with a peer's data: the poisoned
+/// change waits in Automerge's queue, the honest change it depends on
+/// releases it, and Automerge panics. Checks that the message is refused
+/// and the document rebuilt; returns the honest change (refused with it).
+fn break_document(replica: &mut Replica, doc: DocumentId) -> Change {
+    let base = replica.read_document(doc).unwrap().into_owned();
+    let release = change_on(&base, 8, "c", 3);
+    replica
+        .handle_message(NOW, PEER, push(doc, &poisoned_change(&release)))
+        .unwrap();
+    let refused = replica.handle_message(NOW, PEER, push(doc, &release));
+    assert!(
+        matches!(refused, Err(ReplicaError::InvalidPeerData { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(replica.metrics().documents_rebuilt, 1);
+    release
+}
+
 fn push(doc: DocumentId, change: &Change) -> Message {
     Message::Changes {
         doc,
@@ -108,20 +127,7 @@ fn a_change_that_panics_automerge_is_refused_and_the_document_rebuilt_with_nothi
     let waiting = put(&mut replica, doc, "b", 2);
     let heads_before = replica.cached_document(doc).unwrap().get_heads();
 
-    // The bad change waits in Automerge's queue; the honest change it
-    // depends on releases it, and Automerge panics.
-    let base = replica.read_document(doc).unwrap().into_owned();
-    let release = change_on(&base, 8, "c", 3);
-    let poisoned = poisoned_change(&release);
-    replica
-        .handle_message(NOW, PEER, push(doc, &poisoned))
-        .unwrap();
-    let refused = replica.handle_message(NOW, PEER, push(doc, &release));
-    assert!(
-        matches!(refused, Err(ReplicaError::InvalidPeerData { .. })),
-        "{refused:?}"
-    );
-    assert_eq!(replica.metrics().documents_rebuilt, 1);
+    let release = break_document(&mut replica, doc);
     replica.check_invariants().unwrap();
 
     // Out of memory until the flush in flight has landed: no load before.
@@ -182,15 +188,7 @@ fn a_document_broken_before_its_first_flush_is_rebuilt_from_nothing_but_its_chan
     replica
         .handle_message(NOW, PEER, push(doc, &first))
         .unwrap();
-    let base = replica.read_document(doc).unwrap().into_owned();
-    let release = change_on(&base, 8, "c", 3);
-    replica
-        .handle_message(NOW, PEER, push(doc, &poisoned_change(&release)))
-        .unwrap();
-    assert!(replica
-        .handle_message(NOW, PEER, push(doc, &release))
-        .is_err());
-    assert_eq!(replica.metrics().documents_rebuilt, 1);
+    break_document(&mut replica, doc);
     // Not mistaken for a new, empty document while it loads.
     assert!(matches!(
         replica.handle_local_change(NOW, doc, |tx| tx.put(ROOT, "z", 1)),
@@ -215,15 +213,7 @@ fn a_clean_close_while_a_document_is_rebuilt_saves_what_it_held() {
     replica.flush_now(NOW).unwrap();
     replica.handle_peer_up(NOW, PEER);
     put(&mut replica, doc, "a", 1);
-    let base = replica.read_document(doc).unwrap().into_owned();
-    let release = change_on(&base, 8, "c", 3);
-    replica
-        .handle_message(NOW, PEER, push(doc, &poisoned_change(&release)))
-        .unwrap();
-    assert!(replica
-        .handle_message(NOW, PEER, push(doc, &release))
-        .is_err());
-    assert_eq!(replica.metrics().documents_rebuilt, 1);
+    break_document(&mut replica, doc);
     // Closed before the driver ran the rebuild's load.
     replica.close(NOW).unwrap();
     let mut reopened = open(&store);

@@ -392,11 +392,8 @@ impl Replica {
 /// how many, or why that failed.
 fn reapply(document: &mut Document, unsaved: Vec<Change>) -> Result<usize, String> {
     let count = unsaved.len();
-    let before = document.heads();
-    let doc = &mut document.doc;
-    crate::foreign::guarded(|| doc.apply_changes(unsaved.iter().cloned()))?
+    document
+        .apply_verified(|document| document.doc.apply_changes(unsaved))?
         .map_err(|error| error.to_string())?;
-    let applied = crate::foreign::verify_applied(&document.doc, &before)?;
-    document.applied(applied);
     Ok(count)
 }

@@ -130,18 +130,11 @@ impl Replica {
         };
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
-        let automerge = &mut document.doc;
-        let applied =
-            crate::foreign::guarded(|| apply_pushes(automerge, decoded, &mut log, drop_orphans))
-                .and_then(|rejected| {
-                    crate::foreign::verify_applied(&document.doc, &before)
-                        .map(|added| (rejected, added))
-                });
+        let applied = document.apply_verified(|document| {
+            apply_pushes(&mut document.doc, decoded, &mut log, drop_orphans)
+        });
         let rejected = match applied {
-            Ok((rejected, added)) => {
-                document.applied(added);
-                rejected
-            }
+            Ok(rejected) => rejected,
             Err(reason) => {
                 self.rebuild_document(doc, Some(from), &reason);
                 errors.push(invalid(reason));
@@ -195,33 +188,25 @@ impl Replica {
         let observed = self.events.observed(doc);
         let document = self.document_or_new(now, doc)?;
         let before = document.heads();
-        let state = document.sync.entry(from).or_default();
-        let their_before = state.their_heads.clone();
+        let their_before = document.sync.entry(from).or_default().their_heads.clone();
         // Automerge may have applied part of the message before failing; the
         // heads comparison below still records what changed.
         let mut log = automerge::PatchLog::new(observed);
         // Outer `Err`: the document is broken in memory (rebuilt below);
         // inner: the message is refused.
-        let outcome = match crate::foreign::check_sync_message(&document.doc, &message) {
-            Ok(()) => {
-                let automerge = &mut document.doc;
-                crate::foreign::guarded(|| {
-                    automerge::sync::SyncDoc::receive_sync_message_log_patches(
-                        automerge, state, message, &mut log,
-                    )
-                    .map_err(|error| error.to_string())
-                })
-            }
-            Err(reason) => Ok(Err(reason)),
-        };
-        let verified = outcome.and_then(|result| {
-            crate::foreign::verify_applied(&document.doc, &before).map(|added| (result, added))
+        let outcome = document.apply_verified(|document| {
+            crate::foreign::check_sync_message(&document.doc, &message)?;
+            let state = document.sync.entry(from).or_default();
+            automerge::sync::SyncDoc::receive_sync_message_log_patches(
+                &mut document.doc,
+                state,
+                message,
+                &mut log,
+            )
+            .map_err(|error| error.to_string())
         });
-        let result = match verified {
-            Ok((result, added)) => {
-                document.applied(added);
-                result
-            }
+        let result = match outcome {
+            Ok(result) => result,
             Err(reason) => {
                 self.rebuild_document(doc, Some(from), &reason);
                 return Err(invalid(reason));
