@@ -143,6 +143,22 @@ pub enum DropReason {
     QueueFull,
 }
 
+/// The changes of every push among `messages`, with sender and document
+/// (those that do not decode are refused by the replica, not lost).
+fn pushed_changes(messages: &[(NodeId, Message)]) -> Vec<(NodeId, DocumentId, automerge::Change)> {
+    let mut pushed = Vec::new();
+    for (sender, message) in messages {
+        if let Message::Changes { doc, changes } = message {
+            for raw in changes {
+                if let Ok(change) = automerge::Change::from_bytes(raw.clone()) {
+                    pushed.push((*sender, *doc, change));
+                }
+            }
+        }
+    }
+    pushed
+}
+
 /// Something that happened in the simulated world.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorldEvent {
@@ -196,6 +212,20 @@ pub enum WorldEvent {
         doc: DocumentId,
         /// The level reached.
         level: AckLevel,
+    },
+    /// A replica handled a push without refusing it, yet does not hold a
+    /// change of it whose dependencies it holds: it lost the change
+    /// (Automerge applies such a change at once, or queues it until its
+    /// dependencies arrive). Always an engine bug.
+    PushLost {
+        /// Sender.
+        from: usize,
+        /// Receiver.
+        to: usize,
+        /// The document.
+        doc: DocumentId,
+        /// The change lost.
+        change: automerge::ChangeHash,
     },
     /// A connection between two nodes opened.
     Connected {
@@ -1243,7 +1273,18 @@ impl Cluster {
         }
         let now = self.local_now(to);
         let index_of = |id: NodeId, nodes: &[Node]| nodes.iter().position(|n| n.id == id);
+        let pushes = pushed_changes(&messages);
         let rejected = self.replica_mut(to).handle_messages(now, messages);
+        let refused: BTreeSet<NodeId> = rejected.iter().map(|(sender, _)| *sender).collect();
+        for (sender, doc, change) in self.lost_pushes(to, pushes, &refused) {
+            let from = index_of(sender, &self.nodes).unwrap_or(to);
+            self.record(WorldEvent::PushLost {
+                from,
+                to,
+                doc,
+                change,
+            });
+        }
         for (sender, error) in rejected {
             tracing::debug!(%error, "replica rejected a message");
             self.traffic.rejected += 1;
@@ -1255,6 +1296,34 @@ impl Cluster {
             });
         }
         self.drain(to);
+    }
+
+    /// The pushed changes node `to` does not hold although it holds their
+    /// dependencies and refused nothing from their sender (see
+    /// [`WorldEvent::PushLost`]). A document not in memory now (its load
+    /// parked the push) is not checked.
+    fn lost_pushes(
+        &self,
+        to: usize,
+        pushes: Vec<(NodeId, DocumentId, automerge::Change)>,
+        refused: &BTreeSet<NodeId>,
+    ) -> Vec<(NodeId, DocumentId, automerge::ChangeHash)> {
+        let Some(replica) = self.try_replica(to) else {
+            return Vec::new();
+        };
+        let held = |doc: &automerge::Automerge, hash: &automerge::ChangeHash| {
+            doc.get_change_meta_by_hash(hash).is_some()
+        };
+        pushes
+            .into_iter()
+            .filter(|(sender, _, _)| !refused.contains(sender))
+            .filter_map(|(sender, doc, change)| {
+                let document = replica.cached_document(doc).ok()?;
+                let lost = change.deps().iter().all(|dep| held(document, dep))
+                    && !held(document, &change.hash());
+                lost.then(|| (sender, doc, change.hash()))
+            })
+            .collect()
     }
 
     /// Runs until virtual time reaches `now + duration`.

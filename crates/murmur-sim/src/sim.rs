@@ -129,6 +129,8 @@ struct Runner<'a> {
     acks_checked: u64,
     /// Set once an invariant broke (reported once, then not checked).
     invariant_broken: bool,
+    /// Set once a replica lost a pushed change (reported once).
+    push_lost: bool,
     /// Steps each node took since its invariants were last checked.
     invariant_turns: Vec<u64>,
     storage_crashes: u64,
@@ -205,6 +207,7 @@ impl<'a> Runner<'a> {
             durable: DurableIndex::default(),
             acks_checked: 0,
             invariant_broken: false,
+            push_lost: false,
             invariant_turns: vec![0; params.nodes],
             storage_crashes: 0,
             graceful_restarts: 0,
@@ -248,6 +251,19 @@ impl<'a> Runner<'a> {
                 WorldEvent::Rejected { from, to, error } => {
                     self.rejections.push(format!(
                         "node {to} rejected a message from node {from}: {error}"
+                    ));
+                }
+                WorldEvent::PushLost {
+                    from,
+                    to,
+                    doc,
+                    change,
+                } if !self.push_lost => {
+                    self.push_lost = true;
+                    let at = run_ms(entry.time);
+                    self.findings.push(Finding::new(
+                        "pushes",
+                        format!("node {to} at {at} ms lost change {change} of document {doc} pushed by node {from}: it holds the change's dependencies but not the change, and refused nothing"),
                     ));
                 }
                 WorldEvent::StorageCrashed { node, .. } => {

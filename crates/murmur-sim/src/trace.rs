@@ -52,6 +52,17 @@ pub enum TraceEvent {
         /// The replica's error.
         error: String,
     },
+    /// A replica lost a pushed change (see `WorldEvent::PushLost`).
+    PushLost {
+        /// Sender.
+        from: usize,
+        /// Receiver.
+        to: usize,
+        /// The document.
+        doc: String,
+        /// The change.
+        change: String,
+    },
     /// A timer fired.
     Timer {
         /// The node.
@@ -236,6 +247,17 @@ fn from_world(event: &WorldEvent) -> TraceEvent {
             to: *to,
             error: error.clone(),
         },
+        WorldEvent::PushLost {
+            from,
+            to,
+            doc,
+            change,
+        } => TraceEvent::PushLost {
+            from: *from,
+            to: *to,
+            doc: doc.to_string(),
+            change: change.to_string(),
+        },
         WorldEvent::Timer { node } => TraceEvent::Timer { node: *node },
         WorldEvent::Acknowledged {
             node, write, level, ..
@@ -355,6 +377,16 @@ fn feed(hasher: &mut Sha256, event: &TraceEvent) {
         TraceEvent::Load { node, doc, ok } => {
             feed_numbers(hasher, 14, &[*node as u64, u64::from(*ok)]);
             feed_str(hasher, doc);
+        }
+        TraceEvent::PushLost {
+            from,
+            to,
+            doc,
+            change,
+        } => {
+            feed_numbers(hasher, 15, &[*from as u64, *to as u64]);
+            feed_str(hasher, doc);
+            feed_str(hasher, change);
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::history::{Completed, Function, History, OpType, ReadValue, Value};
 pub struct Finding {
     /// Which checker: `set`, `counter`, `register`, `text`, `deps`,
     /// `documents`, `convergence`, `liveness`, `dependencies`, `rejections`,
-    /// `durable-ack`, `setup`.
+    /// `pushes`, `durable-ack`, `setup`.
     pub checker: String,
     /// What it found, in a sentence.
     pub message: String,
