@@ -35,6 +35,9 @@ pub(crate) struct Document {
     /// document should a peer's data break it in memory. Trimmed as saves
     /// become durable, so it holds about one group commit's worth.
     unsaved: Vec<Change>,
+    /// The actors whose changes the last [`Document::apply_verified`]
+    /// added, each once.
+    added_authors: Vec<ActorId>,
 }
 
 /// How to answer a sync message.
@@ -92,6 +95,7 @@ impl Document {
             sync: BTreeMap::new(),
             stalls: BTreeMap::new(),
             unsaved: Vec::new(),
+            added_authors: Vec::new(),
         }
     }
 
@@ -133,6 +137,7 @@ impl Document {
             sync,
             stalls: BTreeMap::new(),
             unsaved: Vec::new(),
+            added_authors: Vec::new(),
         })
     }
 
@@ -213,8 +218,17 @@ impl Document {
         let before = self.heads();
         let output = crate::foreign::guarded(|| apply(&mut *self))?;
         let added = crate::foreign::verify_applied(&self.doc, &before)?;
+        let authors: std::collections::BTreeSet<&ActorId> =
+            added.iter().map(Change::actor_id).collect();
+        self.added_authors = authors.into_iter().cloned().collect();
         self.applied(added);
         Ok(output)
+    }
+
+    /// The actors whose changes the last [`Document::apply_verified`]
+    /// added, each once, in order.
+    pub(crate) fn added_authors(&self) -> &[ActorId] {
+        &self.added_authors
     }
 
     /// The changes applied since the last durable save, in order; the

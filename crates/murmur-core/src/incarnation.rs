@@ -81,6 +81,11 @@ pub(crate) fn actor(node: &NodeId, incarnation: u64) -> ActorId {
     ActorId::from(actor)
 }
 
+/// True if `actor` is an actor of `node` (of any of its incarnations).
+pub(crate) fn is_actor_of(actor: &ActorId, node: &NodeId) -> bool {
+    actor.to_bytes().get(..16) == Some(&node.0[..16])
+}
+
 /// Marks the store closed cleanly by incarnation `incarnation` (after its
 /// last flush): the next opening may write as the same actor.
 pub(crate) fn mark_clean(store: &dyn Storage, incarnation: u64) -> Result<(), ReplicaError> {

@@ -208,6 +208,11 @@ impl Replica {
                 self.receive_heads(from, doc, &heads);
                 Ok(())
             }
+            // A peer lost our report with a connection: report again.
+            Message::HeadsWanted { doc } => {
+                self.send_owed_heads(vec![(doc, from)]);
+                Ok(())
+            }
             Message::Membership { data } => self.receive_membership(now, from, &data),
             // Connection set-up is the driver's business.
             Message::Hello(_) => Ok(()),

@@ -18,6 +18,9 @@ struct Tracked {
     hash: ChangeHash,
     durable: bool,
     peers: BTreeSet<NodeId>,
+    /// Peers the write was pushed to that were not yet asked for their
+    /// heads on a later connection (see [`Replication::questions_for`]).
+    unasked: BTreeSet<NodeId>,
 }
 
 /// The writes waiting for more copies, and the heads reports this node
@@ -35,14 +38,16 @@ pub(crate) struct Replication {
 }
 
 impl Replication {
-    /// Starts counting copies of `write`. Past `limit` tracked writes the
-    /// oldest is forgotten (its waiter, if any, times out in the driver).
+    /// Starts counting copies of `write`, just pushed to `pushed_to`. Past
+    /// `limit` tracked writes the oldest is forgotten (its waiter, if any,
+    /// times out in the driver).
     pub(crate) fn track(
         &mut self,
         write: WriteId,
         doc: DocumentId,
         hash: ChangeHash,
         limit: usize,
+        pushed_to: BTreeSet<NodeId>,
     ) {
         self.order.insert(write, doc);
         self.by_doc.entry(doc).or_default().insert(
@@ -51,6 +56,7 @@ impl Replication {
                 hash,
                 durable: false,
                 peers: BTreeSet::new(),
+                unasked: pushed_to,
             },
         );
         while self.order.len() > limit.max(1) {
@@ -120,5 +126,25 @@ impl Replication {
     /// The heads reports due now that a flush succeeded.
     pub(crate) fn take_owed(&mut self) -> BTreeSet<(DocumentId, NodeId)> {
         std::mem::take(&mut self.owed)
+    }
+
+    /// The documents to ask `peer` for its heads again, now that a new
+    /// connection to it is up: those with a write pushed to it (over an
+    /// earlier connection, which may have lost its report) that it is not
+    /// known to hold. Each write asks each peer once: a peer that lacked
+    /// the write reports anyway once it syncs it, and writes made while the
+    /// peer was away were never pushed to it.
+    pub(crate) fn questions_for(&mut self, peer: NodeId) -> Vec<DocumentId> {
+        let mut docs = Vec::new();
+        for (doc, writes) in &mut self.by_doc {
+            let mut ask = false;
+            for tracked in writes.values_mut() {
+                ask |= tracked.unasked.remove(&peer) && !tracked.peers.contains(&peer);
+            }
+            if ask {
+                docs.push(*doc);
+            }
+        }
+        docs
     }
 }

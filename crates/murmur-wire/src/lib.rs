@@ -71,8 +71,9 @@ pub use ids::{ChangeHash, DocumentId, NodeId, ParseIdError};
 pub use message::{digest_bucket, DigestNode, Hello, Message};
 
 /// The protocol version a node announces in [`Hello`].
-/// Version 2: [`Hello`] carries the sender's session.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2: [`Hello`] carries the sender's session. Version 3:
+/// [`Message::HeadsWanted`].
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first byte of every frame payload: the version of this encoding.
 pub const WIRE_FORMAT_VERSION: u8 = 1;

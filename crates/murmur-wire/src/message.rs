@@ -147,6 +147,16 @@ pub enum Message {
         /// True if the message covers the bucket to its end.
         through_end: bool,
     },
+    /// "Send me your heads of this document": the sender waits for copies
+    /// of its writes of `doc` and may have lost the receiver's [`Heads`]
+    /// report with a connection that closed. The receiver answers with a
+    /// report of its durable heads if it holds the document.
+    ///
+    /// [`Heads`]: Message::Heads
+    HeadsWanted {
+        /// The document.
+        doc: DocumentId,
+    },
 }
 
 /// The digest bucket `doc` belongs to: the first two bytes of its id.
@@ -181,7 +191,7 @@ fn validate_digest_leaves(
 impl Message {
     /// A short static name for the variant, for metrics and logs:
     /// `"hello"`, `"changes"`, `"sync"`, `"heads"`, `"membership"`,
-    /// `"digest_nodes"` or `"digest_leaves"`.
+    /// `"digest_nodes"`, `"digest_leaves"` or `"heads_wanted"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello(_) => "hello",
@@ -191,6 +201,7 @@ impl Message {
             Message::Membership { .. } => "membership",
             Message::DigestNodes { .. } => "digest_nodes",
             Message::DigestLeaves { .. } => "digest_leaves",
+            Message::HeadsWanted { .. } => "heads_wanted",
         }
     }
 
@@ -203,7 +214,8 @@ impl Message {
             | Message::DigestLeaves { .. } => None,
             Message::Changes { doc, .. }
             | Message::Sync { doc, .. }
-            | Message::Heads { doc, .. } => Some(*doc),
+            | Message::Heads { doc, .. }
+            | Message::HeadsWanted { doc } => Some(*doc),
         }
     }
 
@@ -213,7 +225,7 @@ impl Message {
     /// sender can check a message before queueing it.
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
-            Message::Hello(_) => Ok(()),
+            Message::Hello(_) | Message::HeadsWanted { .. } => Ok(()),
             Message::Changes { changes, .. } => {
                 if changes.len() > MAX_CHANGES_PER_PUSH {
                     Err(WireError::Invalid(TOO_MANY_CHANGES))
@@ -281,6 +293,9 @@ impl fmt::Debug for Message {
                 .field("doc", doc)
                 .field("heads", heads)
                 .finish(),
+            Message::HeadsWanted { doc } => {
+                f.debug_struct("HeadsWanted").field("doc", doc).finish()
+            }
             Message::Membership { data } => f
                 .debug_struct("Membership")
                 .field("bytes", &data.len())

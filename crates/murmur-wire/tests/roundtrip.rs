@@ -37,6 +37,7 @@ fn message() -> impl Strategy<Value = Message> {
         vec(any::<u8>(), 1..2000).prop_map(|data| Message::Membership { data }),
         vec(digest_node(), 0..300).prop_map(|nodes| Message::DigestNodes { nodes }),
         digest_leaves(),
+        doc_id().prop_map(|doc| Message::HeadsWanted { doc }),
     ]
 }
 
@@ -283,6 +284,7 @@ fn kind_and_doc_describe_the_message() {
             "digest_leaves",
             None,
         ),
+        (Message::HeadsWanted { doc }, "heads_wanted", Some(doc)),
     ];
     for (msg, kind, expected_doc) in cases {
         assert_eq!(msg.kind(), kind);

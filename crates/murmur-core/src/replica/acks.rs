@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use automerge::ChangeHash;
+use automerge::{ActorId, ChangeHash};
 use murmur_wire::{DocumentId, Message, NodeId};
 
 use super::{AckLevel, Replica, WriteId};
@@ -12,6 +12,21 @@ use crate::load::Parked;
 use crate::{FaultInjection, ReplicaError};
 
 impl Replica {
+    /// This node applied changes of `doc` that came from `from`. After the
+    /// flush that makes them durable it tells `from` its heads, and also
+    /// each connected peer that wrote some of them (`authors`): a writer
+    /// counts copies of its writes, which may reach this node through
+    /// another peer (a sync, a partition's other side).
+    pub(super) fn owe_heads(&mut self, doc: DocumentId, from: NodeId, authors: &[ActorId]) {
+        self.replication.owe(doc, from);
+        for peer in &self.peers {
+            let wrote = |actor| crate::incarnation::is_actor_of(actor, peer);
+            if *peer != from && authors.iter().any(wrote) {
+                self.replication.owe(doc, *peer);
+            }
+        }
+    }
+
     /// Tells each peer whose changes a flush just made durable what this
     /// node now durably holds (the heads as saved, not any newer ones in
     /// memory), so it can count copies of its writes.

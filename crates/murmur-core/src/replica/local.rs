@@ -96,8 +96,14 @@ impl Replica {
         self.metrics.local_changes += 1;
         self.push_to_all(doc, raw_change);
         self.durability.await_write(write, doc);
-        self.replication
-            .track(write, doc, hash, self.config.max_tracked_replications);
+        let pushed_to = self.peers.clone();
+        self.replication.track(
+            write,
+            doc,
+            hash,
+            self.config.max_tracked_replications,
+            pushed_to,
+        );
         self.events.acknowledged(write, doc, AckLevel::Applied);
         if self.config.planted(FaultInjection::AckDurableBeforeFlush) {
             self.events.acknowledged(write, doc, AckLevel::Durable);

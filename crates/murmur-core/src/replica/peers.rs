@@ -12,7 +12,9 @@ impl Replica {
     /// reconciliation with it (one digest message, sent by the side with the
     /// lower node id); the documents found to
     /// differ then sync, from their persisted sync states with the
-    /// in-flight part reset.
+    /// in-flight part reset. Writes pushed to the peer that it never
+    /// confirmed ask it for its heads, once, in case the last connection
+    /// lost its report.
     pub fn handle_peer_up(&mut self, now: Time, peer: NodeId) {
         let _span = tracing::debug_span!("peer_up", peer = %peer.short()).entered();
         self.observe_clock(now);
@@ -29,6 +31,12 @@ impl Replica {
         // either side later, should this message be lost.
         if self.config.anti_entropy && self.config.node_id < peer {
             self.start_reconciliation(peer);
+        }
+        // The peer's heads reports may have closed with its last
+        // connection, and a report is only sent after applying new changes:
+        // ask for those of writes pushed to it that it never confirmed.
+        for doc in self.replication.questions_for(peer) {
+            self.enqueue(peer, Message::HeadsWanted { doc });
         }
         // The driver logs the connection; this is the engine's side of it.
         tracing::debug!(peer = %peer.short(), "peer up");

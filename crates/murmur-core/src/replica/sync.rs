@@ -145,10 +145,11 @@ impl Replica {
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
         let missing = !document.doc.get_missing_deps(&[]).is_empty();
+        let authors = document.added_authors().to_vec();
         self.metrics.changes_received += count as u64;
         if before != after {
             self.changed(now, doc, Origin::Remote(from), patches);
-            self.replication.owe(doc, from);
+            self.owe_heads(doc, from, &authors);
         }
         if missing {
             // Keep the change (Automerge queues it) and fetch what it needs.
@@ -215,11 +216,12 @@ impl Replica {
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
         let reply = document.after_sync_message(from, &before, their_before.as_deref());
+        let authors = document.added_authors().to_vec();
         self.mark_sync_dirty(doc, from);
         self.metrics.sync_messages_received += 1;
         if before != after {
             self.changed(now, doc, Origin::Remote(from), patches);
-            self.replication.owe(doc, from);
+            self.owe_heads(doc, from, &authors);
         }
         result.map_err(invalid)?;
         match reply {
