@@ -74,11 +74,22 @@ fn a_stale_digest_is_caught_by_the_digest_check() {
 
 #[test]
 fn without_anti_entropy_a_dropped_push_never_converges() {
+    // (Seeds move when the engine's message pattern does.)
     assert_caught_by(
         "no-anti-entropy",
-        1,
+        2,
         PlantedBug(murmur_core::FaultInjection::DropPushWithMissingDependencies),
         "liveness",
+    );
+}
+
+#[test]
+fn a_push_applied_only_in_part_is_caught_as_it_is_handled() {
+    assert_caught_by(
+        "no-anti-entropy",
+        3,
+        PlantedBug(murmur_core::FaultInjection::BatchAppliesFirstPushOnly),
+        "pushes",
     );
 }
 
