@@ -51,7 +51,7 @@ async fn applied_writes_and_status_are_answered_while_a_flush_is_written() {
     let now = driver::wall_clock();
     let replica =
         Replica::open(Config::new(NodeId([7; 32])), Box::new(store.clone()), now).unwrap();
-    let (handle, task) = driver::spawn(replica, None, None);
+    let (handle, task) = driver::spawn(replica, None, None, driver::Environment::default());
     let doc = handle
         .request(|reply| Command::CreateDocument { reply })
         .await

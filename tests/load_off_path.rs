@@ -95,7 +95,7 @@ async fn a_stuck_cold_load_blocks_nothing_but_what_needs_that_document() {
         waiting: AtomicBool::new(false),
     });
     let replica = Replica::open(config, Box::new(store.clone()), now).unwrap();
-    let (handle, task) = driver::spawn(replica, None, None);
+    let (handle, task) = driver::spawn(replica, None, None, driver::Environment::default());
 
     let cold_read = {
         let handle = handle.clone();

@@ -14,3 +14,10 @@ pub mod tls;
 pub mod transport;
 
 pub use identity::{Identity, IdentityError};
+/// What a simulated network implements to carry a node's QUIC
+/// ([`transport::Network::start_on`]): quinn's socket traits and their
+/// packet types.
+pub mod socket {
+    pub use quinn::udp::{RecvMeta, Transmit};
+    pub use quinn::{AsyncUdpSocket, UdpPoller};
+}

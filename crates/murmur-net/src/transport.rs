@@ -17,7 +17,8 @@ use std::time::Duration;
 use murmur_wire::{
     encode_frame, FrameDecoder, Hello, Message, NodeId, WireError, PROTOCOL_VERSION,
 };
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
@@ -90,6 +91,12 @@ pub struct NetworkConfig {
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
+    /// Seeds the network's random choices: its session id, reconnect
+    /// jitter and QUIC's own (packet-number skips, padding, greasing). Set
+    /// it in a simulation that must replay a seed; `None` (the default)
+    /// draws them from the OS. TLS keys stay random either way: they change
+    /// bytes on the wire, never their sizes or timing.
+    pub seed: Option<u64>,
 }
 
 impl NetworkConfig {
@@ -103,6 +110,7 @@ impl NetworkConfig {
             keep_alive: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            seed: None,
         }
     }
 }
@@ -246,6 +254,8 @@ struct Shared {
     session: u64,
     events: mpsc::Sender<NetEvent>,
     next_link: AtomicU64,
+    /// Reconnect jitter.
+    rng: std::sync::Mutex<StdRng>,
 }
 
 impl Shared {
@@ -253,6 +263,14 @@ impl Shared {
     /// the node id, in its short form (as the driver's do).
     fn span(&self) -> tracing::Span {
         tracing::info_span!("node", node = %self.me.short())
+    }
+
+    /// A factor in `0.5..1.5` to spread reconnects out.
+    fn jitter(&self) -> f64 {
+        self.rng
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .gen_range(0.5..1.5)
     }
 }
 
@@ -263,6 +281,27 @@ impl Network {
         identity: &Identity,
         config: NetworkConfig,
     ) -> Result<(Network, mpsc::Receiver<NetEvent>), NetError> {
+        Network::start_with(identity, config, None)
+    }
+
+    /// Starts the network on `socket` instead of binding `config.listen`:
+    /// a simulated network's socket (turmoil's, with faults of its own),
+    /// where the node's QUIC runs unchanged. The endpoint's timers follow
+    /// tokio's clock, so a paused or simulated runtime's time is the
+    /// network's time.
+    pub fn start_on(
+        identity: &Identity,
+        config: NetworkConfig,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> Result<(Network, mpsc::Receiver<NetEvent>), NetError> {
+        Network::start_with(identity, config, Some(socket))
+    }
+
+    fn start_with(
+        identity: &Identity,
+        config: NetworkConfig,
+        socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    ) -> Result<(Network, mpsc::Receiver<NetEvent>), NetError> {
         let allowed = AllowList::new(
             config
                 .allowed
@@ -270,13 +309,18 @@ impl Network {
                 .copied()
                 .chain(config.peers.iter().map(|(id, _)| *id)),
         );
-        let endpoint = endpoint(identity, &config, allowed.clone())?;
+        let mut rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        let endpoint = endpoint(identity, &config, allowed.clone(), rng.gen(), socket)?;
         let (events, receiver) = mpsc::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             me: identity.node_id(),
-            session: rand::thread_rng().gen(),
+            session: rng.gen(),
             events,
             next_link: AtomicU64::new(0),
+            rng: std::sync::Mutex::new(rng),
         });
         let (connected, _) = watch::channel(BTreeSet::new());
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone()).instrument(shared.span()));
@@ -381,10 +425,14 @@ impl Network {
     }
 }
 
+/// The QUIC endpoint: bound to `config.listen`, or on `socket` if given.
+/// `quic_seed` seeds quinn's random choices.
 fn endpoint(
     identity: &Identity,
     config: &NetworkConfig,
     allowed: AllowList,
+    quic_seed: [u8; 32],
+    socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 ) -> Result<quinn::Endpoint, NetError> {
     let quic = |e: &dyn std::fmt::Display| NetError::Quic(e.to_string());
     let mut transport = quinn::TransportConfig::default();
@@ -407,11 +455,24 @@ fn endpoint(
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
 
+    let bind_error = |source| NetError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let socket = match socket {
+        Some(socket) => socket,
+        None => {
+            let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+            quinn::Runtime::wrap_udp_socket(&*runtime, socket).map_err(bind_error)?
+        }
+    };
+    // As `Endpoint::server` does, with quinn's random choices seeded.
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config.rng_seed(Some(quic_seed));
     let mut endpoint =
-        quinn::Endpoint::server(server, config.listen).map_err(|source| NetError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
+            .map_err(bind_error)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
@@ -473,8 +534,7 @@ async fn dial_loop(
         if shared.events.is_closed() {
             return; // the driver is gone
         }
-        let jitter = rand::thread_rng().gen_range(0.5..1.5);
-        tokio::time::sleep(delay.mul_f64(jitter)).await;
+        tokio::time::sleep(delay.mul_f64(shared.jitter())).await;
         delay = (delay * 2).min(config.reconnect_max);
     }
 }

@@ -8,6 +8,9 @@
 //! callers waiting for them, document changes to subscribers.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use automerge::transaction::Transaction;
@@ -193,6 +196,60 @@ impl DriverHandle {
     }
 }
 
+/// What the driver takes from the world around it: a clock, and where its
+/// blocking work runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Environment {
+    /// Engine time now: [`wall_clock`], or a simulation's clock.
+    pub clock: fn() -> Time,
+    /// Runs storage work (flushes, document loads, the final close) as
+    /// tasks on the driver's own runtime instead of on blocking threads.
+    /// A simulation wants this: its storage is in memory and quick, and
+    /// work on other threads would finish at moments no seed decides.
+    pub inline_effects: bool,
+}
+
+impl Default for Environment {
+    /// The wall clock, and blocking threads for storage work.
+    fn default() -> Self {
+        Environment {
+            clock: wall_clock,
+            inline_effects: false,
+        }
+    }
+}
+
+impl Environment {
+    /// Engine time now.
+    pub(crate) fn now(&self) -> Time {
+        (self.clock)()
+    }
+
+    /// Runs `work` on a blocking thread, or as a task of this runtime with
+    /// inline effects.
+    fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+        if self.inline_effects {
+            tokio::spawn(async move { work() })
+        } else {
+            tokio::task::spawn_blocking(work)
+        }
+    }
+}
+
+/// What woke the driver.
+enum Wake {
+    Command(Option<Command>),
+    Timer,
+    Net(Option<NetEvent>),
+    Flushed(Result<(), StoreError>),
+    /// Boxed: a loaded document's state is large.
+    Loaded(Box<Result<Loaded, tokio::task::JoinError>>),
+    Probed(std::io::Result<u64>),
+}
+
+/// How many sources [`Driver::next_wake`] waits on.
+const WAKE_SOURCES: usize = 6;
+
 /// The wall clock as engine time.
 pub fn wall_clock() -> Time {
     let millis = SystemTime::now()
@@ -247,6 +304,10 @@ struct Driver {
     /// last one started.
     disk_probe: Option<JoinHandle<std::io::Result<u64>>>,
     disk_probed_at: Option<tokio::time::Instant>,
+    /// The clock, and where blocking work runs.
+    env: Environment,
+    /// Counts the driver's turns; which wake source it polls first.
+    turn: usize,
 }
 
 /// Starts the driver task for `replica`, on `network` if given; it runs
@@ -260,6 +321,7 @@ pub fn spawn(
     replica: Replica,
     network: Option<(Network, mpsc::Receiver<NetEvent>)>,
     disk: Option<std::path::PathBuf>,
+    env: Environment,
 ) -> (DriverHandle, JoinHandle<()>) {
     let (sender, commands) = mpsc::channel(COMMAND_QUEUE);
     let (network, net_events) = match network {
@@ -288,6 +350,8 @@ pub fn spawn(
         disk,
         disk_probe: None,
         disk_probed_at: None,
+        env,
+        turn: 0,
     };
     driver.publish_status();
     let node = driver.replica.node_id().short();
@@ -307,7 +371,7 @@ pub fn spawn(
 impl Driver {
     async fn run(mut self) {
         loop {
-            let now = wall_clock();
+            let now = self.env.now();
             let mut wait = self.replica.poll_timeout().since(now);
             if let Some((deadline, _)) = self.replication_deadlines.first() {
                 wait = wait.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
@@ -315,25 +379,21 @@ impl Driver {
             if self.disk.is_some() {
                 wait = wait.min(DISK_PROBE_INTERVAL);
             }
-            let room = self.parked_commands < MAX_PARKED_COMMANDS;
-            tokio::select! {
-                command = self.commands.recv(), if room => match command {
-                    Some(command) => self.handle_commands(command),
-                    None => break,
-                },
-                () = tokio::time::sleep(wait) => {}
-                Some(event) = next_net_event(&mut self.net_events) => self.handle_net_events(event),
-                result = flush_done(&mut self.flushing) => {
+            match self.next_wake(wait).await {
+                Wake::Command(Some(command)) => self.handle_commands(command),
+                Wake::Command(None) => break,
+                Wake::Timer => {}
+                Wake::Net(Some(event)) => self.handle_net_events(event),
+                Wake::Net(None) => self.net_events = None,
+                Wake::Flushed(result) => {
                     self.flushing = None;
-                    self.replica.handle_flush_complete(wall_clock(), result);
+                    self.replica.handle_flush_complete(self.env.now(), result);
                 }
-                Some(joined) = self.loads.join_next(), if !self.loads.is_empty() => {
-                    self.load_done(joined);
-                }
-                measured = task_done(&mut self.disk_probe) => {
+                Wake::Loaded(joined) => self.load_done(*joined),
+                Wake::Probed(measured) => {
                     self.disk_probe = None;
                     match measured {
-                        Ok(free) => self.replica.handle_disk_space(wall_clock(), free),
+                        Ok(free) => self.replica.handle_disk_space(self.env.now(), free),
                         Err(error) => tracing::warn!(%error, "cannot measure the free disk space"),
                     }
                 }
@@ -342,7 +402,7 @@ impl Driver {
             // pushes, replies) goes out before any flush runs: none of it
             // waits for an fsync. Only `Durable` and stronger do.
             self.drain();
-            let now = wall_clock();
+            let now = self.env.now();
             // Commands arriving without pause must not starve the timers
             // (the group-commit flush among them).
             if self.replica.poll_timeout() <= now {
@@ -363,6 +423,59 @@ impl Driver {
         self.stop().await;
     }
 
+    /// Waits for the next input: a command (while fewer than
+    /// [`MAX_PARKED_COMMANDS`] wait for loads), the timer (`wait`), a
+    /// network event, or a flush, load or disk probe finishing. Each turn
+    /// polls the sources from the next one round, so none starves another,
+    /// in an order that only the turn decides (`tokio::select!` picks at
+    /// random): a simulation's seed replays exactly.
+    async fn next_wake(&mut self, wait: Duration) -> Wake {
+        let room = self.parked_commands < MAX_PARKED_COMMANDS;
+        let mut timer = std::pin::pin!(tokio::time::sleep(wait));
+        self.turn = self.turn.wrapping_add(1);
+        let first = self.turn % WAKE_SOURCES;
+        std::future::poll_fn(|cx| {
+            (0..WAKE_SOURCES)
+                .map(|offset| (first + offset) % WAKE_SOURCES)
+                .find_map(
+                    |source| match self.poll_source(source, room, timer.as_mut(), cx) {
+                        Poll::Ready(wake) => Some(wake),
+                        Poll::Pending => None,
+                    },
+                )
+                .map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+
+    /// Polls wake source `source` of [`Driver::next_wake`].
+    fn poll_source(
+        &mut self,
+        source: usize,
+        room: bool,
+        timer: Pin<&mut tokio::time::Sleep>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Wake> {
+        match source {
+            0 if room => self.commands.poll_recv(cx).map(Wake::Command),
+            1 => timer.poll(cx).map(|()| Wake::Timer),
+            2 if self.net_events.is_some() => std::pin::pin!(next_net_event(&mut self.net_events))
+                .poll(cx)
+                .map(Wake::Net),
+            3 => std::pin::pin!(flush_done(&mut self.flushing))
+                .poll(cx)
+                .map(Wake::Flushed),
+            4 if !self.loads.is_empty() => match self.loads.poll_join_next(cx) {
+                Poll::Ready(Some(joined)) => Poll::Ready(Wake::Loaded(Box::new(joined))),
+                _ => Poll::Pending,
+            },
+            5 => std::pin::pin!(task_done(&mut self.disk_probe))
+                .poll(cx)
+                .map(Wake::Probed),
+            _ => Poll::Pending,
+        }
+    }
+
     /// Hands the group commit that is due, if any, to a blocking thread:
     /// the engine goes on while it is written, and what arrives meanwhile
     /// gathers for the next one.
@@ -371,7 +484,7 @@ impl Driver {
             return;
         }
         if let Some(flush) = self.replica.poll_flush() {
-            self.flushing = Some(tokio::task::spawn_blocking(move || flush.write()));
+            self.flushing = Some(self.env.run(move || flush.write()));
         }
     }
 
@@ -380,7 +493,11 @@ impl Driver {
     /// engine answers everything else.
     fn start_loads(&mut self) {
         while let Some(load) = self.replica.poll_load() {
-            self.loads.spawn_blocking(move || run_load(load));
+            if self.env.inline_effects {
+                self.loads.spawn(async move { run_load(load) });
+            } else {
+                self.loads.spawn_blocking(move || run_load(load));
+            }
         }
     }
 
@@ -396,7 +513,7 @@ impl Driver {
             }
         };
         let doc = loaded.doc();
-        let result = self.replica.handle_document_loaded(wall_clock(), loaded);
+        let result = self.replica.handle_document_loaded(self.env.now(), loaded);
         let waiting = self.parked.remove(&doc).unwrap_or_default();
         self.parked_commands -= waiting.len();
         for command in waiting {
@@ -424,7 +541,7 @@ impl Driver {
         }
         self.disk_probed_at = Some(tokio::time::Instant::now());
         let path = path.clone();
-        self.disk_probe = Some(tokio::task::spawn_blocking(move || free_bytes(&path)));
+        self.disk_probe = Some(self.env.run(move || free_bytes(&path)));
     }
 
     /// Handles `first` and whatever other network events are already
@@ -471,14 +588,14 @@ impl Driver {
         if messages.is_empty() {
             return;
         }
-        for (peer, error) in self.replica.handle_messages(wall_clock(), messages) {
+        for (peer, error) in self.replica.handle_messages(self.env.now(), messages) {
             self.traffic.rejected += 1;
             tracing::warn!(peer = %peer.short(), %error, "rejected a message from a peer");
         }
     }
 
     fn handle_link_event(&mut self, event: NetEvent) {
-        let now = wall_clock();
+        let now = self.env.now();
         match event {
             NetEvent::Up { peer, link } => self.link_up(now, peer, link),
             NetEvent::Down { peer, link, reason } => {
@@ -581,7 +698,7 @@ impl Driver {
     }
 
     fn handle(&mut self, command: Command) {
-        let now = wall_clock();
+        let now = self.env.now();
         // A command about a document out of memory waits for its load.
         if let Some(doc) = command.document() {
             match self.replica.request_load(doc) {
@@ -833,7 +950,7 @@ impl Driver {
         if self.flushing.is_some() {
             let result = flush_done(&mut self.flushing).await;
             self.flushing = None;
-            self.replica.handle_flush_complete(wall_clock(), result);
+            self.replica.handle_flush_complete(self.env.now(), result);
         }
         self.drain();
         if let Some(network) = &self.network {
@@ -843,22 +960,24 @@ impl Driver {
         let Driver {
             replica,
             mut pending,
+            env,
             ..
         } = self;
         // The last flush and the clean-close mark block on the disk.
-        let closed = tokio::task::spawn_blocking(move || -> (Result<(), ReplicaError>, Vec<_>) {
-            let mut replica = replica;
-            let flushed = replica.flush_now(wall_clock());
-            let mut durable = Vec::new();
-            while let Some(event) = replica.poll_event() {
-                if let Event::Acknowledged { write, level, .. } = event {
-                    durable.push((write, level));
+        let closed = env
+            .run(move || -> (Result<(), ReplicaError>, Vec<_>) {
+                let mut replica = replica;
+                let flushed = replica.flush_now(env.now());
+                let mut durable = Vec::new();
+                while let Some(event) = replica.poll_event() {
+                    if let Event::Acknowledged { write, level, .. } = event {
+                        durable.push((write, level));
+                    }
                 }
-            }
-            // Closing cleanly lets the next start keep this Automerge actor.
-            (flushed.and_then(|()| replica.close(wall_clock())), durable)
-        })
-        .await;
+                // Closing cleanly lets the next start keep this Automerge actor.
+                (flushed.and_then(|()| replica.close(env.now())), durable)
+            })
+            .await;
         let result = match closed {
             Ok((result, durable)) => {
                 for (write, level) in durable {

@@ -57,12 +57,12 @@ mod node;
 mod status;
 
 pub use doc::{ChangeStream, DocHandle, Receipt};
-pub use node::{Node, NodeBuilder};
+pub use node::{Node, NodeBuilder, Simulation};
 
 pub use automerge;
 pub use change::{DocumentChange, NotReplicated};
-pub use murmur_core::{AckLevel as Ack, Figure, FigureKind, Metrics, Origin, ReplicaError};
-pub use murmur_net::Identity;
+pub use murmur_core::{AckLevel as Ack, Figure, FigureKind, Metrics, Origin, ReplicaError, Time};
+pub use murmur_net::{socket, Identity};
 pub use murmur_wire::{DocumentId, NodeId};
 pub use status::{PeerInfo, Status, Traffic};
 

@@ -2,13 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::driver::{self, Command, DriverHandle, PeerInfo, Status};
-use murmur_core::{Config, DocumentId, NodeId, Replica};
-use murmur_net::transport::{Network, NetworkConfig};
+use crate::driver::{self, Command, DriverHandle, Environment, PeerInfo, Status};
+use murmur_core::{Config, DocumentId, NodeId, Replica, Time};
+use murmur_net::socket::AsyncUdpSocket;
+use murmur_net::transport::{NetEvent, Network, NetworkConfig};
 use murmur_net::Identity;
 use murmur_store::{MemStore, SledStore, Storage};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::{DocHandle, Error};
@@ -18,6 +21,34 @@ use crate::{DocHandle, Error};
 enum Location {
     Directory(PathBuf),
     Memory,
+}
+
+/// What a node needs to run inside a deterministic network simulation,
+/// such as [turmoil](https://docs.rs/turmoil)'s, where one seed must
+/// replay the same run ([`NodeBuilder::simulated`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Simulation {
+    /// Seeds the engine's random choices and the network's (session id,
+    /// reconnect jitter, QUIC's own).
+    pub seed: u64,
+    /// The simulation's clock, for example milliseconds since turmoil's
+    /// epoch.
+    pub clock: fn() -> Time,
+    /// The simulated UDP socket QUIC runs over: the node listens on its
+    /// address.
+    pub socket: Arc<dyn AsyncUdpSocket>,
+}
+
+impl Simulation {
+    /// A simulation seeded with `seed`, timed by `clock`, over `socket`.
+    pub fn new(seed: u64, clock: fn() -> Time, socket: Arc<dyn AsyncUdpSocket>) -> Self {
+        Simulation {
+            seed,
+            clock,
+            socket,
+        }
+    }
 }
 
 /// Configures and starts a [`Node`].
@@ -65,6 +96,7 @@ pub struct NodeBuilder {
     allowed: Vec<NodeId>,
     identity: Option<std::sync::Arc<Identity>>,
     min_free_bytes: Option<u64>,
+    simulation: Option<Simulation>,
 }
 
 impl NodeBuilder {
@@ -149,6 +181,18 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs the node inside a deterministic simulation: QUIC over the
+    /// simulation's socket (whose address the node listens on), time from
+    /// its clock, every random choice from its seed, and storage work on
+    /// the node's own runtime, where the simulation schedules it. Two runs
+    /// with the same seed and the same inputs then make the same moves.
+    /// The TLS handshakes' keys stay random: they change bytes on the wire,
+    /// never their sizes or timing. See `tests/turmoil_driver.rs`.
+    pub fn simulated(mut self, simulation: Simulation) -> Self {
+        self.simulation = Some(simulation);
+        self
+    }
+
     /// Opens the store, loads the identity (creating it on first start) and
     /// starts the node's task on the current tokio runtime.
     pub async fn start(self) -> Result<Node, Error> {
@@ -162,6 +206,14 @@ impl NodeBuilder {
         let identity = self.identity.clone().unwrap_or(identity);
         let node_id = identity.node_id();
         let mut config = Config::new(node_id);
+        let mut env = Environment::default();
+        if let Some(simulation) = &self.simulation {
+            config.seed = simulation.seed;
+            env = Environment {
+                clock: simulation.clock,
+                inline_effects: true,
+            };
+        }
         if let Some(interval) = self.anti_entropy_interval {
             config.anti_entropy_interval = interval;
         }
@@ -175,31 +227,55 @@ impl NodeBuilder {
             Location::Directory(dir) => Some(dir.clone()),
             Location::Memory => None,
         };
-        let network = match self.listen {
-            Some(listen) if listen.ip().is_unspecified() && self.advertise.is_none() => {
-                return Err(Error::AdvertiseRequired { listen });
-            }
-            Some(listen) => {
-                let mut network = NetworkConfig::new(listen);
-                network.peers = self.peers.clone();
-                network.allowed = self.allowed.clone();
-                let (network, events) = Network::start(&identity, network)?;
-                // Membership spreads the advertised address, by default
-                // the bound one (the real port when asked for port 0).
-                let advertised = self.advertise.or(network.local_addr());
-                config.membership_addr = advertised.map(|addr| addr.to_string());
-                Some((network, events))
-            }
-            None => None,
-        };
-        let replica = Replica::open(config, store, driver::wall_clock())?;
-        let (handle, task) = driver::spawn(replica, network, disk);
+        let network = self.start_network(&identity, &mut config)?;
+        let replica = Replica::open(config, store, env.now())?;
+        let (handle, task) = driver::spawn(replica, network, disk, env);
         tracing::info!(node = %node_id.short(), node_id = %node_id, "node started");
         Ok(Node {
             node_id,
             handle,
             task,
         })
+    }
+}
+
+impl NodeBuilder {
+    /// Starts the network, if the node listens (or is simulated), and
+    /// puts the address membership spreads into `config`.
+    fn start_network(
+        &self,
+        identity: &Identity,
+        config: &mut Config,
+    ) -> Result<Option<(Network, mpsc::Receiver<NetEvent>)>, Error> {
+        let socket = self.simulation.as_ref().map(|sim| sim.socket.clone());
+        let listen = match (&socket, self.listen) {
+            (Some(socket), _) => Some(socket.local_addr().map_err(|source| {
+                murmur_net::transport::NetError::Bind {
+                    addr: self.listen.unwrap_or(([0, 0, 0, 0], 0).into()),
+                    source,
+                }
+            })?),
+            (None, listen) => listen,
+        };
+        let Some(listen) = listen else {
+            return Ok(None);
+        };
+        if listen.ip().is_unspecified() && self.advertise.is_none() {
+            return Err(Error::AdvertiseRequired { listen });
+        }
+        let mut network = NetworkConfig::new(listen);
+        network.peers = self.peers.clone();
+        network.allowed = self.allowed.clone();
+        network.seed = self.simulation.as_ref().map(|sim| sim.seed);
+        let (network, events) = match socket {
+            Some(socket) => Network::start_on(identity, network, socket)?,
+            None => Network::start(identity, network)?,
+        };
+        // Membership spreads the advertised address, by default the bound
+        // one (the real port when asked for port 0).
+        let advertised = self.advertise.or(network.local_addr());
+        config.membership_addr = advertised.map(|addr| addr.to_string());
+        Ok(Some((network, events)))
     }
 }
 
@@ -265,6 +341,7 @@ impl Node {
             allowed: Vec::new(),
             identity: None,
             min_free_bytes: None,
+            simulation: None,
         }
     }
 
