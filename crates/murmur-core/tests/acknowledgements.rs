@@ -40,19 +40,30 @@ fn a_write_is_not_acknowledged_replicated_while_its_peers_are_cut_off() {
     assert_eq!(cluster.ack(0, write), Some(AckLevel::Replicated(2)));
 }
 
-#[test]
-fn a_heads_report_lost_with_its_connection_is_asked_for_again_on_reconnect() {
-    let mut cluster = Cluster::new(2, 23);
+/// A cluster of `nodes` sharing a document, in which node 0 wrote to it
+/// 100 ms ago while the direction `blocked` (from, to) dropped everything.
+fn written_while_blocked(
+    nodes: usize,
+    seed: u64,
+    blocked: (usize, usize),
+) -> (Cluster, murmur_core::WriteId) {
+    let mut cluster = Cluster::new(nodes, seed);
     let doc = cluster.create_document(0);
     cluster
         .run_until_converged(Duration::from_secs(10))
         .unwrap();
+    cluster.block(blocked.0, blocked.1);
+    let write = cluster.change(0, doc, |tx| tx.put(ROOT, "x", 1_i64));
+    cluster.run_for(Duration::from_millis(100));
+    (cluster, write)
+}
+
+#[test]
+fn a_heads_report_lost_with_its_connection_is_asked_for_again_on_reconnect() {
     // Node 1 takes the write and flushes it, but its report back is lost,
     // as with a connection that closes (replaced, timed out) before it
     // delivered it.
-    cluster.block(1, 0);
-    let write = cluster.change(0, doc, |tx| tx.put(ROOT, "x", 1_i64));
-    cluster.run_for(Duration::from_millis(100));
+    let (mut cluster, write) = written_while_blocked(2, 23, (1, 0));
     assert_eq!(cluster.ack(0, write), Some(AckLevel::Durable));
     // Both already hold the same heads: nothing syncs after the reconnect,
     // so only a report sent again can count node 1's copy.
@@ -65,16 +76,9 @@ fn a_heads_report_lost_with_its_connection_is_asked_for_again_on_reconnect() {
 
 #[test]
 fn a_copy_that_arrived_through_another_peer_counts_for_the_writer() {
-    let mut cluster = Cluster::new(3, 24);
-    let doc = cluster.create_document(0);
-    cluster
-        .run_until_converged(Duration::from_secs(10))
-        .unwrap();
     // Nothing from node 0 reaches node 1 directly: node 1 gets the write
     // only from node 2, by anti-entropy, and must still tell node 0.
-    cluster.block(0, 1);
-    let write = cluster.change(0, doc, |tx| tx.put(ROOT, "x", 1_i64));
-    cluster.run_for(Duration::from_millis(100));
+    let (mut cluster, write) = written_while_blocked(3, 24, (0, 1));
     assert_eq!(cluster.ack(0, write), Some(AckLevel::Replicated(1)));
     cluster.run_for(Duration::from_secs(30));
     assert_eq!(cluster.ack(0, write), Some(AckLevel::Replicated(2)));
