@@ -1044,6 +1044,15 @@ impl<'a> Runner<'a> {
         let id = self.cluster.create_document(node);
         let doc = self.docs.add(id);
         let value = Value::Document { doc: Some(doc) };
+        if !self.cluster.is_up(node) {
+            // The store failed inside the creation (a storage crash):
+            // whether the document survives is unknown.
+            self.push(self.event(op, OpType::Invoke, node, Function::Create, value.clone()));
+            let mut info = self.event(op, OpType::Info, node, Function::Create, value);
+            info.error = Some("node crashed: its store failed mid-call".to_owned());
+            self.push(info);
+            return;
+        }
         match self.cluster.try_change(node, id, workload::init_document) {
             Ok(write) => {
                 self.remember_write(node, write.write, id, write.change);

@@ -125,3 +125,28 @@ fn every_run_counts_the_mechanisms_and_checks_acks() {
         );
     }
 }
+
+#[test]
+fn a_storage_crash_inside_a_creation_leaves_the_creation_indeterminate() {
+    // Seed 559 of compaction-crash crashes a store inside a document's
+    // creation; the simulator itself used to panic there, writing to the
+    // crashed node. (Seeds move when the engine's message pattern does.)
+    let outcome = run_seed(
+        &scenario("compaction-crash"),
+        559,
+        RunOptions {
+            keep_trace: false,
+            plant: PlantedBug::NONE,
+        },
+    );
+    let crashed_creation = outcome.history.events.iter().any(|event| {
+        event.f == murmur_sim::history::Function::Create
+            && event.kind == murmur_sim::history::OpType::Info
+    });
+    assert!(crashed_creation, "no creation was cut by a storage crash");
+    assert!(
+        outcome.report.findings.is_empty(),
+        "{:?}",
+        outcome.report.findings
+    );
+}
