@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 /// A local change on its way through the driver, typed at both ends: the
 /// driver runs it in a transaction, then tells it the outcome once the
 /// change reaches the level asked for, and it answers its caller with the
-/// caller's own types. Make one with [`DriverHandle::change`].
+/// caller's own types. Make one with [`DriverHandle::change`](crate::driver::DriverHandle::change).
 pub trait ChangeRequest: Send {
     /// Runs the change in `tx`. An error rolls the transaction back.
     fn run(&mut self, tx: &mut Transaction<'_>) -> Result<(), AutomergeError>;
@@ -21,13 +21,13 @@ pub trait ChangeRequest: Send {
 }
 
 /// A read on its way through the driver, typed at both ends. Make one with
-/// [`DriverHandle::read`].
+/// [`DriverHandle::read`](crate::driver::DriverHandle::read).
 pub trait ReadRequest: Send {
     /// Reads the document, or hears why it cannot be read.
     fn run(self: Box<Self>, doc: Result<&Automerge, ReplicaError>);
 }
 
-/// What [`DriverHandle::change`] answers: the receipt; or `Ok(Err(e))`, the
+/// What [`DriverHandle::change`](crate::driver::DriverHandle::change) answers: the receipt; or `Ok(Err(e))`, the
 /// change function refused with its own error `e` and nothing changed; or
 /// why the node did not acknowledge the change.
 pub type ChangeOutcome<R, E> = Result<Result<ChangeReceipt<R>, E>, ChangeFailed>;

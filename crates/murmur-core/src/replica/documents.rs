@@ -301,7 +301,7 @@ impl Replica {
     }
 
     /// Parks `input` until `doc` (whose load is requested) lands. Past
-    /// [`Config::max_parked_inputs`] the input is dropped instead: what it
+    /// [`Config::max_parked_inputs`](crate::Config::max_parked_inputs) the input is dropped instead: what it
     /// carried comes again through sync retries and anti-entropy.
     pub(super) fn park(&mut self, doc: DocumentId, input: Parked) {
         let peer = input.peer();

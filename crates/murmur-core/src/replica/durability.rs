@@ -338,7 +338,7 @@ impl Replica {
     /// durable are told our heads, and the next group commit, gathered
     /// meanwhile, is due at once. On failure nothing is acknowledged: its
     /// writes wait for the next flush, retried after
-    /// [`Config::flush_retry_delay`]. A completion with no flush in flight
+    /// [`Config::flush_retry_delay`](crate::Config::flush_retry_delay). A completion with no flush in flight
     /// is ignored.
     pub fn handle_flush_complete(&mut self, now: Time, result: Result<(), StoreError>) {
         self.observe_clock(now);
@@ -435,7 +435,7 @@ impl Replica {
     }
 
     /// A sync state changed: it is flushed with the next group commit, or
-    /// within [`Config::sync_state_flush_delay`] if nothing else needs one
+    /// within [`Config::sync_state_flush_delay`](crate::Config::sync_state_flush_delay) if nothing else needs one
     /// (a lost sync state only costs bandwidth: no fsync per sync message),
     /// so its document can be evicted after.
     pub(super) fn mark_sync_dirty(&mut self, doc: DocumentId, peer: NodeId) {

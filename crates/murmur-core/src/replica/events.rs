@@ -85,7 +85,7 @@ pub struct Transmit {
 }
 
 /// The events waiting for the driver, and the documents observed (whose
-/// [`Event::DocumentChanged`] carries patches).
+/// [`Event::DocumentChanged`](crate::Event::DocumentChanged) carries patches).
 #[derive(Debug, Default)]
 pub(super) struct Events {
     queue: VecDeque<Event>,
@@ -115,7 +115,7 @@ impl Events {
 
 impl Replica {
     /// Starts (`true`) or stops (`false`) computing patches for `doc`: while
-    /// it is observed, every [`Event::DocumentChanged`] about it carries the
+    /// it is observed, every [`Event::DocumentChanged`](crate::Event::DocumentChanged) about it carries the
     /// patches of the changes just applied. The driver observes the
     /// documents someone subscribes to, and only those: patches cost work.
     pub fn observe(&mut self, doc: DocumentId, on: bool) {

@@ -14,13 +14,13 @@ use crate::{FaultInjection, ReplicaError, Time};
 /// What a local change did.
 #[derive(Debug)]
 pub struct LocalWrite<O> {
-    /// Its id: [`Event::Acknowledged`] events name it.
+    /// Its id: [`Event::Acknowledged`](crate::Event::Acknowledged) events name it.
     pub write: WriteId,
     /// The Automerge change it made, or `None` if the closure changed
     /// nothing (then it is acknowledged `Durable` at once).
     pub change: Option<ChangeHash>,
     /// How many Automerge operations the change holds (at most
-    /// [`Config::max_change_ops`]).
+    /// [`Config::max_change_ops`](crate::Config::max_change_ops)).
     pub ops: usize,
     /// What the closure returned.
     pub output: O,
@@ -54,7 +54,7 @@ impl Replica {
     /// Applies a local change to `doc`: runs `change` in one Automerge
     /// transaction stamped with `now`. The change is acknowledged
     /// [`AckLevel::Applied`] when this returns, pushed to every connected
-    /// peer, and acknowledged [`AckLevel::Durable`] (an [`Event`]) after the
+    /// peer, and acknowledged [`AckLevel::Durable`] (an [`Event`](crate::Event)) after the
     /// next flush. Refused with [`ReplicaError::DiskFull`] while the disk is
     /// nearly full ([`Replica::handle_disk_space`]), and with
     /// [`ReplicaError::Loading`] if `doc` is stored but not in memory (its
@@ -118,7 +118,7 @@ impl Replica {
     }
 
     /// The driver measured `free_bytes` free on the disk holding the store.
-    /// Below [`Config::min_free_bytes`] new local writes are refused
+    /// Below [`Config::min_free_bytes`](crate::Config::min_free_bytes) new local writes are refused
     /// ([`Replica::check_writable`]) until a later measurement is above
     /// it again. Flushes go on: they carry writes already acknowledged
     /// `Applied`, which the reserve is there to hold.

@@ -117,7 +117,7 @@ impl Replica {
     }
 
     /// Sends `peer` our leaves of `bucket`, split into id ranges of at most
-    /// [`Config::max_digest_leaves`] (itself at most [`murmur_wire::MAX_DIGEST_LEAVES`]).
+    /// [`Config::max_digest_leaves`](crate::Config::max_digest_leaves) (itself at most [`murmur_wire::MAX_DIGEST_LEAVES`]).
     pub(super) fn send_bucket(&mut self, peer: NodeId, bucket: u16) -> Result<(), ReplicaError> {
         let entries: Vec<(DocumentId, u64)> =
             layout::scan_bucket(&*self.store, bucket.to_be_bytes())?

@@ -241,7 +241,7 @@ impl Replica {
 
     /// Eagerly pushes one new change to every connected peer, joining it to
     /// the push of the same document still queued for that peer (wherever
-    /// it is in the queue, up to [`Config::max_push_batch`] changes): with
+    /// it is in the queue, up to [`Config::max_push_batch`](crate::Config::max_push_batch) changes): with
     /// many peers and documents, changes made in a burst still travel in
     /// few messages.
     pub(super) fn push_to_all(&mut self, doc: DocumentId, change: Vec<u8>) {
