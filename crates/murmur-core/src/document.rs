@@ -35,9 +35,6 @@ pub(crate) struct Document {
     /// document should a peer's data break it in memory. Trimmed as saves
     /// become durable, so it holds about one group commit's worth.
     unsaved: Vec<Change>,
-    /// The actors whose changes the last [`Document::apply_verified`]
-    /// added, each once.
-    added_authors: Vec<ActorId>,
 }
 
 /// How to answer a sync message.
@@ -95,7 +92,6 @@ impl Document {
             sync: BTreeMap::new(),
             stalls: BTreeMap::new(),
             unsaved: Vec::new(),
-            added_authors: Vec::new(),
         }
     }
 
@@ -137,7 +133,6 @@ impl Document {
             sync,
             stalls: BTreeMap::new(),
             unsaved: Vec::new(),
-            added_authors: Vec::new(),
         })
     }
 
@@ -208,27 +203,22 @@ impl Document {
     /// a peer's, or changes applied again on a rebuild) under
     /// [`crate::foreign::guarded`], then verifies with
     /// [`crate::foreign::verify_applied`] that what it added saves as it
-    /// holds it, and records that as unsaved. An `Err` says the document
-    /// is broken in memory and must not be used again (the caller rebuilds
-    /// it).
+    /// holds it, and records that as unsaved. Returns `apply`'s output and
+    /// the actors whose changes it added, each once, in order. An `Err`
+    /// says the document is broken in memory and must not be used again
+    /// (the caller rebuilds it).
     pub(crate) fn apply_verified<T>(
         &mut self,
         apply: impl FnOnce(&mut Document) -> T,
-    ) -> Result<T, String> {
+    ) -> Result<(T, Vec<ActorId>), String> {
         let before = self.heads();
         let output = crate::foreign::guarded(|| apply(&mut *self))?;
         let added = crate::foreign::verify_applied(&self.doc, &before)?;
         let authors: std::collections::BTreeSet<&ActorId> =
             added.iter().map(Change::actor_id).collect();
-        self.added_authors = authors.into_iter().cloned().collect();
+        let authors = authors.into_iter().cloned().collect();
         self.applied(added);
-        Ok(output)
-    }
-
-    /// The actors whose changes the last [`Document::apply_verified`]
-    /// added, each once, in order.
-    pub(crate) fn added_authors(&self) -> &[ActorId] {
-        &self.added_authors
+        Ok((output, authors))
     }
 
     /// The changes applied since the last durable save, in order; the

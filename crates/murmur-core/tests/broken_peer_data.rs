@@ -21,6 +21,15 @@ fn open(store: &MemStore) -> Replica {
     Replica::open(config, Box::new(store.clone()), NOW).unwrap()
 }
 
+/// A replica on `store` holding one flushed document, connected to PEER.
+fn with_stored_document(store: &MemStore) -> (Replica, DocumentId) {
+    let mut replica = open(store);
+    let doc = replica.create_document(NOW);
+    replica.flush_now(NOW).unwrap();
+    replica.handle_peer_up(NOW, PEER);
+    (replica, doc)
+}
+
 fn put(replica: &mut Replica, doc: DocumentId, key: &str, value: i64) -> WriteId {
     replica
         .handle_local_change(NOW, doc, |tx| tx.put(ROOT, key, value))
@@ -109,10 +118,7 @@ fn value(replica: &Replica, doc: DocumentId, key: &str) -> Option<i64> {
 #[test]
 fn a_change_that_panics_automerge_is_refused_and_the_document_rebuilt_with_nothing_lost() {
     let store = MemStore::new();
-    let mut replica = open(&store);
-    let doc = replica.create_document(NOW);
-    replica.flush_now(NOW).unwrap();
-    replica.handle_peer_up(NOW, PEER);
+    let (mut replica, doc) = with_stored_document(&store);
     durable(&mut replica);
 
     // Before the bad data: a local write and an honest push, in the flush
@@ -208,10 +214,7 @@ fn a_document_broken_before_its_first_flush_is_rebuilt_from_nothing_but_its_chan
 #[test]
 fn a_clean_close_while_a_document_is_rebuilt_saves_what_it_held() {
     let store = MemStore::new();
-    let mut replica = open(&store);
-    let doc = replica.create_document(NOW);
-    replica.flush_now(NOW).unwrap();
-    replica.handle_peer_up(NOW, PEER);
+    let (mut replica, doc) = with_stored_document(&store);
     put(&mut replica, doc, "a", 1);
     break_document(&mut replica, doc);
     // Closed before the driver ran the rebuild's load.

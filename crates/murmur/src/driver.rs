@@ -234,6 +234,19 @@ impl Environment {
             tokio::task::spawn_blocking(work)
         }
     }
+
+    /// [`Environment::run`], into `set`.
+    fn run_in<T: Send + 'static>(
+        &self,
+        set: &mut JoinSet<T>,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) {
+        if self.inline_effects {
+            set.spawn(async move { work() });
+        } else {
+            set.spawn_blocking(work);
+        }
+    }
 }
 
 /// What woke the driver.
@@ -493,11 +506,7 @@ impl Driver {
     /// engine answers everything else.
     fn start_loads(&mut self) {
         while let Some(load) = self.replica.poll_load() {
-            if self.env.inline_effects {
-                self.loads.spawn(async move { run_load(load) });
-            } else {
-                self.loads.spawn_blocking(move || run_load(load));
-            }
+            self.env.run_in(&mut self.loads, move || run_load(load));
         }
     }
 

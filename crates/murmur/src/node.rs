@@ -248,14 +248,15 @@ impl NodeBuilder {
         config: &mut Config,
     ) -> Result<Option<(Network, mpsc::Receiver<NetEvent>)>, Error> {
         let socket = self.simulation.as_ref().map(|sim| sim.socket.clone());
-        let listen = match (&socket, self.listen) {
-            (Some(socket), _) => Some(socket.local_addr().map_err(|source| {
+        // A simulated node listens where its socket is.
+        let listen = match &socket {
+            Some(socket) => Some(socket.local_addr().map_err(|source| {
                 murmur_net::transport::NetError::Bind {
-                    addr: self.listen.unwrap_or(([0, 0, 0, 0], 0).into()),
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                     source,
                 }
             })?),
-            (None, listen) => listen,
+            None => self.listen,
         };
         let Some(listen) = listen else {
             return Ok(None);

@@ -392,8 +392,7 @@ impl Replica {
 /// how many, or why that failed.
 fn reapply(document: &mut Document, unsaved: Vec<Change>) -> Result<usize, String> {
     let count = unsaved.len();
-    document
-        .apply_verified(|document| document.doc.apply_changes(unsaved))?
-        .map_err(|error| error.to_string())?;
+    let (applied, _) = document.apply_verified(|document| document.doc.apply_changes(unsaved))?;
+    applied.map_err(|error| error.to_string())?;
     Ok(count)
 }

@@ -133,8 +133,8 @@ impl Replica {
         let applied = document.apply_verified(|document| {
             apply_pushes(&mut document.doc, decoded, &mut log, drop_orphans)
         });
-        let rejected = match applied {
-            Ok(rejected) => rejected,
+        let (rejected, authors) = match applied {
+            Ok(applied) => applied,
             Err(reason) => {
                 self.rebuild_document(doc, Some(from), &reason);
                 errors.push(invalid(reason));
@@ -145,7 +145,6 @@ impl Replica {
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
         let missing = !document.doc.get_missing_deps(&[]).is_empty();
-        let authors = document.added_authors().to_vec();
         self.metrics.changes_received += count as u64;
         if before != after {
             self.changed(now, doc, Origin::Remote(from), patches);
@@ -206,8 +205,8 @@ impl Replica {
             )
             .map_err(|error| error.to_string())
         });
-        let result = match outcome {
-            Ok(result) => result,
+        let (result, authors) = match outcome {
+            Ok(outcome) => outcome,
             Err(reason) => {
                 self.rebuild_document(doc, Some(from), &reason);
                 return Err(invalid(reason));
@@ -216,7 +215,6 @@ impl Replica {
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let after = document.heads();
         let reply = document.after_sync_message(from, &before, their_before.as_deref());
-        let authors = document.added_authors().to_vec();
         self.mark_sync_dirty(doc, from);
         self.metrics.sync_messages_received += 1;
         if before != after {
