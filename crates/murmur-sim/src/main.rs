@@ -164,6 +164,16 @@ fn parse_plant(text: &str) -> Result<PlantedBug, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The engine's own log, for reading one seed's run: for example
+    // MURMUR_SIM_LOG=murmur_core=debug with `run --seed N --threads 1`.
+    if let Ok(filter) = std::env::var("MURMUR_SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .with_ansi(false)
+            .init();
+    }
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Replay(args) => replay(&args),
