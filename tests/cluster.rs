@@ -156,7 +156,14 @@ async fn three_nodes_converge_under_concurrent_edits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_catches_up_after_a_restart() {
     let mut nodes = cluster(3).await;
-    let doc = nodes[0].node.create_doc().await.unwrap().id();
+    // A document reaches the nodes that were not connected at its creation
+    // with its first change.
+    let created = nodes[0].node.create_doc().await.unwrap();
+    created
+        .change(|tx| tx.put(ROOT, "created", true))
+        .await
+        .unwrap();
+    let doc = created.id();
     {
         let refs: Vec<&Node> = nodes.iter().map(|n| &n.node).collect();
         wait_for("the document everywhere", async || {
@@ -186,7 +193,7 @@ async fn a_stopped_node_catches_up_after_a_restart() {
         heads_everywhere(&refs, doc).await
     })
     .await;
-    assert_eq!(key_count(&nodes[2].node, doc).await, 100);
+    assert_eq!(key_count(&nodes[2].node, doc).await, 101);
     for n in nodes {
         n.node.shutdown().await.unwrap();
     }

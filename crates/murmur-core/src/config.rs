@@ -79,6 +79,14 @@ pub struct Config {
     /// bucket holding more is sent as several id ranges. At most (and by
     /// default) the wire's limit, [`MAX_DIGEST_LEAVES`].
     pub max_digest_leaves: usize,
+    /// Most documents new to this node that one peer may have it track at
+    /// a time: documents the peer named (in a digest or a sync message)
+    /// that hold no change here yet, which live in memory only and are
+    /// never stored, plus documents its content created that wait for
+    /// their first flush. Past it, the peer's messages about further new
+    /// documents are not taken up (they come again through sync retries
+    /// and anti-entropy). Bounds what one peer can make this node hold.
+    pub max_new_documents_per_peer: usize,
     /// Most local writes whose copies on peers are counted at once (for
     /// `Replicated(k)` acknowledgements); past it the oldest is forgotten.
     pub max_tracked_replications: usize,
@@ -201,6 +209,7 @@ impl Config {
             max_loads_in_flight: 4,
             max_parked_inputs: 4096,
             max_digest_leaves: MAX_DIGEST_LEAVES,
+            max_new_documents_per_peer: 4096,
             max_tracked_replications: 65_536,
             anti_entropy: true,
             membership_addr: None,

@@ -253,8 +253,17 @@ pub(crate) fn verify(store: &dyn Storage) -> Result<(), String> {
     for key in layout::list_documents(store).map_err(|e| e.to_string())? {
         let doc = DocumentId::from_bytes(key);
         let heads = stored_heads(store, &key).map_err(|e| format!("document {doc}: {e}"))?;
-        let leaf = leaf_value(&doc, &heads);
         let stored = layout::load_leaf(store, &key).map_err(|e| e.to_string())?;
+        if heads.is_empty() {
+            // Holding no change, it is not reconciled: no leaf.
+            if let Some(leaf) = stored {
+                return Err(format!(
+                    "document {doc} holds no change, yet has leaf {leaf}"
+                ));
+            }
+            continue;
+        }
+        let leaf = leaf_value(&doc, &heads);
         if stored != Some(leaf) {
             return Err(format!(
                 "document {doc}: stored leaf {stored:?}, recomputed {leaf}"

@@ -91,6 +91,14 @@
 //!   found to differ then run the Automerge sync protocol, after resetting
 //!   the in-flight part of their sync state, so a lost message cannot
 //!   stall it.
+//! * **Peers create documents only with content.** A document a peer
+//!   names that this node lacks (in a digest, or a sync message) is synced
+//!   from an empty copy kept in memory only; it is stored once a change of
+//!   it applies, and dropped if the peer goes away first. At most
+//!   [`Config::max_new_documents_per_peer`] documents from one peer are
+//!   new here at a time (named, or created and not flushed yet). A
+//!   document with no change yet is not reconciled: it reaches a peer with
+//!   its first change.
 //! * **Sync state** per (peer, document) is stored, so a reconnect sends
 //!   only what is missing. A conversation that lost a message is restarted
 //!   three ways: a side that receives no progress resends once; a
@@ -267,8 +275,9 @@ pub struct Metrics {
     pub documents_rebuilt: u64,
     /// Documents in memory now (a gauge).
     pub cached_documents: u64,
-    /// Documents in the store (a gauge), as of the last flush: the
-    /// reconciliation digest's count.
+    /// Documents in the store that hold a change (a gauge), as of the last
+    /// flush: the reconciliation digest's count. A document with no change
+    /// yet is neither counted nor reconciled.
     pub documents_held: u64,
     /// Estimated bytes of the documents in memory now (a gauge).
     pub cached_document_bytes: u64,
@@ -280,6 +289,10 @@ pub struct Metrics {
     /// Documents that reconciliation found to differ from a peer's and
     /// synced.
     pub documents_reconciled: u64,
+    /// Documents new to this node that a peer's message named or carried
+    /// past [`Config::max_new_documents_per_peer`]: not taken up now; they
+    /// come again through sync retries and anti-entropy.
+    pub documents_deferred: u64,
     /// Digest buckets too big for one message, sent as several id ranges.
     pub digest_buckets_split: u64,
     /// Sync conversations restarted because the peer went quiet (a lost
@@ -387,6 +400,7 @@ impl Metrics {
             digest_messages_sent,
             digest_messages_received,
             documents_reconciled,
+            documents_deferred,
             digest_buckets_split,
             sync_retries,
             disk_free_bytes,
@@ -395,7 +409,7 @@ impl Metrics {
         } = *self;
         use Figure as F;
         vec![
-            F::gauge("documents_held", "murmur_documents", "Documents this node holds in its store (as of the last flush).", documents_held),
+            F::gauge("documents_held", "murmur_documents", "Documents this node holds in its store with at least one change (as of the last flush).", documents_held),
             F::gauge("cached_documents", "murmur_cached_documents", "Documents in memory now.", cached_documents),
             F::gauge("cached_document_bytes", "murmur_cached_document_bytes", "Estimated bytes of the documents in memory.", cached_document_bytes),
             F::counter("documents_loaded", "murmur_documents_loaded_total", "Documents loaded from the store into memory.", documents_loaded),
@@ -419,6 +433,7 @@ impl Metrics {
             F::counter("digest_messages_sent", "murmur_digest_messages_sent_total", "Reconciliation digest messages queued.", digest_messages_sent),
             F::counter("digest_messages_received", "murmur_digest_messages_received_total", "Reconciliation digest messages received.", digest_messages_received),
             F::counter("documents_reconciled", "murmur_documents_reconciled_total", "Documents reconciliation found differing from a peer's, and synced.", documents_reconciled),
+            F::counter("documents_deferred", "murmur_documents_deferred_total", "Documents new to this node a peer named or sent past the per-peer cap (they come again later).", documents_deferred),
             F::counter("digest_buckets_split", "murmur_digest_buckets_split_total", "Digest buckets too big for one message, sent as several id ranges.", digest_buckets_split),
             F::counter("flushes", "murmur_flushes_total", "Successful flushes to disk.", flushes),
             F::counter("flush_failures", "murmur_flush_failures_total", "Failed flushes (retried).", flush_failures),
@@ -463,6 +478,7 @@ impl Metrics {
             digest_messages_sent,
             digest_messages_received,
             documents_reconciled,
+            documents_deferred,
             digest_buckets_split,
             sync_retries,
             disk_free_bytes,
@@ -497,6 +513,7 @@ impl Metrics {
         self.digest_messages_sent += digest_messages_sent;
         self.digest_messages_received += digest_messages_received;
         self.documents_reconciled += documents_reconciled;
+        self.documents_deferred += documents_deferred;
         self.digest_buckets_split += digest_buckets_split;
         self.sync_retries += sync_retries;
         self.disk_free_bytes += disk_free_bytes;

@@ -22,6 +22,7 @@ use crate::retry::SyncRetries;
 use crate::{Config, FaultInjection, Metrics, ReplicaError, Time};
 
 mod acks;
+mod creations;
 mod documents;
 mod durability;
 mod events;
@@ -65,6 +66,8 @@ pub struct Replica {
     replication: Replication,
     /// Sync conversations waiting for the peer's answer.
     retries: SyncRetries,
+    /// Documents peers' content created here, not flushed yet.
+    creations: creations::Creations,
     membership: Option<Membership>,
     anti_entropy_at: Time,
     /// The time of the latest input.
@@ -108,6 +111,7 @@ impl Replica {
             durability: Durability::default(),
             replication: Replication::default(),
             retries: SyncRetries::default(),
+            creations: creations::Creations::default(),
             membership: None,
             anti_entropy_at: now,
             now,

@@ -1398,21 +1398,23 @@ impl Cluster {
         self.compare(false)
     }
 
-    /// Compares every document each running node holds, in memory or
-    /// only in its store (documents load lazily): heads through their
-    /// fingerprints (cheap), content by reading each document (loading
-    /// stored ones read-only, which leaves the replicas' caches alone).
+    /// Compares every document holding a change that each running node
+    /// holds, in memory or only in its store (documents load lazily): heads
+    /// through their fingerprints (cheap), content by reading each document
+    /// (loading stored ones read-only, which leaves the replicas' caches
+    /// alone). A document with no change is not replicated: peers store a
+    /// document once a change of it reaches them.
     fn compare(&self, content: bool) -> Option<String> {
         let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_up(i)).collect();
         let first = *running.first()?;
         let reference = self.replica(first);
-        let docs = match reference.document_ids() {
+        let docs = match with_changes(reference) {
             Ok(docs) => docs,
             Err(error) => return Some(format!("node {first} cannot list documents: {error}")),
         };
         for &other in &running[1..] {
             let replica = self.replica(other);
-            let other_docs = match replica.document_ids() {
+            let other_docs = match with_changes(replica) {
                 Ok(docs) => docs,
                 Err(error) => return Some(format!("node {other} cannot list documents: {error}")),
             };
@@ -1463,4 +1465,16 @@ impl Cluster {
     pub fn verify_digest(&self, index: usize) -> Result<(), String> {
         verify_digest(&self.nodes[index].store)
     }
+}
+
+/// The documents `replica` holds that hold a change, in order.
+fn with_changes(replica: &Replica) -> Result<Vec<DocumentId>, ReplicaError> {
+    let mut docs = replica.document_ids()?;
+    let mut held = Vec::with_capacity(docs.len());
+    for doc in docs.drain(..) {
+        if replica.heads_fingerprint(doc)?.is_some() {
+            held.push(doc);
+        }
+    }
+    Ok(held)
 }

@@ -99,6 +99,11 @@ impl Replica {
     /// applied again. Meanwhile its inputs wait as for any load, and its
     /// writes wait for the flush after.
     pub(super) fn rebuild_document(&mut self, doc: DocumentId, from: Option<NodeId>, reason: &str) {
+        if self.drop_named(doc) {
+            // Nothing of it is stored or unsaved: it is simply dropped.
+            tracing::error!(peer = ?from.map(|p| p.short()), doc = %doc, reason, "a peer's data broke a document new here (an Automerge bug); refused it, dropped the document");
+            return;
+        }
         let Some(document) = self.docs.remove(doc) else {
             return;
         };
@@ -252,25 +257,29 @@ impl Replica {
     }
 
     /// The ids of every document this node holds (stored or in memory,
-    /// quarantined ones excluded), in order. Walks the store's document
-    /// index: O(documents), for listing APIs, never for the hot path.
+    /// quarantined ones excluded, and those a peer named that hold no
+    /// change here yet), in order. Walks the store's document index:
+    /// O(documents), for listing APIs, never for the hot path.
     pub fn document_ids(&self) -> Result<Vec<DocumentId>, ReplicaError> {
         let mut ids: BTreeSet<DocumentId> = layout::list_documents(&*self.store)?
             .into_iter()
             .map(DocumentId::from_bytes)
             .collect();
-        ids.extend(self.docs.keys().copied());
+        let named = |id: &DocumentId| self.creations.is_named(id);
+        ids.extend(self.docs.keys().copied().filter(|id| !named(id)));
         ids.retain(|id| !self.docs.is_quarantined(id));
         Ok(ids.into_iter().collect())
     }
 
     /// A 64-bit fingerprint of `doc`'s heads (the reconciliation digest's
-    /// leaf: a hash of the id and the heads), or `None` if this node does
-    /// not hold `doc`. Cheap, even for a document out of memory; equal
-    /// fingerprints on two nodes mean equal heads.
+    /// leaf: a hash of the id and the heads), or `None` if this node holds
+    /// no change of `doc` (documents with none are not reconciled). Cheap,
+    /// even for a document out of memory; equal fingerprints on two nodes
+    /// mean equal heads.
     pub fn heads_fingerprint(&self, doc: DocumentId) -> Result<Option<u64>, ReplicaError> {
         if let Some(document) = self.docs.get(&doc) {
-            return Ok(Some(digest::leaf_value(&doc, &document.heads())));
+            let heads = document.heads();
+            return Ok((!heads.is_empty()).then(|| digest::leaf_value(&doc, &heads)));
         }
         if self.docs.is_quarantined(&doc) {
             return Err(self.missing(doc));
@@ -328,25 +337,6 @@ impl Replica {
             .ok_or(ReplicaError::UnknownDocument(doc))
     }
 
-    /// The document a peer talks about, created if this node has never
-    /// heard of it (every document replicates to every peer).
-    pub(super) fn document_or_new(
-        &mut self,
-        now: Time,
-        doc: DocumentId,
-    ) -> Result<&mut Document, ReplicaError> {
-        if self.docs.is_quarantined(&doc) {
-            return Err(self.missing(doc));
-        }
-        if !self.resident(doc)? {
-            self.docs.insert(doc, Document::new(self.actor.clone()));
-            self.mark_dirty(now, doc);
-        }
-        self.docs
-            .get_mut(&doc)
-            .ok_or(ReplicaError::UnknownDocument(doc))
-    }
-
     /// Evicts the least recently used documents that are fully flushed
     /// (and wait for no dependency) until the cache is within its bound.
     /// If documents with unflushed sync states keep it over, a flush is
@@ -375,6 +365,7 @@ impl Replica {
                 }
             }
             for doc in victims {
+                self.creations.forget(doc);
                 self.docs.remove(doc);
                 self.metrics.documents_evicted += 1;
             }

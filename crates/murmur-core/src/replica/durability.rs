@@ -72,6 +72,11 @@ impl Durability {
             .is_some_and(|flight| flight.pinned.contains(&doc))
     }
 
+    /// Whether `doc` changed in memory since its last save.
+    pub(super) fn is_dirty(&self, doc: &DocumentId) -> bool {
+        self.dirty_docs.contains(doc)
+    }
+
     /// Whether a sync state waits for a flush.
     pub(super) fn sync_states_dirty(&self) -> bool {
         !self.dirty_sync.is_empty()
@@ -259,9 +264,13 @@ impl Replica {
         let mut broken = Vec::new();
         for id in &self.durability.dirty_docs {
             if let Some(document) = self.docs.get_mut(id) {
+                // A document with no change has nothing to reconcile (and
+                // peers store a document only once it has one): no leaf.
+                let heads = document.heads();
                 let leaf = (document.leaf_outdated()
+                    && !heads.is_empty()
                     && !self.config.planted(FaultInjection::StaleDigestLeaf))
-                .then(|| digest::leaf_value(id, &document.heads()));
+                .then(|| digest::leaf_value(id, &heads));
                 // Every peer's change was verified to save as it was
                 // applied; should a document still fail to (an Automerge
                 // panic), it is rebuilt, not the node stopped.
@@ -390,6 +399,7 @@ impl Replica {
             }
         }
         self.send_owed_heads(flight.owed);
+        self.creations.flushed(&self.durability.dirty_docs);
         if !self.durability.dirty_docs.is_empty() {
             self.schedule_flush(now);
         }
@@ -438,7 +448,12 @@ impl Replica {
     /// within [`Config::sync_state_flush_delay`](crate::Config::sync_state_flush_delay) if nothing else needs one
     /// (a lost sync state only costs bandwidth: no fsync per sync message),
     /// so its document can be evicted after.
+    /// A named document's sync states are not stored (nor is it): see
+    /// [`super::creations`].
     pub(super) fn mark_sync_dirty(&mut self, doc: DocumentId, peer: NodeId) {
+        if self.creations.is_named(&doc) {
+            return;
+        }
         self.durability.dirty_sync.insert((doc, peer));
         self.schedule_flush_by(self.now.add(self.config.sync_state_flush_delay));
     }

@@ -135,6 +135,7 @@ impl Replica {
         origin: Origin,
         patches: Option<Vec<automerge::Patch>>,
     ) {
+        self.promote(doc);
         self.mark_dirty(now, doc);
         if let Some(document) = self.docs.get(&doc) {
             self.events.push(Event::DocumentChanged {

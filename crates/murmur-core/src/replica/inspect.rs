@@ -20,6 +20,10 @@ impl Replica {
         self.docs.check()?;
         self.check_queues()?;
         self.retries.check()?;
+        self.creations.check(
+            |doc| self.docs.get(doc).is_some_and(|d| d.heads().is_empty()),
+            |doc| self.durability.is_dirty(doc),
+        )?;
         self.durability.check(
             |doc| self.docs.contains_key(doc),
             |doc| self.docs.is_rebuilding(doc),

@@ -53,6 +53,7 @@ impl Replica {
         let dropped_messages = self.outbox.forget_peer(peer);
         // Inputs parked for it belong to the connection that closed.
         self.docs.loads_mut().forget_peer(peer);
+        self.drop_named_by(peer);
         tracing::debug!(
             peer = %peer.short(),
             dropped_messages,

@@ -8,6 +8,7 @@ use murmur_store::layout;
 use murmur_wire::{DigestNode, DocumentId, Message, NodeId, MAX_DIGEST_NODES};
 use rand::Rng;
 
+use super::creations::Admission;
 use super::Replica;
 use crate::digest::{NodeValue, LEAF_LEVEL};
 use crate::load::Parked;
@@ -195,11 +196,12 @@ impl Replica {
         Ok(())
     }
 
-    /// Syncs one document found to differ from `peer`'s, creating it here
-    /// if only the peer holds it.
+    /// Syncs one document found to differ from `peer`'s; one only the peer
+    /// holds is named here (see [`super::creations`]), within its cap.
     pub(super) fn reconcile_document(&mut self, now: Time, peer: NodeId, doc: DocumentId) {
-        match self.document_or_new(now, doc) {
-            Ok(_) => {}
+        match self.admit(peer, doc) {
+            Ok(Admission::Held | Admission::Named) => {}
+            Ok(Admission::Deferred) => return,
             Err(ReplicaError::Loading(_)) => {
                 self.park(doc, Parked::Reconcile { peer });
                 return;
@@ -213,7 +215,9 @@ impl Replica {
         let reset = !self.config.planted(FaultInjection::NoSyncResetOnReconcile);
         self.sync_with(doc, peer, reset);
         // Its sync state must be flushed before it can be evicted.
-        self.schedule_flush(now);
+        if !self.creations.is_named(&doc) {
+            self.schedule_flush(now);
+        }
     }
 
     /// Recomputes the reconciliation digest from the documents in the

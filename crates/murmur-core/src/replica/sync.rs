@@ -5,6 +5,7 @@
 use automerge::{AutomergeError, Change, ReadDoc};
 use murmur_wire::{DocumentId, Message, NodeId};
 
+use super::creations::Admission;
 use super::{Origin, Replica};
 use crate::document::{self, SyncReply};
 use crate::load::Parked;
@@ -121,12 +122,17 @@ impl Replica {
             .config
             .planted(FaultInjection::DropPushWithMissingDependencies);
         let observed = self.events.observed(doc);
-        let document = match self.document_or_new(now, doc) {
-            Ok(document) => document,
+        match self.admit(from, doc) {
+            Ok(Admission::Held | Admission::Named) => {}
+            Ok(Admission::Deferred) => return errors,
             Err(error) => {
                 errors.push(error);
                 return errors;
             }
+        }
+        let Some(document) = self.docs.get_mut(&doc) else {
+            errors.push(ReplicaError::UnknownDocument(doc));
+            return errors;
         };
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
@@ -186,7 +192,13 @@ impl Replica {
             automerge::sync::Message::decode(bytes).map_err(|e| invalid(e.to_string()))?;
         self.retries.heard(doc, from);
         let observed = self.events.observed(doc);
-        let document = self.document_or_new(now, doc)?;
+        if let Admission::Deferred = self.admit(from, doc)? {
+            return Ok(());
+        }
+        let document = self
+            .docs
+            .get_mut(&doc)
+            .ok_or(ReplicaError::UnknownDocument(doc))?;
         let before = document.heads();
         let their_before = document.sync.entry(from).or_default().their_heads.clone();
         // Automerge may have applied part of the message before failing; the
