@@ -146,9 +146,8 @@ impl PlantedBug {
             FaultInjection::DropPushWithMissingDependencies
             | FaultInjection::SkipPushToBusyPeer
             | FaultInjection::BatchAppliesFirstPushOnly => &["no-anti-entropy"],
-            FaultInjection::NoSyncResend | FaultInjection::NoSyncResetOnReconcile => {
-                &["sync-stalls-bare"]
-            }
+            FaultInjection::NoSyncResend => &["sync-stalls-bare"],
+            FaultInjection::NoSyncResetOnReconcile => &["sync-stalls-bare", "sync-stalls-held"],
             FaultInjection::NoSyncRetry => &["sync-stalls"],
             FaultInjection::CompactDeletesBeforeSnapshot => &["compaction-crash"],
             FaultInjection::ReuseActorAfterCleanClose => &["restarts"],
