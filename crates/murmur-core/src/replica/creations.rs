@@ -184,6 +184,22 @@ impl Replica {
         Ok(Admission::Named)
     }
 
+    /// The document `from`'s message is about, as [`Replica::admit`] makes
+    /// way for it: `None` if deferred.
+    pub(super) fn admitted(
+        &mut self,
+        from: NodeId,
+        doc: DocumentId,
+    ) -> Result<Option<&mut Document>, ReplicaError> {
+        if let Admission::Deferred = self.admit(from, doc)? {
+            return Ok(None);
+        }
+        self.docs
+            .get_mut(&doc)
+            .map(Some)
+            .ok_or(ReplicaError::UnknownDocument(doc))
+    }
+
     /// `doc`'s heads moved: a named document holds a change now, so it is
     /// stored with the next flush (the caller marks it dirty), with its
     /// sync states.

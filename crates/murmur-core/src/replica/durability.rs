@@ -9,8 +9,12 @@ use murmur_wire::{DocumentId, NodeId};
 
 use super::{AckLevel, Replica, WriteId};
 use crate::digest::{self, LeafUpdate};
+use crate::document::PendingSave;
 use crate::flush::{Flush, InFlight};
 use crate::{incarnation, FaultInjection, ReplicaError, Time};
+
+/// A document's new digest leaf value.
+type Leaf = (DocumentId, u64);
 
 /// What waits to become durable, and the group commit in flight.
 #[derive(Default)]
@@ -255,37 +259,7 @@ impl Replica {
     /// again and goes in the next one.
     pub(super) fn start_flush(&mut self, now: Time) -> Option<Flush> {
         let mut batch = WriteBatch::new();
-        let mut saves = Vec::new();
-        let mut leaves = Vec::new();
-        let compact_at = (
-            self.config.compaction_min_bytes,
-            self.config.compaction_max_chunks,
-        );
-        let mut broken = Vec::new();
-        for id in &self.durability.dirty_docs {
-            if let Some(document) = self.docs.get_mut(id) {
-                // A document with no change has nothing to reconcile (and
-                // peers store a document only once it has one): no leaf.
-                let heads = document.heads();
-                let leaf = (document.leaf_outdated()
-                    && !heads.is_empty()
-                    && !self.config.planted(FaultInjection::StaleDigestLeaf))
-                .then(|| digest::leaf_value(id, &heads));
-                // Every peer's change was verified to save as it was
-                // applied; should a document still fail to (an Automerge
-                // panic), it is rebuilt, not the node stopped.
-                match crate::foreign::guarded(|| document.save_into(*id, &mut batch, compact_at)) {
-                    Ok(save) => {
-                        leaves.extend(leaf.map(|leaf| (*id, leaf)));
-                        saves.push((*id, save));
-                    }
-                    Err(reason) => broken.push((*id, reason)),
-                }
-            }
-        }
-        for (id, reason) in broken {
-            self.rebuild_document(id, None, &reason);
-        }
+        let (saves, leaves) = self.stage_saves(&mut batch);
         let staged = match self.stage_digest(&leaves, &mut batch) {
             Ok(staged) => staged,
             Err(error) => {
@@ -293,17 +267,7 @@ impl Replica {
                 return None;
             }
         };
-        let sync: Vec<(DocumentId, NodeId)> = std::mem::take(&mut self.durability.dirty_sync)
-            .into_iter()
-            .collect();
-        for (doc, peer) in &sync {
-            if let Some(state) = self.docs.get(doc).and_then(|d| d.sync.get(peer)) {
-                batch.put(
-                    layout::sync_state_key(doc.as_bytes(), &peer.0),
-                    state.encode(),
-                );
-            }
-        }
+        let sync = self.stage_sync_states(&mut batch);
         let snapshots = saves
             .iter()
             .filter_map(|(id, save)| {
@@ -339,6 +303,63 @@ impl Replica {
             delete_first,
             self.store.clone(),
         ))
+    }
+
+    /// Adds a save of every dirty document to `batch`: the saves, and the
+    /// digest leaves that moved. A document that fails to save (an
+    /// Automerge panic) is rebuilt instead.
+    fn stage_saves(
+        &mut self,
+        batch: &mut WriteBatch,
+    ) -> (Vec<(DocumentId, PendingSave)>, Vec<Leaf>) {
+        let mut saves = Vec::new();
+        let mut leaves = Vec::new();
+        let compact_at = (
+            self.config.compaction_min_bytes,
+            self.config.compaction_max_chunks,
+        );
+        let mut broken = Vec::new();
+        for id in &self.durability.dirty_docs {
+            if let Some(document) = self.docs.get_mut(id) {
+                // A document with no change has nothing to reconcile (and
+                // peers store a document only once it has one): no leaf.
+                let heads = document.heads();
+                let leaf = (document.leaf_outdated()
+                    && !heads.is_empty()
+                    && !self.config.planted(FaultInjection::StaleDigestLeaf))
+                .then(|| digest::leaf_value(id, &heads));
+                // Every peer's change was verified to save as it was
+                // applied; should a document still fail to (an Automerge
+                // panic), it is rebuilt, not the node stopped.
+                match crate::foreign::guarded(|| document.save_into(*id, batch, compact_at)) {
+                    Ok(save) => {
+                        leaves.extend(leaf.map(|leaf| (*id, leaf)));
+                        saves.push((*id, save));
+                    }
+                    Err(reason) => broken.push((*id, reason)),
+                }
+            }
+        }
+        for (id, reason) in broken {
+            self.rebuild_document(id, None, &reason);
+        }
+        (saves, leaves)
+    }
+
+    /// Adds every dirty sync state to `batch`; returns which.
+    fn stage_sync_states(&mut self, batch: &mut WriteBatch) -> Vec<(DocumentId, NodeId)> {
+        let sync: Vec<(DocumentId, NodeId)> = std::mem::take(&mut self.durability.dirty_sync)
+            .into_iter()
+            .collect();
+        for (doc, peer) in &sync {
+            if let Some(state) = self.docs.get(doc).and_then(|d| d.sync.get(peer)) {
+                batch.put(
+                    layout::sync_state_key(doc.as_bytes(), &peer.0),
+                    state.encode(),
+                );
+            }
+        }
+        sync
     }
 
     /// The [`Flush`] handed out last was carried out with `result`. On

@@ -5,7 +5,6 @@
 use automerge::{AutomergeError, Change, ReadDoc};
 use murmur_wire::{DocumentId, Message, NodeId};
 
-use super::creations::Admission;
 use super::{Origin, Replica};
 use crate::document::{self, SyncReply};
 use crate::load::Parked;
@@ -98,14 +97,9 @@ impl Replica {
             what: "change",
             reason,
         };
-        if let Err(ReplicaError::Loading(_)) = self.resident(doc) {
-            // Each waits for the document's load as the message it came in.
-            for changes in messages {
-                let message = Message::Changes { doc, changes };
-                self.park(doc, Parked::Message { from, message });
-            }
+        let Some(messages) = self.unless_loading(from, doc, messages) else {
             return Vec::new();
-        }
+        };
         let (mut decoded, mut errors) = decode_pushes(messages, invalid);
         if decoded.is_empty() {
             return errors;
@@ -122,17 +116,13 @@ impl Replica {
             .config
             .planted(FaultInjection::DropPushWithMissingDependencies);
         let observed = self.events.observed(doc);
-        match self.admit(from, doc) {
-            Ok(Admission::Held | Admission::Named) => {}
-            Ok(Admission::Deferred) => return errors,
+        let document = match self.admitted(from, doc) {
+            Ok(Some(document)) => document,
+            Ok(None) => return errors,
             Err(error) => {
                 errors.push(error);
                 return errors;
             }
-        }
-        let Some(document) = self.docs.get_mut(&doc) else {
-            errors.push(ReplicaError::UnknownDocument(doc));
-            return errors;
         };
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
@@ -165,6 +155,24 @@ impl Replica {
         errors
     }
 
+    /// `messages` from `from` about `doc`, unless `doc` is loading: then
+    /// each waits for the load as the message it came in.
+    fn unless_loading(
+        &mut self,
+        from: NodeId,
+        doc: DocumentId,
+        messages: Vec<Vec<Vec<u8>>>,
+    ) -> Option<Vec<Vec<Vec<u8>>>> {
+        if let Err(ReplicaError::Loading(_)) = self.resident(doc) {
+            for changes in messages {
+                let message = Message::Changes { doc, changes };
+                self.park(doc, Parked::Message { from, message });
+            }
+            return None;
+        }
+        Some(messages)
+    }
+
     pub(super) fn receive_sync(
         &mut self,
         now: Time,
@@ -192,13 +200,9 @@ impl Replica {
             automerge::sync::Message::decode(bytes).map_err(|e| invalid(e.to_string()))?;
         self.retries.heard(doc, from);
         let observed = self.events.observed(doc);
-        if let Admission::Deferred = self.admit(from, doc)? {
+        let Some(document) = self.admitted(from, doc)? else {
             return Ok(());
-        }
-        let document = self
-            .docs
-            .get_mut(&doc)
-            .ok_or(ReplicaError::UnknownDocument(doc))?;
+        };
         let before = document.heads();
         let their_before = document.sync.entry(from).or_default().their_heads.clone();
         // Automerge may have applied part of the message before failing; the
@@ -234,6 +238,13 @@ impl Replica {
             self.owe_heads(doc, from, &authors);
         }
         result.map_err(invalid)?;
+        self.answer_sync(doc, from, reply);
+        Ok(())
+    }
+
+    /// Goes on with the sync conversation with `from` about `doc` as
+    /// `reply` says, after a sync message of it.
+    fn answer_sync(&mut self, doc: DocumentId, from: NodeId, reply: SyncReply) {
         match reply {
             SyncReply::Continue => self.sync_with(doc, from, false),
             SyncReply::Resend if self.config.planted(FaultInjection::NoSyncResend) => {}
@@ -246,7 +257,6 @@ impl Replica {
                 tracing::debug!(peer = %from.short(), doc = %doc, "sync stalled again; leaving it to anti-entropy");
             }
         }
-        Ok(())
     }
 
     /// Eagerly pushes one new change to every connected peer, joining it to
