@@ -167,8 +167,16 @@ fn main() -> ExitCode {
     // The engine's own log, for reading one seed's run: for example
     // MURMUR_SIM_LOG=murmur_core=debug with `run --seed N --threads 1`.
     if let Ok(filter) = std::env::var("MURMUR_SIM_LOG") {
+        // A typo must not pass for a quiet engine: refuse it.
+        let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+            Ok(filter) => filter,
+            Err(error) => {
+                eprintln!("murmur-sim: MURMUR_SIM_LOG={filter:?} is not a log filter: {error}");
+                return ExitCode::from(2);
+            }
+        };
         tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .without_time()
             .with_ansi(false)
