@@ -66,7 +66,8 @@ pub struct Replica {
     replication: Replication,
     /// Sync conversations waiting for the peer's answer.
     retries: SyncRetries,
-    /// Documents peers' content created here, not flushed yet.
+    /// Documents new here that peers named or whose content created them
+    /// (not flushed yet), per peer, within its cap.
     creations: creations::Creations,
     membership: Option<Membership>,
     anti_entropy_at: Time,

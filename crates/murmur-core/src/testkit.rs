@@ -1469,9 +1469,8 @@ impl Cluster {
 
 /// The documents `replica` holds that hold a change, in order.
 fn with_changes(replica: &Replica) -> Result<Vec<DocumentId>, ReplicaError> {
-    let mut docs = replica.document_ids()?;
-    let mut held = Vec::with_capacity(docs.len());
-    for doc in docs.drain(..) {
+    let mut held = Vec::new();
+    for doc in replica.document_ids()? {
         if replica.heads_fingerprint(doc)?.is_some() {
             held.push(doc);
         }

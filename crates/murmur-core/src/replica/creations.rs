@@ -145,31 +145,18 @@ impl Creations {
     }
 }
 
-/// Whether a peer's message may go on about a document.
-pub(super) enum Admission {
-    /// This node holds it (stored, or named before).
-    Held,
-    /// New here: an empty copy is now named, in memory only.
-    Named,
-    /// New here, and the peer is at its cap: leave the message.
-    Deferred,
-}
-
 impl Replica {
-    /// Makes way for `from`'s message about `doc`: held, or new here and
-    /// named (an empty copy in memory that is stored once a change of it
-    /// applies), or deferred at `from`'s cap. An error if `doc` is set
-    /// aside or loading (its load is then requested).
-    pub(super) fn admit(
-        &mut self,
-        from: NodeId,
-        doc: DocumentId,
-    ) -> Result<Admission, ReplicaError> {
+    /// Makes way for `from`'s message about `doc`: `true` if it may go on
+    /// (the document is held, or new here and now named: an empty copy in
+    /// memory that is stored once a change of it applies), `false` if it
+    /// is deferred at `from`'s cap. An error if `doc` is set aside or
+    /// loading (its load is then requested).
+    fn admit(&mut self, from: NodeId, doc: DocumentId) -> Result<bool, ReplicaError> {
         if self.docs.is_quarantined(&doc) {
             return Err(self.missing(doc));
         }
         if self.resident(doc)? {
-            return Ok(Admission::Held);
+            return Ok(true);
         }
         let cap = self.config.max_new_documents_per_peer;
         if self.creations.used(from) >= cap {
@@ -177,11 +164,11 @@ impl Replica {
             if self.creations.first_refusal(from) {
                 tracing::warn!(peer = %from.short(), doc = %doc, cap, "a peer brings more new documents than its cap (max_new_documents_per_peer); leaving the rest until some are stored");
             }
-            return Ok(Admission::Deferred);
+            return Ok(false);
         }
         self.docs.insert(doc, Document::new(self.actor.clone()));
         self.creations.name(from, doc);
-        Ok(Admission::Named)
+        Ok(true)
     }
 
     /// The document `from`'s message is about, as [`Replica::admit`] makes
@@ -191,7 +178,7 @@ impl Replica {
         from: NodeId,
         doc: DocumentId,
     ) -> Result<Option<&mut Document>, ReplicaError> {
-        if let Admission::Deferred = self.admit(from, doc)? {
+        if !self.admit(from, doc)? {
             return Ok(None);
         }
         self.docs
@@ -225,8 +212,7 @@ impl Replica {
             return false;
         }
         self.docs.remove(doc);
-        self.metrics.cached_documents = self.docs.len() as u64;
-        self.metrics.cached_document_bytes = self.docs.bytes() as u64;
+        self.count_cached();
         true
     }
 
@@ -240,7 +226,6 @@ impl Replica {
         for doc in docs {
             self.docs.remove(doc);
         }
-        self.metrics.cached_documents = self.docs.len() as u64;
-        self.metrics.cached_document_bytes = self.docs.bytes() as u64;
+        self.count_cached();
     }
 }

@@ -66,8 +66,7 @@ impl Replica {
                         .map(|unsaved| reapply(&mut document, unsaved));
                     self.docs.insert(doc, document);
                     self.metrics.documents_loaded += 1;
-                    self.metrics.cached_documents = self.docs.len() as u64;
-                    self.metrics.cached_document_bytes = self.docs.bytes() as u64;
+                    self.count_cached();
                     if let Some(result) = rebuilt {
                         self.rebuilt(now, doc, result);
                     }
@@ -122,8 +121,7 @@ impl Replica {
         self.durability.forget_document(doc);
         let flushing = self.durability.flushing_document(doc);
         self.docs.rebuild(doc, unsaved, flushing);
-        self.metrics.cached_documents = self.docs.len() as u64;
-        self.metrics.cached_document_bytes = self.docs.bytes() as u64;
+        self.count_cached();
     }
 
     /// A rebuilt document is back in memory with `result` of applying
@@ -299,6 +297,12 @@ impl Replica {
         self.read_document(doc).map(|d| d.get_heads())
     }
 
+    /// Brings the gauges of what is in memory up to date.
+    pub(super) fn count_cached(&mut self) {
+        self.metrics.cached_documents = self.docs.len() as u64;
+        self.metrics.cached_document_bytes = self.docs.bytes() as u64;
+    }
+
     pub(super) fn missing(&self, doc: DocumentId) -> ReplicaError {
         self.docs.missing(doc)
     }
@@ -373,8 +377,7 @@ impl Replica {
                 self.schedule_flush(now);
             }
         }
-        self.metrics.cached_documents = self.docs.len() as u64;
-        self.metrics.cached_document_bytes = self.docs.bytes() as u64;
+        self.count_cached();
     }
 }
 

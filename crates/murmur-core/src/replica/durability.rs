@@ -323,11 +323,11 @@ impl Replica {
             if let Some(document) = self.docs.get_mut(id) {
                 // A document with no change has nothing to reconcile (and
                 // peers store a document only once it has one): no leaf.
-                let heads = document.heads();
                 let leaf = (document.leaf_outdated()
-                    && !heads.is_empty()
                     && !self.config.planted(FaultInjection::StaleDigestLeaf))
-                .then(|| digest::leaf_value(id, &heads));
+                .then(|| document.heads())
+                .filter(|heads| !heads.is_empty())
+                .map(|heads| digest::leaf_value(id, &heads));
                 // Every peer's change was verified to save as it was
                 // applied; should a document still fail to (an Automerge
                 // panic), it is rebuilt, not the node stopped.

@@ -8,7 +8,6 @@ use murmur_store::layout;
 use murmur_wire::{DigestNode, DocumentId, Message, NodeId, MAX_DIGEST_NODES};
 use rand::Rng;
 
-use super::creations::Admission;
 use super::Replica;
 use crate::digest::{NodeValue, LEAF_LEVEL};
 use crate::load::Parked;
@@ -199,9 +198,9 @@ impl Replica {
     /// Syncs one document found to differ from `peer`'s; one only the peer
     /// holds is named here (see [`super::creations`]), within its cap.
     pub(super) fn reconcile_document(&mut self, now: Time, peer: NodeId, doc: DocumentId) {
-        match self.admit(peer, doc) {
-            Ok(Admission::Held | Admission::Named) => {}
-            Ok(Admission::Deferred) => return,
+        match self.admitted(peer, doc) {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
             Err(ReplicaError::Loading(_)) => {
                 self.park(doc, Parked::Reconcile { peer });
                 return;
