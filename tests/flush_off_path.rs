@@ -28,6 +28,14 @@ impl Storage for SlowStore {
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         self.inner.scan_prefix(prefix)
     }
+    fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        self.inner.scan_range(start, end, limit)
+    }
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
         self.inner.apply(batch)
     }

@@ -10,11 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use automerge::Change;
 use murmur_store::{layout, Storage};
 use murmur_wire::DocumentId;
 
-use crate::document::Document;
+use crate::document::{Document, Unsaved};
 use crate::load::Loads;
 use crate::ReplicaError;
 
@@ -31,7 +30,7 @@ pub(crate) struct Documents {
     /// Documents dropped from memory because a peer's data broke them,
     /// reloading, with the changes applied since their last durable save
     /// (to apply again once the stored part has loaded).
-    rebuilding: BTreeMap<DocumentId, Vec<Change>>,
+    rebuilding: BTreeMap<DocumentId, Unsaved>,
 }
 
 impl Documents {
@@ -87,7 +86,7 @@ impl Documents {
     /// Drops `doc` from memory to rebuild it: its stored part loads (once
     /// the flush in flight has landed, if `flush_in_flight`) and `unsaved`
     /// (the changes applied since its last durable save) is applied again.
-    pub(crate) fn rebuild(&mut self, doc: DocumentId, unsaved: Vec<Change>, flush_in_flight: bool) {
+    pub(crate) fn rebuild(&mut self, doc: DocumentId, unsaved: Unsaved, flush_in_flight: bool) {
         self.remove(doc);
         self.rebuilding.insert(doc, unsaved);
         if !self.loads.is_loading(&doc) {
@@ -111,7 +110,7 @@ impl Documents {
 
     /// The changes to apply again to `doc`, just loaded, if it is being
     /// rebuilt; it no longer is.
-    pub(crate) fn take_rebuilding(&mut self, doc: DocumentId) -> Option<Vec<Change>> {
+    pub(crate) fn take_rebuilding(&mut self, doc: DocumentId) -> Option<Unsaved> {
         self.rebuilding.remove(&doc)
     }
 
@@ -220,6 +219,15 @@ impl Documents {
             .find(|doc| self.docs.contains_key(doc))
         {
             return Err(format!("document {doc} is being rebuilt but in memory"));
+        }
+        if let Some(doc) = self
+            .docs
+            .iter()
+            .find_map(|(id, d)| (!d.all_recorded()).then_some(id))
+        {
+            return Err(format!(
+                "document {doc} holds applied changes with no feed record"
+            ));
         }
         Ok(())
     }

@@ -87,6 +87,10 @@ pub struct Config {
     /// documents are not taken up (they come again through sync retries
     /// and anti-entropy). Bounds what one peer can make this node hold.
     pub max_new_documents_per_peer: usize,
+    /// Most entries the change feed keeps: older ones are trimmed (a
+    /// little per group commit), and a reader asking for them is told to
+    /// start again from a snapshot ([`crate::feed::FeedError::Trimmed`]).
+    pub feed_max_entries: u64,
     /// Most local writes whose copies on peers are counted at once (for
     /// `Replicated(k)` acknowledgements); past it the oldest is forgotten.
     pub max_tracked_replications: usize,
@@ -153,11 +157,13 @@ pub enum FaultInjection {
     /// Pushes batched together ([`crate::Replica::handle_messages`]) apply
     /// only the first push's changes; the rest are counted and dropped.
     BatchAppliesFirstPushOnly,
+    /// Changes from peers get no feed entry.
+    FeedSkipsPeerChanges,
 }
 
 impl FaultInjection {
     /// Every planted bug (not [`FaultInjection::None`]).
-    pub const ALL: [FaultInjection; 13] = [
+    pub const ALL: [FaultInjection; 14] = [
         FaultInjection::AckDurableBeforeFlush,
         FaultInjection::DropPushWithMissingDependencies,
         FaultInjection::NoSyncResend,
@@ -171,6 +177,7 @@ impl FaultInjection {
         FaultInjection::LeakQueuedBytes,
         FaultInjection::NoSyncRetry,
         FaultInjection::BatchAppliesFirstPushOnly,
+        FaultInjection::FeedSkipsPeerChanges,
     ];
 
     /// True when this build can plant bugs (the `planted-bugs` feature).
@@ -210,6 +217,7 @@ impl Config {
             max_parked_inputs: 4096,
             max_digest_leaves: MAX_DIGEST_LEAVES,
             max_new_documents_per_peer: 4096,
+            feed_max_entries: 1_000_000,
             max_tracked_replications: 65_536,
             anti_entropy: true,
             membership_addr: None,

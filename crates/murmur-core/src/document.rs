@@ -9,6 +9,8 @@ use murmur_store::layout::{self, DocumentLog};
 use murmur_store::{Storage, StoreError, WriteBatch};
 use murmur_wire::{DocumentId, NodeId};
 
+use crate::feed::Record;
+
 /// A document in memory.
 pub(crate) struct Document {
     pub(crate) doc: Automerge,
@@ -35,6 +37,20 @@ pub(crate) struct Document {
     /// document should a peer's data break it in memory. Trimmed as saves
     /// become durable, so it holds about one group commit's worth.
     unsaved: Vec<Change>,
+    /// The applications of [`Document::unsaved`]'s changes, for the
+    /// change feed: numbered and written with the save that makes them
+    /// durable.
+    records: Vec<Record>,
+    /// How many of [`Document::unsaved`]'s changes `records` cover (all
+    /// of them between engine turns).
+    recorded: usize,
+}
+
+/// What a document held unsaved when it was given up: the changes and
+/// their feed records, to apply again to its stored part.
+pub(crate) struct Unsaved {
+    pub(crate) changes: Vec<Change>,
+    pub(crate) records: Vec<Record>,
 }
 
 /// How to answer a sync message.
@@ -56,6 +72,8 @@ pub(crate) struct PendingSave {
     written: Option<Written>,
     /// How many of [`Document::unsaved`]'s changes it covers.
     unsaved: usize,
+    /// How many of [`Document::records`] it covers.
+    records: usize,
 }
 
 /// What a save wrote.
@@ -92,6 +110,8 @@ impl Document {
             sync: BTreeMap::new(),
             stalls: BTreeMap::new(),
             unsaved: Vec::new(),
+            records: Vec::new(),
+            recorded: 0,
         }
     }
 
@@ -133,6 +153,8 @@ impl Document {
             sync,
             stalls: BTreeMap::new(),
             unsaved: Vec::new(),
+            records: Vec::new(),
+            recorded: 0,
         })
     }
 
@@ -189,6 +211,7 @@ impl Document {
             heads,
             written,
             unsaved: self.unsaved.len(),
+            records: self.records.len(),
         }
     }
 
@@ -221,10 +244,57 @@ impl Document {
         Ok((output, authors))
     }
 
-    /// The changes applied since the last durable save, in order; the
-    /// document is given up (a peer's data broke it in memory).
-    pub(crate) fn into_unsaved(self) -> Vec<Change> {
-        self.unsaved
+    /// The changes applied since the last durable save, in order, and
+    /// their feed records; the document is given up (a peer's data broke
+    /// it in memory).
+    pub(crate) fn into_unsaved(self) -> Unsaved {
+        Unsaved {
+            changes: self.unsaved,
+            records: self.records,
+        }
+    }
+
+    /// Gives back the feed records of changes applied again on a rebuild
+    /// (they were made before it).
+    pub(crate) fn restore_records(&mut self, records: Vec<Record>) {
+        self.records = records;
+        self.recorded = self.unsaved.len();
+    }
+
+    /// Records the changes applied since the last record as one feed
+    /// application, by `origin` at `time`; nothing if there are none.
+    pub(crate) fn record(&mut self, origin: crate::Origin, time: crate::Time, order: u64) {
+        let changes: Vec<ChangeHash> = self.unsaved[self.recorded.min(self.unsaved.len())..]
+            .iter()
+            .map(Change::hash)
+            .collect();
+        self.recorded = self.unsaved.len();
+        if changes.is_empty() {
+            return;
+        }
+        self.records.push(Record {
+            order,
+            changes,
+            heads: self.doc.get_heads(),
+            origin,
+            time,
+        });
+    }
+
+    /// Leaves the changes applied since the last record out of the feed
+    /// (the planted bug [`crate::FaultInjection::FeedSkipsPeerChanges`]).
+    pub(crate) fn skip_record(&mut self) {
+        self.recorded = self.unsaved.len();
+    }
+
+    /// The feed records a save covers.
+    pub(crate) fn records_of(&self, save: &PendingSave) -> &[Record] {
+        &self.records[..save.records.min(self.records.len())]
+    }
+
+    /// Whether every change applied has a feed record (between turns).
+    pub(crate) fn all_recorded(&self) -> bool {
+        self.recorded == self.unsaved.len()
     }
 
     /// Records that the batch built by [`Document::save_into`] is durable.
@@ -232,8 +302,11 @@ impl Document {
         self.unindexed = false;
         self.stale_keys.clear();
         self.saved_heads = pending.heads;
-        self.unsaved
-            .drain(..pending.unsaved.min(self.unsaved.len()));
+        let drained = pending.unsaved.min(self.unsaved.len());
+        self.unsaved.drain(..drained);
+        self.recorded = self.recorded.saturating_sub(drained);
+        self.records
+            .drain(..pending.records.min(self.records.len()));
         match pending.written {
             Some(Written::Chunk(bytes)) => {
                 self.chunk_bytes += bytes;

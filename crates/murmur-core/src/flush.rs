@@ -122,6 +122,8 @@ pub(crate) struct InFlight {
     pub(crate) sync: Vec<(DocumentId, NodeId)>,
     /// Peers owed our heads of a document once it is durable.
     pub(crate) owed: Vec<(DocumentId, NodeId)>,
+    /// What it does to the change feed.
+    pub(crate) feed: crate::feed::Staged,
     /// Bytes it writes.
     pub(crate) bytes: usize,
     /// When it was handed out.

@@ -193,6 +193,7 @@ mod config;
 mod digest;
 mod document;
 mod error;
+pub mod feed;
 mod flush;
 mod foreign;
 mod incarnation;
@@ -293,6 +294,8 @@ pub struct Metrics {
     /// past [`Config::max_new_documents_per_peer`]: not taken up now; they
     /// come again through sync retries and anti-entropy.
     pub documents_deferred: u64,
+    /// Change-feed entries made durable.
+    pub feed_entries: u64,
     /// Digest buckets too big for one message, sent as several id ranges.
     pub digest_buckets_split: u64,
     /// Sync conversations restarted because the peer went quiet (a lost
@@ -401,6 +404,7 @@ impl Metrics {
             digest_messages_received,
             documents_reconciled,
             documents_deferred,
+            feed_entries,
             digest_buckets_split,
             sync_retries,
             disk_free_bytes,
@@ -434,6 +438,7 @@ impl Metrics {
             F::counter("digest_messages_received", "murmur_digest_messages_received_total", "Reconciliation digest messages received.", digest_messages_received),
             F::counter("documents_reconciled", "murmur_documents_reconciled_total", "Documents reconciliation found differing from a peer's, and synced.", documents_reconciled),
             F::counter("documents_deferred", "murmur_documents_deferred_total", "Documents new to this node a peer named or sent past the per-peer cap (they come again later).", documents_deferred),
+            F::counter("feed_entries", "murmur_feed_entries_total", "Change-feed entries made durable (one per application of changes to a document).", feed_entries),
             F::counter("digest_buckets_split", "murmur_digest_buckets_split_total", "Digest buckets too big for one message, sent as several id ranges.", digest_buckets_split),
             F::counter("flushes", "murmur_flushes_total", "Successful flushes to disk.", flushes),
             F::counter("flush_failures", "murmur_flush_failures_total", "Failed flushes (retried).", flush_failures),
@@ -479,6 +484,7 @@ impl Metrics {
             digest_messages_received,
             documents_reconciled,
             documents_deferred,
+            feed_entries,
             digest_buckets_split,
             sync_retries,
             disk_free_bytes,
@@ -514,6 +520,7 @@ impl Metrics {
         self.digest_messages_received += digest_messages_received;
         self.documents_reconciled += documents_reconciled;
         self.documents_deferred += documents_deferred;
+        self.feed_entries += feed_entries;
         self.digest_buckets_split += digest_buckets_split;
         self.sync_retries += sync_retries;
         self.disk_free_bytes += disk_free_bytes;

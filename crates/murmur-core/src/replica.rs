@@ -69,6 +69,8 @@ pub struct Replica {
     /// Documents new here that peers named or whose content created them
     /// (not flushed yet), per peer, within its cap.
     creations: creations::Creations,
+    /// The change feed's numbering.
+    feed: crate::feed::FeedLog,
     membership: Option<Membership>,
     anti_entropy_at: Time,
     /// The time of the latest input.
@@ -91,6 +93,7 @@ impl Replica {
             config.planted(FaultInjection::ReuseActorAfterCleanClose),
         )?;
         digest::rebuild_if_missing(&*store)?;
+        let feed = crate::feed::FeedLog::open(&*store)?;
         let actor = incarnation::actor(&config.node_id, incarnation);
         let mut replica = Replica {
             // Each opening draws afresh: a restarted node must not make the
@@ -113,6 +116,7 @@ impl Replica {
             replication: Replication::default(),
             retries: SyncRetries::default(),
             creations: creations::Creations::default(),
+            feed,
             membership: None,
             anti_entropy_at: now,
             now,
@@ -330,6 +334,17 @@ impl Replica {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.config.node_id
+    }
+
+    /// The number after the newest durable feed entry: a reader may read
+    /// every entry below it ([`crate::feed::FeedReader::read`]).
+    pub fn feed_end(&self) -> u64 {
+        self.feed.end()
+    }
+
+    /// A reader of this replica's change feed, for a thread that may block.
+    pub fn feed_reader(&self) -> crate::feed::FeedReader {
+        crate::feed::FeedReader::new(self.store.clone())
     }
 
     /// Counters since the replica opened.

@@ -116,6 +116,7 @@ impl PlantedBug {
             FaultInjection::LeakQueuedBytes => "leak-queued-bytes",
             FaultInjection::NoSyncRetry => "no-sync-retry",
             FaultInjection::BatchAppliesFirstPushOnly => "batch-applies-first-push-only",
+            FaultInjection::FeedSkipsPeerChanges => "feed-skips-peer-changes",
             _ => "none",
         }
     }
@@ -150,6 +151,7 @@ impl PlantedBug {
             FaultInjection::NoSyncResetOnReconcile => &["sync-stalls-bare", "sync-stalls-held"],
             FaultInjection::NoSyncRetry => &["sync-stalls"],
             FaultInjection::CompactDeletesBeforeSnapshot => &["compaction-crash"],
+            FaultInjection::FeedSkipsPeerChanges => &["crash-restart"],
             FaultInjection::ReuseActorAfterCleanClose => &["restarts"],
             FaultInjection::EvictDirtyDocuments => &["many-docs"],
             FaultInjection::ReplicatedOvercount

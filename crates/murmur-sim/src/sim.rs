@@ -536,6 +536,19 @@ impl<'a> Runner<'a> {
                 format!("node {node} crashed at {at} ms and lost flushed data: {problem}"),
             ));
         }
+        self.check_feed(node, "after a crash");
+    }
+
+    /// Node `node`'s change feed, as its store holds it now: dense, no
+    /// change twice, every change its documents hold in it exactly once.
+    fn check_feed(&mut self, node: usize, when: &str) {
+        if let Err(problem) = murmur_core::feed::verify(self.cluster.store(node)) {
+            let at = self.now_ms();
+            self.findings.push(Finding::new(
+                "feed",
+                format!("node {node}'s change feed at {at} ms ({when}): {problem}"),
+            ));
+        }
     }
 
     /// Forgets node `node`'s writes: its write ids start again.
@@ -736,6 +749,7 @@ impl<'a> Runner<'a> {
         let nodes: Vec<usize> = (0..self.params.nodes).collect();
         for node in nodes {
             self.writes_indeterminate(node, "never acknowledged durable");
+            self.check_feed(node, "at the end");
         }
     }
 

@@ -11,7 +11,14 @@
 //! d<doc:16>p<peer:32>          persisted Automerge sync state with a peer
 //! h<doc:16>                    the document's digest leaf: u64 big-endian
 //! t<level:u8><prefix:u32 BE>   a digest trie node: xor u64 BE ++ count u32 BE
+//! f<seq:u64 BE>                a change-feed entry (encoded by murmur-core)
+//! \0node/feed_next             u64 big-endian: the next feed sequence number
 //! ```
+//!
+//! The change feed is one key per entry, in sequence order, written in the
+//! same batch as the changes it reports: a crash keeps both or neither.
+//! Its numbers are dense from the oldest entry kept to `feed_next - 1`;
+//! retention deletes from the oldest end.
 //!
 //! The reconciliation digest is a fixed-shape trie over the document-id
 //! space: fanout 16 (one nibble of the id per level), levels 0 to
@@ -33,7 +40,13 @@
 use crate::{Storage, StoreError, WriteBatch};
 
 /// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The first feed sequence number of a store that had documents before it
+/// had a feed (schema 1): everything before it is "trimmed", so a consumer
+/// starting from the beginning is told to start from a snapshot instead of
+/// silently missing those documents.
+pub const FEED_MIGRATED_START: u64 = 2;
 
 /// The key of the schema version.
 pub const SCHEMA_KEY: &[u8] = b"\0schema";
@@ -46,6 +59,8 @@ const CHUNK_TAG: u8 = b'c';
 const SYNC_STATE_TAG: u8 = b'p';
 const LEAF_PREFIX: u8 = b'h';
 const TRIE_PREFIX: u8 = b't';
+const FEED_PREFIX: u8 = b'f';
+const FEED_NEXT: &str = "feed_next";
 
 /// The deepest level of the digest trie: its nodes are buckets of the
 /// documents sharing the first two bytes of their id.
@@ -68,6 +83,14 @@ pub fn ensure_schema(store: &dyn Storage) -> Result<(), StoreError> {
             let found = u32::from_be_bytes(bytes);
             if found == SCHEMA_VERSION {
                 Ok(())
+            } else if found == 1 {
+                // Schema 1 had no change feed: the feed starts after a
+                // "trimmed" first number (see [`FEED_MIGRATED_START`]).
+                let mut batch = WriteBatch::new();
+                batch.put(SCHEMA_KEY.to_vec(), SCHEMA_VERSION.to_be_bytes().to_vec());
+                put_feed_next(&mut batch, FEED_MIGRATED_START);
+                store.apply(batch)?;
+                store.flush()
             } else {
                 Err(StoreError::UnsupportedSchema {
                     found,
@@ -82,6 +105,56 @@ pub fn ensure_schema(store: &dyn Storage) -> Result<(), StoreError> {
             store.flush()
         }
     }
+}
+
+/// The key of feed entry `seq`.
+pub fn feed_key(seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(FEED_PREFIX);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The sequence number of a feed key.
+pub fn feed_seq(key: &[u8]) -> Result<u64, StoreError> {
+    match key {
+        [FEED_PREFIX, rest @ ..] => <[u8; 8]>::try_from(rest)
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::corrupt(key, "feed key has no 8-byte sequence number")),
+        _ => Err(StoreError::corrupt(key, "not a feed key")),
+    }
+}
+
+/// The feed's next sequence number as stored (1 for a store that never
+/// wrote an entry).
+pub fn load_feed_next(store: &dyn Storage) -> Result<u64, StoreError> {
+    let key = node_key(FEED_NEXT);
+    match store.get(&key)? {
+        None => Ok(1),
+        Some(value) => <[u8; 8]>::try_from(value.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::corrupt(&key, "feed_next is not 8 bytes")),
+    }
+}
+
+/// Records the feed's next sequence number in `batch`.
+pub fn put_feed_next(batch: &mut WriteBatch, next: u64) {
+    batch.put(node_key(FEED_NEXT), next.to_be_bytes().to_vec());
+}
+
+/// At most `limit` feed entries with sequence numbers in `from..end`, in
+/// order, as (sequence number, encoded entry).
+pub fn scan_feed(
+    store: &dyn Storage,
+    from: u64,
+    end: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    store
+        .scan_range(&feed_key(from), &feed_key(end), limit)?
+        .into_iter()
+        .map(|(key, value)| Ok((feed_seq(&key)?, value)))
+        .collect()
 }
 
 /// The key of a piece of node metadata.

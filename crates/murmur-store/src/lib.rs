@@ -130,6 +130,16 @@ pub trait Storage: Send + Sync {
     /// whole store on a hot path.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
 
+    /// At most `limit` pairs whose keys are at least `start` and below
+    /// `end`, in key order: a page of a long ordered range (the change
+    /// feed) without reading the rest of it.
+    fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
+
     /// Applies `batch` atomically. Not durable until [`Storage::flush`].
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
 
@@ -143,6 +153,14 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         (**self).scan_prefix(prefix)
+    }
+    fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        (**self).scan_range(start, end, limit)
     }
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
         (**self).apply(batch)
@@ -158,6 +176,14 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     }
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         (**self).scan_prefix(prefix)
+    }
+    fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        (**self).scan_range(start, end, limit)
     }
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
         (**self).apply(batch)

@@ -177,6 +177,21 @@ fn scan(map: &BTreeMap<Vec<u8>, Vec<u8>>, prefix: &[u8]) -> Vec<KeyValue> {
         .collect()
 }
 
+fn range(
+    map: &BTreeMap<Vec<u8>, Vec<u8>>,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+) -> Vec<KeyValue> {
+    if start >= end {
+        return Vec::new();
+    }
+    map.range(start.to_vec()..end.to_vec())
+        .take(limit)
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
 /// Counts one write operation against a planted failure: `Err` if the
 /// store must fail it.
 fn spend_operation(inner: &mut Inner) -> Result<(), StoreError> {
@@ -214,6 +229,15 @@ impl Storage for DurableView<'_> {
         Ok(scan(&self.store.lock().durable, prefix))
     }
 
+    fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        Ok(range(&self.store.lock().durable, start, end, limit))
+    }
+
     fn apply(&self, _batch: WriteBatch) -> Result<(), StoreError> {
         Err(StoreError::Backend("the durable view is read-only".into()))
     }
@@ -230,6 +254,15 @@ impl Storage for MemStore {
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         Ok(scan(&self.lock().current, prefix))
+    }
+
+    fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        Ok(range(&self.lock().current, start, end, limit))
     }
 
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {

@@ -80,6 +80,26 @@ impl Storage for SledStore {
             .collect()
     }
 
+    fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.db
+            .range(start..end)
+            .take(limit)
+            .map(|entry| {
+                entry
+                    .map(|(key, value)| (key.to_vec(), value.to_vec()))
+                    .map_err(backend)
+            })
+            .collect()
+    }
+
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut sled_batch = sled::Batch::default();
         for op in batch.into_ops() {

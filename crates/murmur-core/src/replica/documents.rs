@@ -5,13 +5,13 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{Change, ChangeHash, ReadDoc};
+use automerge::{ChangeHash, ReadDoc};
 use murmur_store::layout;
 use murmur_wire::{DocumentId, NodeId};
 
 use super::Replica;
 use crate::digest::{self};
-use crate::document::{Document, LoadError};
+use crate::document::{Document, LoadError, Unsaved};
 use crate::load::{Load, Loaded, Parked, Parking, Residency};
 use crate::{FaultInjection, ReplicaError, Time};
 
@@ -107,13 +107,14 @@ impl Replica {
             return;
         };
         let unsaved = document.into_unsaved();
+        let unsaved_changes = unsaved.changes.len();
         match from {
             Some(peer) => tracing::error!(
-                peer = %peer.short(), doc = %doc, reason, unsaved = unsaved.len(),
+                peer = %peer.short(), doc = %doc, reason, unsaved = unsaved_changes,
                 "a peer's data broke the document in memory (an Automerge bug); refused it, rebuilding the document from the store"
             ),
             None => tracing::error!(
-                doc = %doc, reason, unsaved = unsaved.len(),
+                doc = %doc, reason, unsaved = unsaved_changes,
                 "the document no longer saves (an Automerge bug); rebuilding it from the store"
             ),
         }
@@ -384,9 +385,12 @@ impl Replica {
 /// Applies `unsaved` (changes applied before a peer's data broke the
 /// document, verified then) to `document` as just loaded from the store:
 /// how many, or why that failed.
-fn reapply(document: &mut Document, unsaved: Vec<Change>) -> Result<usize, String> {
-    let count = unsaved.len();
-    let (applied, _) = document.apply_verified(|document| document.doc.apply_changes(unsaved))?;
+fn reapply(document: &mut Document, unsaved: Unsaved) -> Result<usize, String> {
+    let Unsaved { changes, records } = unsaved;
+    let count = changes.len();
+    let (applied, _) = document.apply_verified(|document| document.doc.apply_changes(changes))?;
     applied.map_err(|error| error.to_string())?;
+    // The feed records of those changes were made when they first applied.
+    document.restore_records(records);
     Ok(count)
 }

@@ -268,6 +268,7 @@ impl Replica {
             }
         };
         let sync = self.stage_sync_states(&mut batch);
+        let feed = self.stage_feed(&saves, &mut batch);
         let snapshots = saves
             .iter()
             .filter_map(|(id, save)| {
@@ -290,6 +291,7 @@ impl Replica {
                 .take_flushable_writes(|doc| self.docs.is_rebuilding(doc)),
             sync,
             owed: self.replication.take_owed().into_iter().collect(),
+            feed,
             bytes: batch.payload_bytes(),
             started: now,
             pinned,
@@ -346,6 +348,25 @@ impl Replica {
         (saves, leaves)
     }
 
+    /// Adds the feed entries of what `saves` make durable to `batch`,
+    /// numbered in the order they were applied.
+    fn stage_feed(
+        &self,
+        saves: &[(DocumentId, PendingSave)],
+        batch: &mut WriteBatch,
+    ) -> crate::feed::Staged {
+        let records = saves.iter().flat_map(|(id, save)| {
+            self.docs
+                .get(id)
+                .map(|document| document.records_of(save))
+                .unwrap_or_default()
+                .iter()
+                .map(move |record| (*id, record))
+        });
+        self.feed
+            .stage(records, self.config.feed_max_entries, batch)
+    }
+
     /// Adds every dirty sync state to `batch`; returns which.
     fn stage_sync_states(&mut self, batch: &mut WriteBatch) -> Vec<(DocumentId, NodeId)> {
         let sync: Vec<(DocumentId, NodeId)> = std::mem::take(&mut self.durability.dirty_sync)
@@ -379,6 +400,7 @@ impl Replica {
         // Documents being rebuilt may read the store now.
         self.docs.loads_mut().release_held();
         if let Err(error) = result {
+            self.feed.failed(flight.feed);
             let docs = &self.docs;
             for (doc, peer) in self
                 .durability
@@ -390,6 +412,8 @@ impl Replica {
             return;
         }
         self.digest.commit(flight.staged);
+        self.metrics.feed_entries += flight.feed.added(&self.feed);
+        self.feed.committed(flight.feed);
         if let Some(count) = self.digest.root_count() {
             self.metrics.documents_held = u64::from(count);
         }

@@ -137,6 +137,18 @@ impl Replica {
     ) {
         self.promote(doc);
         self.mark_dirty(now, doc);
+        let order = self.feed.next_order();
+        let skip = self
+            .config
+            .planted(crate::FaultInjection::FeedSkipsPeerChanges)
+            && matches!(origin, Origin::Remote(_));
+        if let Some(document) = self.docs.get_mut(&doc) {
+            if skip {
+                document.skip_record();
+            } else {
+                document.record(origin, now, order);
+            }
+        }
         if let Some(document) = self.docs.get(&doc) {
             self.events.push(Event::DocumentChanged {
                 doc,
