@@ -5,7 +5,7 @@ mod process;
 
 use std::time::Duration;
 
-use process::{call, init, next_event, open, NodeProcess};
+use process::{call, get_with, init, next_event, open, read_until, NodeProcess};
 use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -290,4 +290,143 @@ async fn a_configured_token_is_required_on_every_route() {
         let right = call("GET", &node.at(path), Some("s3cret"), None).await;
         assert_eq!(right.status, 200, "{path}: {}", right.body);
     }
+}
+
+/// Writes `n` changes to `doc` (each acknowledged durable, so its feed
+/// entry is readable when the call returns).
+async fn write_changes(node: &NodeProcess, doc: &str, n: usize) {
+    let url = node.at(&format!("/docs/{doc}/changes"));
+    for i in 0..n {
+        let change = json!({"ops": [{"op": "put", "path": ["n"], "value": i}], "ack": "durable"});
+        let applied = call("POST", &url, None, Some(&change.to_string())).await;
+        assert_eq!(applied.status, 200, "{}", applied.body);
+    }
+}
+
+/// The NDJSON lines of a whole (non-following) feed response.
+async fn feed_lines(node: &NodeProcess, query: &str) -> Vec<serde_json::Value> {
+    let response = get_with(
+        &node.at(&format!("/feed?{query}")),
+        &[("accept", "application/x-ndjson")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    let mut body = response.into_body();
+    let text = read_until(&mut body, PATIENCE, |_| false).await;
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_feed_numbers_every_change_and_resumes_from_a_cursor() {
+    let (_dir, node) = node(&[]);
+    let first = create_doc(&node).await;
+    let second = create_doc(&node).await;
+    write_changes(&node, &first, 2).await;
+    write_changes(&node, &second, 1).await;
+
+    // NDJSON, up to now.
+    let all = feed_lines(&node, "follow=false").await;
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(all[0]["doc"], json!(first));
+    assert_eq!(all[2]["doc"], json!(second));
+    assert_eq!(all[0]["origin"], "local");
+    assert_eq!(all[2]["changes"].as_array().unwrap().len(), 1);
+    assert_eq!(all[2]["heads"], all[2]["changes"]);
+    assert_eq!(feed_lines(&node, "since=1&follow=false").await, all[1..]);
+    assert_eq!(feed_lines(&node, "since=0&limit=1").await, all[..1]);
+    let only_second = feed_lines(&node, &format!("follow=false&doc={second}")).await;
+    assert_eq!(only_second, all[2..]);
+    // Beyond the end, not following: empty.
+    assert!(feed_lines(&node, "since=99&follow=false").await.is_empty());
+    assert!(feed_lines(&node, "since=now&follow=false").await.is_empty());
+
+    // SSE: each event's id is its sequence number, and Last-Event-ID
+    // resumes after it.
+    let response = get_with(&node.at("/feed"), &[]).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let text = read_until(&mut body, PATIENCE, |t| t.contains("id: 3\n")).await;
+    assert!(
+        text.contains("id: 1\n") && text.contains("id: 2\n"),
+        "{text}"
+    );
+    assert!(text.contains("event: change\n"), "{text}");
+    let response = get_with(&node.at("/feed?since=0"), &[("last-event-id", "2")]).await;
+    let mut body = response.into_body();
+    let text = read_until(&mut body, PATIENCE, |t| t.contains("id: 3\n")).await;
+    assert!(!text.contains("id: 2\n"), "resumed after 2: {text}");
+
+    // Following: a new change arrives on an open stream.
+    let response = get_with(&node.at("/feed?since=3"), &[]).await;
+    let mut body = response.into_body();
+    write_changes(&node, &first, 1).await;
+    let text = read_until(&mut body, PATIENCE, |t| t.contains("id: 4\n")).await;
+    assert!(!text.contains("id: 3\n"), "{text}");
+}
+
+#[tokio::test]
+async fn an_idle_feed_sends_heartbeats() {
+    let (_dir, node) = node(&[]);
+    let response = get_with(
+        &node.at("/feed?since=now&heartbeat_ms=200"),
+        &[("accept", "application/x-ndjson")],
+    )
+    .await;
+    let mut body = response.into_body();
+    let text = read_until(&mut body, PATIENCE, |t| t.lines().count() >= 2).await;
+    let beat: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(beat, json!({"heartbeat": true, "end": 1}));
+    let response = get_with(&node.at("/feed?since=now&heartbeat_ms=200"), &[]).await;
+    let mut body = response.into_body();
+    let text = read_until(&mut body, PATIENCE, |t| t.contains(": heartbeat")).await;
+    assert!(text.contains(": heartbeat end=1"), "{text}");
+}
+
+#[tokio::test]
+async fn bad_feed_cursors_get_400_and_a_trimmed_one_410() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    init(dir.path(), &[]);
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("feed_max_entries = 2\n{text}")).unwrap();
+    let node = NodeProcess::start(&config);
+    for query in [
+        "since=x",
+        "since=-1",
+        "limit=0",
+        "follow=maybe",
+        "doc=nope",
+        "heartbeat_ms=1",
+    ] {
+        let answer = call("GET", &node.at(&format!("/feed?{query}")), None, None).await;
+        assert_eq!(answer.status, 400, "{query}: {}", answer.body);
+        assert!(answer.json()["error"].is_string(), "{query}");
+    }
+    let doc = create_doc(&node).await;
+    write_changes(&node, &doc, 5).await;
+    let trimmed = call("GET", &node.at("/feed?since=1"), None, None).await;
+    assert_eq!(trimmed.status, 410, "{}", trimmed.body);
+    assert!(
+        trimmed.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot"),
+        "{}",
+        trimmed.body
+    );
+    // The entries kept are still served.
+    let kept = feed_lines(&node, "since=3&follow=false").await;
+    assert_eq!(
+        kept.iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [4, 5]
+    );
 }

@@ -260,6 +260,44 @@ pub async fn open(
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
+/// A GET of `url` with `headers`, its body unread.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> hyper::Response<Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(Method::GET).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    client
+        .request(request.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// Reads `body` until it holds `wanted` (or it ends): the text so far.
+/// Panics past `patience`.
+pub async fn read_until(
+    body: &mut Incoming,
+    patience: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut text = String::new();
+    while !wanted(&text) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; read so far: {text:?}"));
+        match frame {
+            None => break,
+            Some(frame) => {
+                if let Ok(data) = frame.expect("the body broke").into_data() {
+                    text.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+        }
+    }
+    text
+}
+
 async fn request(
     method: &str,
     url: &str,

@@ -18,7 +18,7 @@
 //! reader must start again from a snapshot of the documents.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use automerge::{ChangeHash, ReadDoc};
 use murmur_store::layout;
@@ -68,6 +68,9 @@ pub enum FeedError {
     /// The store failed, or holds an entry that does not decode.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The replica is closed.
+    #[error("the replica is closed")]
+    Closed,
 }
 
 impl FeedEntry {
@@ -166,10 +169,12 @@ impl<'a> Reader<'a> {
 }
 
 /// Reads the feed from a store, off the engine's path (it blocks on the
-/// store: run it on a blocking thread). Cheap to clone.
+/// store: run it on a blocking thread). Cheap to clone. It does not keep
+/// the store open: once the replica is gone, reads fail with
+/// [`FeedError::Closed`].
 #[derive(Clone)]
 pub struct FeedReader {
-    store: Arc<dyn Storage>,
+    store: Weak<dyn Storage>,
 }
 
 impl std::fmt::Debug for FeedReader {
@@ -179,8 +184,14 @@ impl std::fmt::Debug for FeedReader {
 }
 
 impl FeedReader {
-    pub(crate) fn new(store: Arc<dyn Storage>) -> Self {
-        FeedReader { store }
+    pub(crate) fn new(store: &Arc<dyn Storage>) -> Self {
+        FeedReader {
+            store: Arc::downgrade(store),
+        }
+    }
+
+    fn store(&self) -> Result<Arc<dyn Storage>, FeedError> {
+        self.store.upgrade().ok_or(FeedError::Closed)
     }
 
     /// The entries numbered `from` up to (not including) `end`, at most
@@ -189,13 +200,13 @@ impl FeedReader {
     /// past it may not be durable yet. Empty when `from >= end` (nothing
     /// new yet); [`FeedError::Trimmed`] when entry `from` is gone.
     pub fn read(&self, from: u64, end: u64, limit: usize) -> Result<Vec<FeedEntry>, FeedError> {
-        read_page(&*self.store, from, end, limit)
+        read_page(&*self.store()?, from, end, limit)
     }
 
     /// The oldest entry the feed holds, or `end` if it holds none before
     /// `end`.
     pub fn first(&self, end: u64) -> Result<u64, FeedError> {
-        Ok(first_entry(&*self.store, end)?)
+        Ok(first_entry(&*self.store()?, end)?)
     }
 }
 

@@ -344,7 +344,7 @@ impl Replica {
 
     /// A reader of this replica's change feed, for a thread that may block.
     pub fn feed_reader(&self) -> crate::feed::FeedReader {
-        crate::feed::FeedReader::new(self.store.clone())
+        crate::feed::FeedReader::new(&self.store)
     }
 
     /// Counters since the replica opened.

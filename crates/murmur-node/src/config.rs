@@ -51,6 +51,10 @@ pub struct Config {
     /// check off.
     #[serde(default)]
     pub min_free_mb: Option<u64>,
+    /// Most entries the change feed (`GET /feed`) keeps; older ones are
+    /// trimmed, and a reader behind them gets 410 Gone. Default 1,000,000.
+    #[serde(default)]
+    pub feed_max_entries: Option<u64>,
     /// Peers to dial (and allow).
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
@@ -121,6 +125,8 @@ pub struct Settings {
     pub anti_entropy: Option<Duration>,
     /// The free-space watermark in bytes, if set.
     pub min_free_bytes: Option<u64>,
+    /// The feed's retention, if set.
+    pub feed_max_entries: Option<u64>,
     /// Peers with resolved addresses.
     pub peers: Vec<(NodeId, SocketAddr)>,
     /// Nodes allowed to connect.
@@ -182,6 +188,10 @@ fn check(config: Config, base: &Path) -> anyhow::Result<Settings> {
         log: config.log,
         anti_entropy,
         min_free_bytes: config.min_free_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+        feed_max_entries: match config.feed_max_entries {
+            Some(0) => bail!("feed_max_entries = 0 would keep no feed (at least 1)"),
+            other => other,
+        },
         peers,
         allow: config.allow.iter().map(|id| id.0).collect(),
     })

@@ -34,7 +34,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The routes, for the 404 message.
 const ROUTES: &str = "GET /docs, POST /docs, GET /docs/{id}, POST /docs/{id}/changes, \
-                      GET /docs/{id}/events, GET /status, GET /peers, POST /peers, \
+                      GET /docs/{id}/events, GET /feed, GET /status, GET /peers, POST /peers, \
                       DELETE /peers/{id}, GET /metrics";
 
 /// What every handler shares.
@@ -57,6 +57,16 @@ impl AppState {
             started: Instant::now(),
         }
     }
+
+    /// The node served.
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Turns true when the server shuts down.
+    pub(crate) fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
 }
 
 /// The API's routes and middleware.
@@ -66,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/docs/{id}", get(get_doc))
         .route("/docs/{id}/changes", post(post_changes))
         .route("/docs/{id}/events", get(doc_events))
+        .route("/feed", get(crate::feed::get_feed))
         .route("/status", get(status))
         .route("/peers", get(peers).post(add_peer))
         .route("/peers/{id}", axum::routing::delete(remove_peer))
@@ -94,8 +105,12 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub(crate) fn gone(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::GONE, message)
     }
 }
 
@@ -148,7 +163,7 @@ impl From<murmur::Error> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Most bytes of a plain-text error read to put it in a JSON body.
 const MAX_PLAIN_ERROR_BYTES: usize = 4096;
@@ -390,7 +405,7 @@ pub fn parse_ack(text: &str) -> ApiResult<Ack> {
     }
 }
 
-fn hex_heads(heads: &[murmur::automerge::ChangeHash]) -> Vec<String> {
+pub(crate) fn hex_heads(heads: &[murmur::automerge::ChangeHash]) -> Vec<String> {
     heads.iter().map(ToString::to_string).collect()
 }
 

@@ -16,6 +16,7 @@ mod cli;
 mod client;
 mod config;
 mod demo;
+mod feed;
 mod http;
 mod init;
 mod metrics;

@@ -85,6 +85,9 @@ async fn start_node(settings: &Settings) -> anyhow::Result<Node> {
     if let Some(interval) = settings.anti_entropy {
         builder = builder.anti_entropy_interval(interval);
     }
+    if let Some(entries) = settings.feed_max_entries {
+        builder = builder.feed_max_entries(entries);
+    }
     if let Some(bytes) = settings.min_free_bytes {
         builder = builder.min_free_bytes(bytes);
     }

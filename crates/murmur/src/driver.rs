@@ -121,6 +121,7 @@ pub enum Command {
 pub struct DriverHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
+    feed: crate::feed::FeedSource,
 }
 
 /// The driver is gone (shut down, or its task ended).
@@ -134,6 +135,11 @@ impl DriverHandle {
     /// for the driver: it answers even while the engine is busy.
     pub fn last_status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// The change feed from `cursor` on (see [`crate::feed`]).
+    pub fn feed(&self, cursor: crate::feed::Cursor) -> crate::feed::FeedStream {
+        self.feed.stream(cursor)
     }
 
     /// Sends `command`, waiting for room in the queue.
@@ -298,6 +304,8 @@ struct Driver {
     replication_deadlines: std::collections::BTreeSet<(tokio::time::Instant, WriteId)>,
     subscriptions: BTreeMap<DocumentId, Subscription>,
     shutdown: Option<oneshot::Sender<Result<(), ReplicaError>>>,
+    /// Where the number after the newest durable feed entry is published.
+    feed_end: watch::Sender<u64>,
     /// Where the status is published, and when it last was.
     published: watch::Sender<Status>,
     published_at: tokio::time::Instant,
@@ -342,6 +350,12 @@ pub fn spawn(
         None => (None, None),
     };
     let (published, status) = watch::channel(Status::starting(replica.node_id()));
+    let (feed_end, feed_end_rx) = watch::channel(replica.feed_end());
+    let feed = crate::feed::FeedSource {
+        reader: replica.feed_reader(),
+        end: feed_end_rx,
+        inline: env.inline_effects,
+    };
     let mut driver = Driver {
         replica,
         commands,
@@ -353,6 +367,7 @@ pub fn spawn(
         replication_deadlines: std::collections::BTreeSet::new(),
         subscriptions: BTreeMap::new(),
         shutdown: None,
+        feed_end,
         published,
         published_at: tokio::time::Instant::now(),
         flushing: None,
@@ -376,6 +391,7 @@ pub fn spawn(
         DriverHandle {
             commands: sender,
             status,
+            feed,
         },
         task,
     )
@@ -401,6 +417,9 @@ impl Driver {
                 Wake::Flushed(result) => {
                     self.flushing = None;
                     self.replica.handle_flush_complete(self.env.now(), result);
+                    let end = self.replica.feed_end();
+                    self.feed_end
+                        .send_if_modified(|published| std::mem::replace(published, end) != end);
                 }
                 Wake::Loaded(joined) => self.load_done(*joined),
                 Wake::Probed(measured) => {

@@ -52,11 +52,13 @@
 mod change;
 mod doc;
 pub mod driver;
+pub mod feed;
 pub mod json;
 mod node;
 mod status;
 
 pub use doc::{ChangeStream, DocHandle, Receipt};
+pub use feed::{Cursor, FeedEntry, FeedStream};
 pub use node::{Node, NodeBuilder, Simulation};
 
 pub use automerge;
@@ -119,6 +121,16 @@ pub enum Error {
     /// them; read the document to catch up.
     #[error("fell behind and missed {0} document changes")]
     Lagged(u64),
+    /// The feed no longer holds the entries from the cursor on (retention
+    /// removed them, or they predate the feed): start again from a
+    /// snapshot of the documents, then follow from `first - 1`.
+    #[error("the feed no longer holds entry {from} (its oldest is {first}): start again from a snapshot")]
+    FeedTrimmed {
+        /// The sequence number asked for.
+        from: u64,
+        /// The oldest entry the feed holds.
+        first: u64,
+    },
 }
 
 impl From<driver::DriverClosed> for Error {

@@ -96,6 +96,7 @@ pub struct NodeBuilder {
     allowed: Vec<NodeId>,
     identity: Option<std::sync::Arc<Identity>>,
     min_free_bytes: Option<u64>,
+    feed_max_entries: Option<u64>,
     simulation: Option<Simulation>,
 }
 
@@ -164,6 +165,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Most entries the change feed keeps (default 1,000,000): older ones
+    /// are trimmed, and a reader behind them gets [`crate::Error::FeedTrimmed`].
+    pub fn feed_max_entries(mut self, entries: u64) -> Self {
+        self.feed_max_entries = Some(entries);
+        self
+    }
+
     /// Free bytes the data directory's disk must keep (default 64 MiB):
     /// below it, new writes are refused with
     /// [`ReplicaError::DiskFull`](murmur_core::ReplicaError::DiskFull) until
@@ -219,6 +227,9 @@ impl NodeBuilder {
         }
         if let Some(delay) = self.group_commit_delay {
             config.group_commit_delay = delay;
+        }
+        if let Some(entries) = self.feed_max_entries {
+            config.feed_max_entries = entries;
         }
         if let Some(bytes) = self.min_free_bytes {
             config.min_free_bytes = bytes;
@@ -342,6 +353,7 @@ impl Node {
             allowed: Vec::new(),
             identity: None,
             min_free_bytes: None,
+            feed_max_entries: None,
             simulation: None,
         }
     }
@@ -373,6 +385,32 @@ impl Node {
             .handle
             .request(|reply| Command::ListDocuments { reply })
             .await?)
+    }
+
+    /// The change feed from `cursor` on: every change this node applies,
+    /// local or from a peer, in any document, once, under a dense sequence
+    /// number that survives crashes (see [`crate::feed`]).
+    ///
+    /// ```
+    /// use murmur::automerge::{transaction::Transactable, ROOT};
+    /// use murmur::{Cursor, Node};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), murmur::Error> {
+    /// let node = Node::builder().in_memory().start().await?;
+    /// let doc = node.create_doc().await?;
+    /// doc.change(|tx| tx.put(ROOT, "n", 1)).await?;
+    /// let mut feed = node.feed(Cursor::Start);
+    /// let entry = feed.next().await.expect("the node runs")?;
+    /// assert_eq!((entry.seq, entry.doc), (1, doc.id()));
+    /// // A consumer stores `entry.seq` with what it made of the entry,
+    /// // and resumes with `Cursor::After(seq)`.
+    /// # node.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn feed(&self, cursor: crate::Cursor) -> crate::FeedStream {
+        self.handle.feed(cursor)
     }
 
     /// Allows `peer` and keeps a connection to it at `addr`. Fails with
