@@ -327,3 +327,56 @@ async fn nodes_that_know_only_a_seed_find_each_other_through_membership() {
         n.node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_show_as_the_same_conflict_on_every_node_until_resolved() {
+    let nodes = cluster(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let doc = a.node.create_doc().await.unwrap();
+    doc.change(|tx| tx.put(ROOT, "x", 0)).await.unwrap();
+    wait_for("b to hold the document", async || {
+        heads_everywhere(&[&a.node, &b.node], doc.id()).await
+    })
+    .await;
+    // Apart, each puts its own value.
+    a.node.remove_peer(b.node.id()).await.unwrap();
+    b.node.remove_peer(a.node.id()).await.unwrap();
+    doc.change(|tx| tx.put(ROOT, "x", "from a")).await.unwrap();
+    let on_b = b.node.doc(doc.id()).await.unwrap();
+    on_b.change(|tx| tx.put(ROOT, "x", "from b")).await.unwrap();
+    connect_all(&nodes).await;
+    wait_for("the edits to merge", async || {
+        heads_everywhere(&[&a.node, &b.node], doc.id()).await
+            && doc.heads().await.unwrap().len() == 2
+    })
+    .await;
+
+    let seen_a = doc.conflicts().await.unwrap();
+    let seen_b = on_b.conflicts().await.unwrap();
+    assert_eq!(seen_a, seen_b, "every node sees the same conflict");
+    assert_eq!(seen_a.len(), 1);
+    assert_eq!(seen_a[0].path, [serde_json::json!("x")]);
+    let mut values: Vec<String> = seen_a[0]
+        .values
+        .iter()
+        .map(|v| v.value.as_str().unwrap().to_owned())
+        .collect();
+    values.sort();
+    assert_eq!(values, ["from a", "from b"]);
+    let heads = doc.heads().await.unwrap();
+    for value in &seen_a[0].values {
+        assert!(
+            heads.contains(&value.change.unwrap()),
+            "each value names its change"
+        );
+    }
+
+    // Resolving: put the value wanted; the conflict is gone everywhere.
+    doc.change(|tx| tx.put(ROOT, "x", "agreed")).await.unwrap();
+    wait_for("the resolution to replicate", async || {
+        heads_everywhere(&[&a.node, &b.node], doc.id()).await
+    })
+    .await;
+    assert!(doc.conflicts().await.unwrap().is_empty());
+    assert!(on_b.conflicts().await.unwrap().is_empty());
+}

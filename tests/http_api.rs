@@ -430,3 +430,131 @@ async fn bad_feed_cursors_get_400_and_a_trimmed_one_410() {
         [4, 5]
     );
 }
+
+#[tokio::test]
+async fn history_older_heads_diffs_and_typed_reads() {
+    let (_dir, node) = node(&[]);
+    let doc = create_doc(&node).await;
+    let url = node.at(&format!("/docs/{doc}/changes"));
+    let first = json!({
+        "ops": [
+            {"op": "put_text", "path": ["notes"], "text": "hi"},
+            {"op": "put_counter", "path": ["visits"], "value": 1},
+            {"op": "put", "path": ["title"], "value": "One"},
+        ],
+        "message": "start the notes",
+    });
+    let first = call("POST", &url, None, Some(&first.to_string()))
+        .await
+        .json();
+    let second = json!({"ops": [{"op": "put", "path": ["title"], "value": "Two"}]});
+    let second = call("POST", &url, None, Some(&second.to_string()))
+        .await
+        .json();
+
+    let history = call("GET", &node.at(&format!("/docs/{doc}/history")), None, None).await;
+    assert_eq!(history.status, 200, "{}", history.body);
+    let history = history.json();
+    assert_eq!(history["total"], 2);
+    assert_eq!(history["next_offset"], serde_json::Value::Null);
+    let changes = history["changes"].as_array().unwrap();
+    assert_eq!(changes[0]["hash"], first["change"]);
+    assert_eq!(changes[0]["message"], "start the notes");
+    assert_eq!(changes[0]["seq"], 1);
+    assert!(changes[0]["ops"].as_u64().unwrap() >= 4, "{}", changes[0]);
+    assert!(changes[0]["node"].is_string() && changes[0]["incarnation"].is_u64());
+    assert_eq!(changes[1]["deps"], json!([first["change"]]));
+    assert_eq!(changes[1]["message"], serde_json::Value::Null);
+    let page = call(
+        "GET",
+        &node.at(&format!("/docs/{doc}/history?limit=1")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(page.json()["next_offset"], 1);
+    assert_eq!(page.json()["changes"].as_array().unwrap().len(), 1);
+
+    let first_heads = first["heads"][0].as_str().unwrap();
+    let then = call(
+        "GET",
+        &node.at(&format!("/docs/{doc}?at={first_heads}")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(then.status, 200, "{}", then.body);
+    assert_eq!(then.json()["content"]["title"], "One");
+    assert_eq!(then.json()["heads"], first["heads"]);
+    let diff = call(
+        "GET",
+        &node.at(&format!("/docs/{doc}/diff?from={first_heads}")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(diff.status, 200, "{}", diff.body);
+    assert_eq!(
+        diff.json()["patches"],
+        json!([{"action": "put", "path": ["title"], "value": "Two"}])
+    );
+    assert_eq!(diff.json()["to"], second["heads"]);
+
+    let typed = call(
+        "GET",
+        &node.at(&format!("/docs/{doc}?types=true&conflicts=true")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(typed.status, 200, "{}", typed.body);
+    let typed = typed.json();
+    assert_eq!(
+        typed["content"]["notes"],
+        json!({"type": "text", "value": "hi"})
+    );
+    assert_eq!(
+        typed["content"]["visits"],
+        json!({"type": "counter", "value": 1})
+    );
+    assert_eq!(typed["content"]["title"], "Two");
+    assert_eq!(typed["conflicts"], json!([]));
+
+    // Unknown documents and changes, malformed heads and flags.
+    let missing = murmur::DocumentId::from([7; 16]);
+    let unknown = call(
+        "GET",
+        &node.at(&format!("/docs/{missing}/history")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let absent = "0".repeat(64);
+    let at = call(
+        "GET",
+        &node.at(&format!("/docs/{doc}?at={absent}")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(at.status, 404, "{}", at.body);
+    for query in [
+        "?at=zz",
+        "?types=yes",
+        "?conflicts=1",
+        "/history?limit=0",
+        "/history?limit=x",
+        "/diff?to=nothex",
+    ] {
+        let (path, q) = query.split_at(query.find('?').unwrap());
+        let answer = call(
+            "GET",
+            &node.at(&format!("/docs/{doc}{path}{q}")),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{query}: {}", answer.body);
+    }
+}

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -18,7 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as JsonBody, Router};
 use futures_util::Stream;
+use murmur::automerge::ChangeHash;
 use murmur::json::{self, ApplyError, OpError};
+use murmur::view::{self, Conflict, ViewOptions};
 use murmur::{Ack, DocHandle, DocumentChange, DocumentId, Node, Origin, Status};
 use murmur_core::ReplicaError;
 use serde::Deserialize;
@@ -34,6 +36,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The routes, for the 404 message.
 const ROUTES: &str = "GET /docs, POST /docs, GET /docs/{id}, POST /docs/{id}/changes, \
+                      GET /docs/{id}/history, GET /docs/{id}/diff, \
                       GET /docs/{id}/events, GET /feed, GET /status, GET /peers, POST /peers, \
                       DELETE /peers/{id}, GET /metrics";
 
@@ -75,6 +78,8 @@ pub fn router(state: AppState) -> Router {
         .route("/docs", get(list_docs).post(create_doc))
         .route("/docs/{id}", get(get_doc))
         .route("/docs/{id}/changes", post(post_changes))
+        .route("/docs/{id}/history", get(get_history))
+        .route("/docs/{id}/diff", get(get_diff))
         .route("/docs/{id}/events", get(doc_events))
         .route("/feed", get(crate::feed::get_feed))
         .route("/status", get(status))
@@ -133,6 +138,7 @@ impl From<murmur::Error> for ApiError {
                 StatusCode::NOT_FOUND,
                 format!("no document {id} on this node"),
             ),
+            murmur::Error::View(error) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
             murmur::Error::NotReplicated(murmur::NotReplicated { wanted, reached }) => {
                 ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -296,17 +302,173 @@ async fn create_doc(State(state): State<AppState>) -> ApiResult<Response> {
     Ok(response)
 }
 
+/// `GET /docs/{id}`'s query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    at: Option<String>,
+    types: Option<String>,
+    conflicts: Option<String>,
+}
+
 async fn get_doc(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
 ) -> ApiResult<JsonBody<Json>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let options = ViewOptions {
+        at: query.at.as_deref().map(parse_heads).transpose()?,
+        types: parse_flag("types", query.types.as_deref())?,
+        conflicts: parse_flag("conflicts", query.conflicts.as_deref())?,
+    };
     let doc = doc_handle(&state, &id).await?;
-    let (heads, content) = doc
-        .read(|d| (hex_heads(&d.get_heads()), json::document_to_json(d)))
-        .await?;
-    Ok(JsonBody(
-        json!({ "id": doc.id().to_string(), "heads": heads, "content": content }),
-    ))
+    let conflicts = options.conflicts;
+    let view = doc.view(options).await?;
+    let mut body = json!({
+        "id": doc.id().to_string(),
+        "heads": hex_heads(&view.heads),
+        "content": view.content,
+    });
+    if conflicts {
+        body["conflicts"] = view.conflicts.iter().map(conflict_json).collect();
+    }
+    Ok(JsonBody(body))
+}
+
+fn conflict_json(conflict: &Conflict) -> Json {
+    let values: Vec<Json> = conflict
+        .values
+        .iter()
+        .map(|value| {
+            json!({
+                "value": value.value,
+                "change": value.change.map(|hash| hash.to_string()),
+                "actor": value.actor,
+            })
+        })
+        .collect();
+    json!({"path": conflict.path, "values": values})
+}
+
+/// Heads as a query parameter: change hashes in hex, comma-separated (an
+/// empty text is the empty document's heads).
+pub(crate) fn parse_heads(text: &str) -> ApiResult<Vec<ChangeHash>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|hash| !hash.is_empty())
+        .map(|hash| {
+            hash.parse::<ChangeHash>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "`{hash}` is not a change hash (64 hex digits; heads are comma-separated)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `true` or `false` (absent: false).
+fn parse_flag(name: &str, text: Option<&str>) -> ApiResult<bool> {
+    match text {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name}={other:?}: expected true or false"
+        ))),
+    }
+}
+
+/// `GET /docs/{id}/history`'s query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// Changes a history page holds at most (and by default).
+const MAX_HISTORY_PAGE: usize = 1000;
+const DEFAULT_HISTORY_PAGE: usize = 100;
+
+async fn get_history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> ApiResult<JsonBody<Json>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = match query.limit {
+        None => DEFAULT_HISTORY_PAGE,
+        Some(n @ 1..=MAX_HISTORY_PAGE) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "limit={n}: expected 1 to {MAX_HISTORY_PAGE}"
+            )))
+        }
+    };
+    let offset = query.offset.unwrap_or(0);
+    let doc = doc_handle(&state, &id).await?;
+    let history = doc.history(offset, limit).await?;
+    let changes: Vec<Json> = history
+        .changes
+        .iter()
+        .map(|change| {
+            let (node, incarnation) = match change.writer {
+                Some((node, incarnation)) => (json!(node.to_string()), json!(incarnation)),
+                None => (Json::Null, Json::Null),
+            };
+            json!({
+                "hash": change.hash.to_string(),
+                "actor": change.actor,
+                "node": node,
+                "incarnation": incarnation,
+                "seq": change.seq,
+                "timestamp": change.timestamp,
+                "message": change.message,
+                "deps": hex_heads(&change.deps),
+                "ops": change.ops,
+            })
+        })
+        .collect();
+    let end = offset.saturating_add(changes.len());
+    Ok(JsonBody(json!({
+        "id": doc.id().to_string(),
+        "total": history.total,
+        "offset": offset,
+        "changes": changes,
+        "next_offset": (end < history.total).then_some(end),
+    })))
+}
+
+/// `GET /docs/{id}/diff`'s query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn get_diff(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<DiffQuery>, QueryRejection>,
+) -> ApiResult<JsonBody<Json>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let from = parse_heads(query.from.as_deref().unwrap_or(""))?;
+    let to = query.to.as_deref().map(parse_heads).transpose()?;
+    let doc = doc_handle(&state, &id).await?;
+    let (from, to, patches) = doc
+        .read(move |d| {
+            let to = to.unwrap_or_else(|| d.get_heads());
+            view::diff(d, &from, &to).map(|patches| (from, to, patches))
+        })
+        .await?
+        .map_err(murmur::Error::from)?;
+    Ok(JsonBody(json!({
+        "id": doc.id().to_string(),
+        "from": hex_heads(&from),
+        "to": hex_heads(&to),
+        "patches": patches,
+    })))
 }
 
 /// The body of `POST /docs/{id}/changes`.
@@ -316,6 +478,9 @@ struct ChangeRequest {
     ops: Json,
     #[serde(default)]
     ack: Option<String>,
+    /// A message the change carries (history shows it).
+    #[serde(default)]
+    message: Option<String>,
 }
 
 async fn post_changes(
@@ -331,14 +496,13 @@ async fn post_changes(
     }
     let doc = doc_handle(&state, &id).await?;
     let span = tracing::info_span!("change", doc = %doc.id(), ops = ops.len());
-    let receipt =
-        json::apply(&doc, ops, ack)
-            .instrument(span)
-            .await
-            .map_err(|error| match error {
-                ApplyError::Op(error) => op_error(error),
-                ApplyError::Node(error) => error.into(),
-            })?;
+    let receipt = json::apply(&doc, ops, ack, request.message)
+        .instrument(span)
+        .await
+        .map_err(|error| match error {
+            ApplyError::Op(error) => op_error(error),
+            ApplyError::Node(error) => error.into(),
+        })?;
     let heads = doc.read(|d| hex_heads(&d.get_heads())).await?;
     Ok(JsonBody(json!({
         "change": receipt.change.map(|hash| hash.to_string()),
@@ -368,6 +532,7 @@ fn parse_change_request(body: &[u8]) -> ApiResult<ChangeRequest> {
         Json::Array(_) => Ok(ChangeRequest {
             ops: value,
             ack: None,
+            message: None,
         }),
         Json::Object(_) => ChangeRequest::deserialize(value).map_err(|e| {
             ApiError::bad_request(format!(

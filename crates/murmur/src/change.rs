@@ -15,6 +15,10 @@ use tokio::sync::oneshot;
 pub trait ChangeRequest: Send {
     /// Runs the change in `tx`. An error rolls the transaction back.
     fn run(&mut self, tx: &mut Transaction<'_>) -> Result<(), AutomergeError>;
+    /// The message the change carries, if any (history shows it).
+    fn message(&mut self) -> Option<String> {
+        None
+    }
     /// The outcome: the change made (`None`: the change function changed
     /// nothing), or why the change was not acknowledged.
     fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>);
@@ -35,6 +39,7 @@ pub type ChangeOutcome<R, E> = Result<Result<ChangeReceipt<R>, E>, ChangeFailed>
 /// A change function with the channel its caller waits on.
 pub(crate) struct TypedChange<F, R, E> {
     pub(crate) change: Option<F>,
+    pub(crate) message: Option<String>,
     pub(crate) output: Option<Result<R, E>>,
     pub(crate) reply: oneshot::Sender<ChangeOutcome<R, E>>,
 }
@@ -55,6 +60,10 @@ where
             return Err(AutomergeError::Fail);
         }
         Ok(())
+    }
+
+    fn message(&mut self) -> Option<String> {
+        self.message.take()
     }
 
     fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>) {

@@ -10,6 +10,7 @@ use automerge::{Automerge, AutomergeError, ChangeHash};
 use murmur_core::{AckLevel, DocumentId, ReplicaError};
 use tokio::sync::broadcast;
 
+use crate::view::{self, Conflict, History, View, ViewError, ViewOptions};
 use crate::Error;
 
 /// One document on a node. Cheap to clone; every clone talks to the same
@@ -116,18 +117,137 @@ impl DocHandle {
         E: Send + 'static,
         F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
     {
-        let outcome =
-            self.handle
-                .change(self.id, ack, f)
-                .await?
-                .map_err(|failed| match failed {
-                    ChangeFailed::Rejected(error) => Error::Replica(error),
-                    ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
-                })?;
+        self.try_change_described(ack, None, f).await
+    }
+
+    /// Like [`DocHandle::change_with`], the change carrying `message`
+    /// (Automerge's change message, which [`DocHandle::history`] shows).
+    ///
+    /// ```
+    /// use murmur::automerge::{transaction::Transactable, ROOT};
+    /// use murmur::{Ack, Node};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), murmur::Error> {
+    /// let node = Node::builder().in_memory().start().await?;
+    /// let doc = node.create_doc().await?;
+    /// doc.change_described(Ack::Durable, "set the title", |tx| tx.put(ROOT, "title", "Notes"))
+    ///     .await?;
+    /// let history = doc.history(0, 10).await?;
+    /// assert_eq!(history.changes[0].message.as_deref(), Some("set the title"));
+    /// # node.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn change_described<R, F>(
+        &self,
+        ack: AckLevel,
+        message: impl Into<String>,
+        f: F,
+    ) -> Result<Receipt<R>, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError> + Send + 'static,
+    {
+        match self
+            .try_change_described(ack, Some(message.into()), f)
+            .await?
+        {
+            Ok(receipt) => Ok(receipt),
+            Err(error) => Err(Error::Replica(ReplicaError::ChangeRejected(error))),
+        }
+    }
+
+    /// [`DocHandle::try_change_with`], the change carrying `message` if
+    /// given.
+    pub async fn try_change_described<R, E, F>(
+        &self,
+        ack: AckLevel,
+        message: Option<String>,
+        f: F,
+    ) -> Result<Result<Receipt<R>, E>, Error>
+    where
+        R: Send + 'static,
+        E: Send + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    {
+        let outcome = self
+            .handle
+            .change_described(self.id, ack, message, f)
+            .await?
+            .map_err(|failed| match failed {
+                ChangeFailed::Rejected(error) => Error::Replica(error),
+                ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
+            })?;
         Ok(outcome.map(|receipt| Receipt {
             change: receipt.change,
             output: receipt.output,
         }))
+    }
+
+    /// Reads the document as JSON, as `options` ask: at older heads, with
+    /// types marked, with its conflicts (see [`ViewOptions`]).
+    ///
+    /// ```
+    /// use murmur::automerge::{transaction::Transactable, ROOT};
+    /// use murmur::view::ViewOptions;
+    /// use murmur::Node;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), murmur::Error> {
+    /// let node = Node::builder().in_memory().start().await?;
+    /// let doc = node.create_doc().await?;
+    /// doc.change(|tx| tx.put(ROOT, "title", "First")).await?;
+    /// let first = doc.heads().await?;
+    /// doc.change(|tx| tx.put(ROOT, "title", "Second")).await?;
+    /// let then = doc.view(ViewOptions { at: Some(first), ..ViewOptions::default() }).await?;
+    /// assert_eq!(then.content["title"], "First");
+    /// # node.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn view(&self, options: ViewOptions) -> Result<View, Error> {
+        Ok(self.read(move |doc| view::view(doc, &options)).await??)
+    }
+
+    /// The keys and list elements where concurrent changes left several
+    /// values, each with the change that put it. An app resolves one by
+    /// putting the value it wants.
+    pub async fn conflicts(&self) -> Result<Vec<Conflict>, Error> {
+        let options = ViewOptions {
+            conflicts: true,
+            ..ViewOptions::default()
+        };
+        Ok(self.view(options).await?.conflicts)
+    }
+
+    /// The patches that take the document from heads `from` to heads `to`.
+    pub async fn diff(
+        &self,
+        from: Vec<ChangeHash>,
+        to: Vec<ChangeHash>,
+    ) -> Result<Vec<automerge::Patch>, Error> {
+        Ok(self
+            .read(move |doc| {
+                view::check_heads(doc, &from)?;
+                view::check_heads(doc, &to)?;
+                Ok::<_, ViewError>(doc.diff(&from, &to))
+            })
+            .await??)
+    }
+
+    /// At most `limit` changes of the document's history, from the
+    /// `offset`-th on, in causal order.
+    /// A change's writer is named when it is this node or one it knows
+    /// (a peer, a member, an allowed node).
+    pub async fn history(&self, offset: usize, limit: usize) -> Result<History, Error> {
+        let status = self.handle.last_status();
+        let mut known = vec![status.node_id];
+        known.extend(status.peers.iter().map(|peer| peer.id));
+        known.extend(status.members.iter().map(|(node, _)| *node));
+        known.extend(status.allowed.iter().copied());
+        self.read(move |doc| view::history(doc, offset, limit, &known))
+            .await
     }
 
     /// Reads the document.

@@ -172,11 +172,28 @@ impl DriverHandle {
         R: Send + 'static,
         E: Send + 'static,
     {
+        self.change_described(doc, ack, None, change).await
+    }
+
+    /// [`DriverHandle::change`], the change carrying `message`.
+    pub async fn change_described<R, E, F>(
+        &self,
+        doc: DocumentId,
+        ack: AckLevel,
+        message: Option<String>,
+        change: F,
+    ) -> Result<ChangeOutcome<R, E>, DriverClosed>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
         self.request(|reply| Command::Change {
             doc,
             ack,
             request: Box::new(TypedChange {
                 change: Some(change),
+                message,
                 output: None,
                 reply,
             }),
@@ -791,9 +808,10 @@ impl Driver {
         mut request: Box<dyn ChangeRequest>,
         wanted: AckLevel,
     ) {
+        let message = request.message();
         let write = match self
             .replica
-            .handle_local_change(now, doc, |tx| request.run(tx))
+            .handle_local_change_described(now, doc, message, |tx| request.run(tx))
         {
             Ok(write) => {
                 self.turn_ops += write.ops;

@@ -354,7 +354,12 @@ pub fn operation_count(ops: &[Op]) -> usize {
 /// of them or, on an error, none. Ops that make more than
 /// [`MAX_CHANGE_OPS`] Automerge operations are refused
 /// ([`OpError::TooLarge`]) before they reach the node.
-pub async fn apply(handle: &DocHandle, ops: Vec<Op>, ack: Ack) -> Result<Receipt<()>, ApplyError> {
+pub async fn apply(
+    handle: &DocHandle,
+    ops: Vec<Op>,
+    ack: Ack,
+    message: Option<String>,
+) -> Result<Receipt<()>, ApplyError> {
     let count = operation_count(&ops);
     if count > MAX_CHANGE_OPS {
         return Err(ApplyError::Op(OpError::TooLarge {
@@ -363,7 +368,7 @@ pub async fn apply(handle: &DocHandle, ops: Vec<Op>, ack: Ack) -> Result<Receipt
         }));
     }
     match handle
-        .try_change_with(ack, move |tx| apply_ops(tx, &ops))
+        .try_change_described(ack, message, move |tx| apply_ops(tx, &ops))
         .await
     {
         Ok(Ok(receipt)) => Ok(receipt),
@@ -731,7 +736,7 @@ fn value_json(value: &Value<'_>) -> Json {
     }
 }
 
-fn scalar_json(scalar: &ScalarValue) -> Json {
+pub(crate) fn scalar_json(scalar: &ScalarValue) -> Json {
     serde_json::to_value(scalar).unwrap_or(Json::Null)
 }
 

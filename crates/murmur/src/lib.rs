@@ -56,6 +56,7 @@ pub mod feed;
 pub mod json;
 mod node;
 mod status;
+pub mod view;
 
 pub use doc::{ChangeStream, DocHandle, Receipt};
 pub use feed::{Cursor, FeedEntry, FeedStream};
@@ -121,6 +122,9 @@ pub enum Error {
     /// them; read the document to catch up.
     #[error("fell behind and missed {0} document changes")]
     Lagged(u64),
+    /// A document cannot be read as asked (heads it does not hold).
+    #[error(transparent)]
+    View(#[from] view::ViewError),
     /// The feed no longer holds the entries from the cursor on (retention
     /// removed them, or they predate the feed): start again from a
     /// snapshot of the documents, then follow from `first - 1`.

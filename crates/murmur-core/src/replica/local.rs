@@ -66,13 +66,28 @@ impl Replica {
         doc: DocumentId,
         change: impl FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
     ) -> Result<LocalWrite<O>, ReplicaError> {
+        self.handle_local_change_described(now, doc, None, change)
+    }
+
+    /// [`Replica::handle_local_change`], with a message the change carries
+    /// (Automerge's change message: history shows it).
+    pub fn handle_local_change_described<O>(
+        &mut self,
+        now: Time,
+        doc: DocumentId,
+        message: Option<String>,
+        change: impl FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
+    ) -> Result<LocalWrite<O>, ReplicaError> {
         let _span = tracing::debug_span!("local_change", doc = %doc).entered();
         self.observe_clock(now);
         self.check_writable()?;
         let observed = self.events.observed(doc);
         let max_ops = self.config.max_change_ops;
         let document = self.document_mut(doc)?;
-        let options = CommitOptions::default().with_time(now.as_automerge_seconds());
+        let mut options = CommitOptions::default().with_time(now.as_automerge_seconds());
+        if let Some(message) = message {
+            options = options.with_message(message);
+        }
         let Committed {
             result,
             hash,
