@@ -546,3 +546,89 @@ async fn peers_are_added_and_removed_at_runtime_over_http_and_the_cli() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_backup_restores_into_a_new_node_which_then_catches_up() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    two_node_configs(dir_a.path(), dir_b.path());
+    let a = NodeProcess::start(&config(dir_a.path()));
+    let notes = client(&a, &["doc", "create"]).trim().to_owned();
+    let list = client(&a, &["doc", "create"]).trim().to_owned();
+    client(&a, &["doc", "put", &notes, "title=Notes", "n:=1"]);
+    client(&a, &["doc", "put", &list, "items:=[\"milk\"]"]);
+
+    let backups = tempfile::tempdir().unwrap();
+    let target = backups.path().join("one");
+    let target = target.to_str().unwrap();
+    let said = client(&a, &["backup", target]);
+    assert!(said.contains("backed up 2 documents"), "{said}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backups.path().join("one/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["documents"].as_array().unwrap().len(), 2);
+    let again = murmur(&["backup", target, "--node", &a.url]);
+    assert!(!again.status.success(), "a backup never overwrites another");
+    assert!(text(&again.stderr).contains("not empty"));
+
+    // After the backup, a changes on.
+    client(&a, &["doc", "put", &notes, "n:=2"]);
+    let restored = murmur(&[
+        "restore",
+        target,
+        "--config",
+        config(dir_b.path()).to_str().unwrap(),
+    ]);
+    assert!(restored.status.success(), "{}", text(&restored.stderr));
+    assert!(text(&restored.stdout).contains("restored 2 documents"));
+
+    // b starts with the backup's documents under their ids, then catches up.
+    let b = NodeProcess::start(&config(dir_b.path()));
+    let mut listed: Vec<String> = serde_json::from_str::<serde_json::Value>(
+        &call("GET", &b.at("/docs"), None, None).await.body,
+    )
+    .unwrap()["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let mut expected = vec![notes.clone(), list.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let on_a = call("GET", &a.at(&format!("/docs/{notes}")), None, None)
+            .await
+            .json();
+        let on_b = call("GET", &b.at(&format!("/docs/{notes}")), None, None)
+            .await
+            .json();
+        if on_a == on_b {
+            assert_eq!(on_b["content"], json!({"title": "Notes", "n": 2}));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never caught up: {on_b}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let items = call("GET", &b.at(&format!("/docs/{list}")), None, None)
+        .await
+        .json();
+    assert_eq!(items["content"], json!({"items": ["milk"]}));
+    // A running node cannot be restored into.
+    let busy = murmur(&[
+        "restore",
+        target,
+        "--config",
+        config(dir_b.path()).to_str().unwrap(),
+    ]);
+    assert!(!busy.status.success());
+    assert!(
+        text(&busy.stderr).contains("is it running"),
+        "{}",
+        text(&busy.stderr)
+    );
+}

@@ -558,3 +558,73 @@ async fn history_older_heads_diffs_and_typed_reads() {
         assert_eq!(answer.status, 400, "{query}: {}", answer.body);
     }
 }
+
+#[tokio::test]
+async fn automerge_bytes_go_out_to_javascript_and_come_back_in() {
+    let Some(js) = process::js_clients() else {
+        return;
+    };
+    let (_dir, node) = node(&[]);
+    let doc = create_doc(&node).await;
+    let change = json!({"ops": [{"op": "put", "path": ["title"], "value": "from murmur"}]});
+    let url = node.at(&format!("/docs/{doc}/changes"));
+    assert_eq!(
+        call("POST", &url, None, Some(&change.to_string()))
+            .await
+            .status,
+        200
+    );
+    let base = node.at("");
+    let out = tokio::task::spawn_blocking(move || {
+        process::run_js(&js, "automerge_bytes.mjs", &[&base, &doc])
+    })
+    .await
+    .unwrap();
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(seen["ok"], true, "{out}");
+    // The imported document is an ordinary one here too.
+    let imported = seen["imported"].as_str().unwrap();
+    let read = call("GET", &node.at(&format!("/docs/{imported}")), None, None).await;
+    assert_eq!(read.json()["heads"], seen["heads"]);
+    assert_eq!(read.json()["content"]["fromJs"], true);
+}
+
+#[tokio::test]
+async fn post_docs_refuses_a_body_it_cannot_use() {
+    let (_dir, node) = node(&[]);
+    let json_body = call("POST", &node.at("/docs"), None, Some(r#"{"title": "x"}"#)).await;
+    assert_eq!(json_body.status, 415, "{}", json_body.body);
+    assert!(json_body.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("octet-stream"));
+    let listed = call("GET", &node.at("/docs"), None, None).await;
+    assert_eq!(listed.json(), json!({"documents": []}), "nothing was made");
+    let empty = process::post_bytes(&node.at("/docs"), Vec::new()).await;
+    assert_eq!(empty.status, 400, "{}", empty.body);
+    let garbage = process::post_bytes(&node.at("/docs"), vec![0x85, 0x6f, 0x4a, 0x83, 1]).await;
+    assert_eq!(garbage.status, 422, "{}", garbage.body);
+    let garbage = process::post_bytes(&node.at("/docs"), b"not automerge".to_vec()).await;
+    assert_eq!(garbage.status, 422, "{}", garbage.body);
+
+    // Changes that miss the change they depend on are refused whole.
+    use murmur::automerge::{transaction::Transactable, Automerge, ROOT};
+    let mut elsewhere = Automerge::new();
+    elsewhere.transact(|tx| tx.put(ROOT, "a", 1)).unwrap();
+    elsewhere.transact(|tx| tx.put(ROOT, "b", 2)).unwrap();
+    let second = elsewhere.get_changes(&[]).pop().unwrap();
+    let doc = create_doc(&node).await;
+    let url = node.at(&format!("/docs/{doc}/changes"));
+    let orphan = process::post_bytes(&url, second.raw_bytes().to_vec()).await;
+    assert_eq!(orphan.status, 422, "{}", orphan.body);
+    assert!(orphan.body.contains("depends on"), "{}", orphan.body);
+    let read = call("GET", &node.at(&format!("/docs/{doc}")), None, None).await;
+    assert_eq!(read.json()["heads"], json!([]), "nothing changed");
+    // The whole history merges.
+    let whole = process::post_bytes(&url, elsewhere.save()).await;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let read = call("GET", &node.at(&format!("/docs/{doc}")), None, None).await;
+    assert_eq!(read.json()["content"], json!({"a": 1, "b": 2}));
+    let listed = call("GET", &node.at("/docs"), None, None).await;
+    assert_eq!(listed.json()["documents"].as_array().unwrap().len(), 1);
+}

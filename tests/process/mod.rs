@@ -273,6 +273,32 @@ pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> hyper::Response<In
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
+/// POSTs `bytes` as `application/octet-stream` and reads the answer.
+pub async fn post_bytes(url: &str, bytes: Vec<u8>) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("request");
+    let response = client
+        .request(request)
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Answer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
 /// Reads `body` until it holds `wanted` (or it ends): the text so far.
 /// Panics past `patience`.
 pub async fn read_until(
@@ -387,4 +413,56 @@ pub async fn next_event(
             buffer.push_str(&String::from_utf8_lossy(&data));
         }
     }
+}
+
+/// The JavaScript test clients' directory (`tests/js`), with its pinned npm
+/// packages installed (`npm ci`, from the lockfile, the first time). `None`
+/// when Node.js is missing: the caller skips, except under `CI=true`, where
+/// that is a failure (`.ci/run` checks for Node.js first).
+pub fn js_clients() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/js");
+    let has_node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_node {
+        assert!(
+            std::env::var("CI").is_err(),
+            "Node.js (`node`, `npm`) is needed for the JavaScript interop tests"
+        );
+        eprintln!("skipped: Node.js is not installed (the JavaScript interop tests need it)");
+        return None;
+    }
+    // One installer at a time: tests run in parallel.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !dir.join("node_modules/.package-lock.json").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("run npm ci");
+        assert!(status.success(), "npm ci in {} failed", dir.display());
+    }
+    Some(dir)
+}
+
+/// Runs `node SCRIPT ARGS` in the JavaScript clients' directory; panics
+/// with its output unless it succeeds; returns its standard output.
+pub fn run_js(dir: &Path, script: &str, args: &[&str]) -> String {
+    let output = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "node {script} failed:\n{}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
 }

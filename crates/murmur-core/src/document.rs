@@ -281,6 +281,22 @@ impl Document {
         });
     }
 
+    /// The raw bytes of the changes applied since `before` was the
+    /// document's heads (its newest unsaved changes), in the order applied.
+    pub(crate) fn unsaved_since(&self, before: &[ChangeHash]) -> Vec<Vec<u8>> {
+        let new: std::collections::BTreeSet<ChangeHash> = self
+            .doc
+            .get_changes_meta(before)
+            .into_iter()
+            .map(|meta| meta.hash)
+            .collect();
+        self.unsaved
+            .iter()
+            .filter(|change| new.contains(&change.hash()))
+            .map(|change| change.raw_bytes().to_vec())
+            .collect()
+    }
+
     /// Leaves the changes applied since the last record out of the feed
     /// (the planted bug [`crate::FaultInjection::FeedSkipsPeerChanges`]).
     pub(crate) fn skip_record(&mut self) {

@@ -15,6 +15,10 @@ pub enum ReplicaError {
     /// No document with this id is held. Nothing changed.
     #[error("unknown document {0}")]
     UnknownDocument(DocumentId),
+    /// A document with this id exists here already (restoring one under
+    /// its id: merge into it instead).
+    #[error("document {0} exists on this node already")]
+    DocumentExists(DocumentId),
     /// The document's stored data does not load; it is set aside
     /// (quarantined) and its stored bytes are left as they are.
     #[error("document {doc} is corrupt in storage and was set aside: {reason}")]
@@ -71,6 +75,13 @@ pub enum ReplicaError {
     /// back and nothing changed.
     #[error("the change was rolled back: {0}")]
     ChangeRejected(#[source] automerge::AutomergeError),
+    /// Automerge bytes from outside (a saved document, or changes) that do
+    /// not decode or cannot join this document: nothing changed.
+    #[error("the Automerge data cannot be merged: {reason}")]
+    ForeignData {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The change holds more Automerge operations than
     /// [`crate::Config::max_change_ops`]: it was rolled back and nothing
     /// changed. Split it into several changes.

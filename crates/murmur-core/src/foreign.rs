@@ -108,6 +108,59 @@ pub(crate) fn check_sync_message(
     check_changes(doc, &changes)
 }
 
+/// The first bytes of every Automerge storage chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// The chunk type of a whole document.
+const DOCUMENT_CHUNK: u8 = 0;
+/// The chunk types of one change, plain or compressed.
+const CHANGE_CHUNKS: [u8; 2] = [1, 2];
+
+/// The changes in `bytes` from outside: a saved document, changes
+/// (`save_after`, `getChanges` concatenated), or both, as Automerge
+/// stores them. Each chunk is decoded on its own, so changes that depend
+/// on changes held elsewhere (the document they will join) decode too.
+/// Nothing that does not decode, never a panic. Blocks for as long as
+/// decoding takes: run it off the engine's path.
+pub fn decode_automerge(bytes: &[u8]) -> Result<Vec<Change>, String> {
+    let mut changes = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
+            return Err(format!(
+                "not Automerge data: no chunk starts at byte {}",
+                bytes.len() - rest.len()
+            ));
+        }
+        let kind = rest[8];
+        let mut length_field = &rest[9..];
+        let length = leb128::read::unsigned(&mut length_field)
+            .ok()
+            .and_then(|length| usize::try_from(length).ok())
+            .filter(|length| *length <= length_field.len())
+            .ok_or("a chunk's length is malformed or runs past the data")?;
+        let header = rest.len() - length_field.len();
+        let (chunk, tail) = rest.split_at(header + length);
+        rest = tail;
+        if CHANGE_CHUNKS.contains(&kind) {
+            let change = guarded(|| Change::from_bytes(chunk.to_vec()))?;
+            changes.push(change.map_err(|error| format!("a change does not decode: {error}"))?);
+        } else {
+            // A document (or a bundle of changes): loaded on its own, it
+            // must hold its whole history.
+            let loaded = guarded(|| Automerge::load(chunk))?.map_err(|error| {
+                let what = if kind == DOCUMENT_CHUNK {
+                    "a document"
+                } else {
+                    "a chunk"
+                };
+                format!("{what} does not load: {error}")
+            })?;
+            changes.extend(guarded(|| loaded.get_changes(&[]))?);
+        }
+    }
+    Ok(changes)
+}
+
 /// Runs `apply` (which changes a document with a peer's data), turning a
 /// panic inside Automerge into an error that says where it came from. After
 /// an `Err` the document may be half-changed: the caller must not use it

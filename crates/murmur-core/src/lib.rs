@@ -210,6 +210,7 @@ mod time;
 pub use config::{Config, FaultInjection};
 pub use error::ReplicaError;
 pub use flush::Flush;
+pub use foreign::decode_automerge;
 pub use load::{Load, Loaded, Residency};
 pub use membership::Member;
 pub use replica::{

@@ -43,6 +43,33 @@ pub enum Command {
     Peers(PeersArgs),
     /// A running node's status and counters, as JSON.
     Status(ClientArgs),
+    /// Copy every document of a running node into DIR (a manifest and one
+    /// Automerge file per document), for `murmur restore`.
+    Backup(BackupArgs),
+    /// Load a backup (made by `murmur backup`) into a node that is not
+    /// running, keeping document ids; it then catches up from its peers.
+    Restore(RestoreArgs),
+}
+
+/// `murmur backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The directory to write (created; must be empty if it exists).
+    pub dir: PathBuf,
+    /// Where the node is.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `murmur restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup directory (made by `murmur backup`).
+    pub dir: PathBuf,
+    /// The config file of the node to restore into (which must not be
+    /// running).
+    #[arg(long, default_value = "murmur-data/config.toml")]
+    pub config: PathBuf,
 }
 
 /// `murmur init`.

@@ -100,6 +100,21 @@ impl Client {
     }
 }
 
+impl Client {
+    /// GETs `path` as Automerge bytes (`Accept: application/octet-stream`).
+    pub async fn bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let response = self
+            .send(Method::GET, path, "application/octet-stream", None)
+            .await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("the node answered {status}: {}", error_message(&bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
 /// The `error` field of an error body, or the body itself.
 fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<Json>(body)

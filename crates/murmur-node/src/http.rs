@@ -139,6 +139,9 @@ impl From<murmur::Error> for ApiError {
                 format!("no document {id} on this node"),
             ),
             murmur::Error::View(error) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+            murmur::Error::Replica(error @ ReplicaError::ForeignData { .. }) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+            }
             murmur::Error::NotReplicated(murmur::NotReplicated { wanted, reached }) => {
                 ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -287,9 +290,47 @@ async fn list_docs(State(state): State<AppState>) -> ApiResult<JsonBody<Json>> {
     Ok(JsonBody(json!({ "documents": ids })))
 }
 
-async fn create_doc(State(state): State<AppState>) -> ApiResult<Response> {
-    let doc = state.node.create_doc().await?;
-    tracing::info!(doc = %doc.id(), "created document");
+/// The media type of Automerge's bytes.
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// True if `headers` say the body (`content-type`) or the answer wanted
+/// (`accept`) is Automerge bytes.
+fn is_binary(headers: &HeaderMap, name: header::HeaderName) -> bool {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains(OCTET_STREAM))
+}
+
+/// `POST /docs`: an empty body makes an empty document; Automerge bytes
+/// (`Content-Type: application/octet-stream`: a saved document or changes)
+/// import one with its history. Any other body is refused.
+async fn create_doc(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = body_bytes(body)?;
+    let doc = if is_binary(&headers, header::CONTENT_TYPE) {
+        if body.is_empty() {
+            return Err(ApiError::bad_request(
+                "the body is empty: send a saved Automerge document or its changes",
+            ));
+        }
+        let doc = state.node.import(body.to_vec()).await?;
+        tracing::info!(doc = %doc.id(), bytes = body.len(), "imported document");
+        doc
+    } else if body.is_empty() {
+        let doc = state.node.create_doc().await?;
+        tracing::info!(doc = %doc.id(), "created document");
+        doc
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /docs takes no body (an empty document), or Automerge bytes with \
+             Content-Type: application/octet-stream (an import); this body was not used",
+        ));
+    };
     let location = format!("/docs/{}", doc.id());
     let mut response = (
         StatusCode::CREATED,
@@ -314,9 +355,24 @@ pub struct ReadQuery {
 async fn get_doc(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     query: Result<Query<ReadQuery>, QueryRejection>,
-) -> ApiResult<JsonBody<Json>> {
+) -> ApiResult<Response> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if is_binary(&headers, header::ACCEPT) {
+        if query.at.is_some() || query.types.is_some() || query.conflicts.is_some() {
+            return Err(ApiError::bad_request(
+                "Automerge bytes are the whole document: at, types and conflicts are for JSON",
+            ));
+        }
+        let doc = doc_handle(&state, &id).await?;
+        let bytes = doc.save().await?;
+        let mut response = Response::new(axum::body::Body::from(bytes));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET_STREAM));
+        return Ok(response);
+    }
     let options = ViewOptions {
         at: query.at.as_deref().map(parse_heads).transpose()?,
         types: parse_flag("types", query.types.as_deref())?,
@@ -333,7 +389,7 @@ async fn get_doc(
     if conflicts {
         body["conflicts"] = view.conflicts.iter().map(conflict_json).collect();
     }
-    Ok(JsonBody(body))
+    Ok(JsonBody(body).into_response())
 }
 
 fn conflict_json(conflict: &Conflict) -> Json {
@@ -483,12 +539,40 @@ struct ChangeRequest {
     message: Option<String>,
 }
 
+/// `POST /docs/{id}/changes`' query (for a body of Automerge bytes, which
+/// has no room for the acknowledgement level).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesQuery {
+    ack: Option<String>,
+}
+
 async fn post_changes(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ChangesQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<JsonBody<Json>> {
-    let request = parse_change_request(&body_bytes(body)?)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let body = body_bytes(body)?;
+    if is_binary(&headers, header::CONTENT_TYPE) {
+        let ack = parse_ack(query.ack.as_deref().unwrap_or("durable"))?;
+        let doc = doc_handle(&state, &id).await?;
+        let span = tracing::info_span!("merge", doc = %doc.id(), bytes = body.len());
+        let change = doc.merge(body.to_vec(), ack).instrument(span).await?;
+        let heads = doc.read(|d| hex_heads(&d.get_heads())).await?;
+        return Ok(JsonBody(json!({
+            "change": change.map(|hash| hash.to_string()),
+            "heads": heads,
+        })));
+    }
+    if query.ack.is_some() {
+        return Err(ApiError::bad_request(
+            "ack= in the query is for Automerge bytes; a JSON change says \"ack\" in its body",
+        ));
+    }
+    let request = parse_change_request(&body)?;
     let ack = parse_ack(request.ack.as_deref().unwrap_or("durable"))?;
     let ops = json::parse_ops(request.ops).map_err(op_error)?;
     if ops.is_empty() {
@@ -733,6 +817,7 @@ pub fn status_json(status: &Status, uptime_secs: u64) -> Json {
         "listen": status.listen.map(|addr| addr.to_string()),
         "uptime_secs": uptime_secs,
         "documents": status.documents,
+        "feed_end": status.feed_end,
         "peers": peers_json(status),
         "allowed": status.allowed.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "members": status

@@ -12,6 +12,7 @@ macro_rules! out {
     }};
 }
 
+mod backup;
 mod cli;
 mod client;
 mod config;
@@ -89,6 +90,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => {
             init_logging("warn")?;
             client::status(args).await
+        }
+        Command::Backup(args) => {
+            init_logging("warn")?;
+            backup::backup(args).await
+        }
+        Command::Restore(args) => {
+            init_logging("warn")?;
+            backup::restore(args).await
         }
     }
 }

@@ -19,6 +19,11 @@ pub trait ChangeRequest: Send {
     fn message(&mut self) -> Option<String> {
         None
     }
+    /// Changes from outside to merge instead of running a change function
+    /// (see [`crate::DocHandle::merge`]).
+    fn merge(&mut self) -> Option<Vec<automerge::Change>> {
+        None
+    }
     /// The outcome: the change made (`None`: the change function changed
     /// nothing), or why the change was not acknowledged.
     fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>);
@@ -150,4 +155,25 @@ pub struct DocumentChange {
     /// subscription saw: computed from the changes just applied, so they
     /// cost what changed, whatever the document's size.
     pub patches: Vec<Patch>,
+}
+
+/// Changes from outside to merge, with the channel its caller waits on.
+pub(crate) struct MergeRequest {
+    pub(crate) changes: Option<Vec<automerge::Change>>,
+    pub(crate) reply: oneshot::Sender<Result<Option<ChangeHash>, ChangeFailed>>,
+}
+
+impl ChangeRequest for MergeRequest {
+    fn run(&mut self, _tx: &mut Transaction<'_>) -> Result<(), AutomergeError> {
+        // The driver merges `changes` instead; a transaction changes nothing.
+        Ok(())
+    }
+
+    fn merge(&mut self) -> Option<Vec<automerge::Change>> {
+        self.changes.take()
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>) {
+        let _ = self.reply.send(outcome);
+    }
 }

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use crate::change::MergeRequest;
 use crate::driver::{ChangeFailed, Command, DocumentChange, DriverHandle};
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash};
@@ -12,6 +13,14 @@ use tokio::sync::broadcast;
 
 use crate::view::{self, Conflict, History, View, ViewError, ViewOptions};
 use crate::Error;
+
+/// Decodes Automerge data from outside on a blocking thread.
+pub(crate) async fn decode(bytes: Vec<u8>) -> Result<Vec<automerge::Change>, Error> {
+    tokio::task::spawn_blocking(move || murmur_core::decode_automerge(&bytes))
+        .await
+        .map_err(|_| Error::Closed)?
+        .map_err(|reason| Error::Replica(ReplicaError::ForeignData { reason }))
+}
 
 /// One document on a node. Cheap to clone; every clone talks to the same
 /// node.
@@ -183,6 +192,73 @@ impl DocHandle {
             change: receipt.change,
             output: receipt.output,
         }))
+    }
+
+    /// The document as Automerge saves it (`Automerge::save`): what
+    /// `Automerge.load` in JavaScript, or [`Node::import`](crate::Node::import)
+    /// on another node, loads with the same history and heads.
+    pub async fn save(&self) -> Result<Vec<u8>, Error> {
+        self.read(|doc| doc.save()).await
+    }
+
+    /// Merges Automerge data made elsewhere into this document: a saved
+    /// document or changes (`Automerge.save`, `getChanges`, or
+    /// [`DocHandle::save`] of another node). The changes keep their
+    /// history, so the copy they came from and this one merge again later.
+    /// Returns once the merge reaches `ack`, with one of the new heads
+    /// (`None`: nothing was new). Data that does not decode, or misses
+    /// changes it depends on, is refused with
+    /// [`ReplicaError::ForeignData`] and nothing changes.
+    ///
+    /// ```
+    /// use murmur::automerge::{transaction::Transactable, Automerge, ReadDoc, ROOT};
+    /// use murmur::{Ack, Node};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), murmur::Error> {
+    /// let mut elsewhere = Automerge::new();
+    /// elsewhere.transact(|tx| tx.put(ROOT, "from", "elsewhere"))
+    ///     .map_err(|failure| failure.error)?;
+    /// let node = Node::builder().in_memory().start().await?;
+    /// let doc = node.import(elsewhere.save()).await?;
+    /// assert_eq!(doc.heads().await?, elsewhere.get_heads());
+    /// let more = {
+    ///     let mut copy = elsewhere.fork();
+    ///     copy.transact(|tx| tx.put(ROOT, "more", 1)).map_err(|failure| failure.error)?;
+    ///     copy.save_after(&elsewhere.get_heads())
+    /// };
+    /// doc.merge(more, Ack::Durable).await?;
+    /// assert_eq!(doc.read(|d| d.length(ROOT)).await?, 2);
+    /// # node.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn merge(&self, bytes: Vec<u8>, ack: AckLevel) -> Result<Option<ChangeHash>, Error> {
+        let changes = decode(bytes).await?;
+        self.merge_changes(changes, ack).await
+    }
+
+    /// Merges changes already decoded ([`murmur_core::decode_automerge`]).
+    pub(crate) async fn merge_changes(
+        &self,
+        changes: Vec<automerge::Change>,
+        ack: AckLevel,
+    ) -> Result<Option<ChangeHash>, Error> {
+        let merged = self
+            .handle
+            .request(|reply| Command::Change {
+                doc: self.id,
+                ack,
+                request: Box::new(MergeRequest {
+                    changes: Some(changes),
+                    reply,
+                }),
+            })
+            .await?;
+        merged.map_err(|failed| match failed {
+            ChangeFailed::Rejected(error) => Error::Replica(error),
+            ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
+        })
     }
 
     /// Reads the document as JSON, as `options` ask: at older heads, with

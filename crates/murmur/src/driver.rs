@@ -56,6 +56,8 @@ pub const STATUS_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 pub enum Command {
     /// Create a document.
     CreateDocument {
+        /// The id to give it (restoring a backup); `None`: a new one.
+        id: Option<DocumentId>,
         /// Gets the new id, or why not (a nearly full disk).
         reply: oneshot::Sender<Result<DocumentId, ReplicaError>>,
     },
@@ -757,11 +759,11 @@ impl Driver {
             }
         }
         match command {
-            Command::CreateDocument { reply } => {
-                let created = self
-                    .replica
-                    .check_writable()
-                    .map(|()| self.replica.create_document(now));
+            Command::CreateDocument { id, reply } => {
+                let created = self.replica.check_writable().and_then(|()| match id {
+                    Some(id) => self.replica.create_document_with_id(now, id).map(|()| id),
+                    None => Ok(self.replica.create_document(now)),
+                });
                 let _ = reply.send(created);
             }
             Command::Change { doc, ack, request } => self.change(now, doc, request, ack),
@@ -809,10 +811,13 @@ impl Driver {
         wanted: AckLevel,
     ) {
         let message = request.message();
-        let write = match self
-            .replica
-            .handle_local_change_described(now, doc, message, |tx| request.run(tx))
-        {
+        let made = match request.merge() {
+            Some(changes) => self.replica.handle_local_merge(now, doc, changes),
+            None => self
+                .replica
+                .handle_local_change_described(now, doc, message, |tx| request.run(tx)),
+        };
+        let write = match made {
             Ok(write) => {
                 self.turn_ops += write.ops;
                 write
@@ -865,6 +870,7 @@ impl Driver {
             node_id: self.replica.node_id(),
             listen: self.network.as_ref().and_then(Network::local_addr),
             documents: self.replica.metrics().documents_held,
+            feed_end: self.replica.feed_end(),
             peers: self
                 .links
                 .iter()

@@ -367,9 +367,44 @@ impl Node {
     pub async fn create_doc(&self) -> Result<DocHandle, Error> {
         let id = self
             .handle
-            .request(|reply| Command::CreateDocument { reply })
+            .request(|reply| Command::CreateDocument { id: None, reply })
             .await??;
         Ok(DocHandle::new(id, self.handle.clone()))
+    }
+
+    /// A new document holding Automerge data made elsewhere (a saved
+    /// document, or changes; see [`DocHandle::merge`]) with its history,
+    /// acknowledged `Durable`. Data that does not decode is refused before
+    /// a document is made.
+    pub async fn import(&self, bytes: Vec<u8>) -> Result<DocHandle, Error> {
+        let changes = crate::doc::decode(bytes).await?;
+        let doc = self.create_doc().await?;
+        doc.merge_changes(changes, murmur_core::AckLevel::Durable)
+            .await?;
+        Ok(doc)
+    }
+
+    /// Restores document `id` from Automerge data (a backup's, made with
+    /// [`DocHandle::save`]): creates it under that id if this node does not
+    /// hold it, then merges the data in (into the one held, if it does).
+    /// Acknowledged `Durable`; returns its heads.
+    pub async fn restore(&self, id: DocumentId, bytes: Vec<u8>) -> Result<DocHandle, Error> {
+        let changes = crate::doc::decode(bytes).await?;
+        let created = self
+            .handle
+            .request(|reply| Command::CreateDocument {
+                id: Some(id),
+                reply,
+            })
+            .await?;
+        match created {
+            Ok(_) | Err(murmur_core::ReplicaError::DocumentExists(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let doc = DocHandle::new(id, self.handle.clone());
+        doc.merge_changes(changes, murmur_core::AckLevel::Durable)
+            .await?;
+        Ok(doc)
     }
 
     /// A handle to document `id`, which this node must hold.

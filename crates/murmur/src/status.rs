@@ -13,6 +13,7 @@ impl Status {
             node_id,
             listen: None,
             documents: 0,
+            feed_end: 1,
             peers: Vec::new(),
             allowed: Vec::new(),
             members: Vec::new(),
@@ -89,6 +90,9 @@ pub struct Status {
     /// Documents this node holds in its store, as of the last flush (the
     /// engine's `documents_held`; those in memory are `cached_documents`).
     pub documents: u64,
+    /// The number after the newest durable change-feed entry: a backup
+    /// or snapshot taken after reading it holds every change before it.
+    pub feed_end: u64,
     /// Connected peers.
     pub peers: Vec<PeerInfo>,
     /// Node ids allowed to connect.

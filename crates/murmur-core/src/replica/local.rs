@@ -2,7 +2,7 @@
 //! that refuses them when the disk is nearly full.
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
-use automerge::{AutomergeError, ChangeHash, ReadDoc};
+use automerge::{AutomergeError, Change, ChangeHash, ReadDoc};
 use murmur_store::layout;
 use murmur_wire::{DocumentId, NodeId};
 use rand::Rng;
@@ -33,13 +33,40 @@ impl Replica {
         self.observe_clock(now);
         let id = loop {
             let id = DocumentId::from_bytes(self.rng.gen());
-            if !self.docs.contains_key(&id)
-                && !self.docs.is_quarantined(&id)
-                && !layout::document_exists(&*self.store, id.as_bytes()).unwrap_or(false)
-            {
+            if !self.holds(id).unwrap_or(false) {
                 break id;
             }
         };
+        self.add_document(now, id);
+        id
+    }
+
+    /// Creates an empty document under a given id (restoring a backup,
+    /// say: merge its data into it next). Refused with
+    /// [`ReplicaError::DocumentExists`] if this node holds one with that id
+    /// (in memory, stored or quarantined).
+    pub fn create_document_with_id(
+        &mut self,
+        now: Time,
+        id: DocumentId,
+    ) -> Result<(), ReplicaError> {
+        self.observe_clock(now);
+        if self.holds(id)? {
+            return Err(ReplicaError::DocumentExists(id));
+        }
+        self.add_document(now, id);
+        Ok(())
+    }
+
+    /// Whether `id` is a document here: in memory, quarantined or stored.
+    fn holds(&self, id: DocumentId) -> Result<bool, ReplicaError> {
+        Ok(self.docs.contains_key(&id)
+            || self.docs.is_quarantined(&id)
+            || layout::document_exists(&*self.store, id.as_bytes())?)
+    }
+
+    /// Adds the new, empty document `id` and announces it to every peer.
+    fn add_document(&mut self, now: Time, id: DocumentId) {
         self.docs.insert(id, Document::new(self.actor.clone()));
         self.mark_dirty(now, id);
         // Announce it: a sync message makes every connected peer hold it.
@@ -48,7 +75,6 @@ impl Replica {
             self.sync_with(id, peer, false);
         }
         tracing::debug!(doc = %id, "created document");
-        id
     }
 
     /// Applies a local change to `doc`: runs `change` in one Automerge
@@ -129,6 +155,95 @@ impl Replica {
             change: Some(hash),
             ops,
             output: result,
+        })
+    }
+
+    /// Merges changes from outside into `doc` (a document made elsewhere,
+    /// from [`crate::decode_automerge`]): they keep their history, so the
+    /// copy they came from and this one merge later. Acknowledged like a
+    /// local change ([`LocalWrite::change`] is one of the new heads); the
+    /// changes are pushed to peers and the feed reports them as local.
+    /// Refused, with nothing changed, if one misses a dependency neither
+    /// the document nor `changes` holds, or names an actor it cannot; an
+    /// Automerge failure while applying them rebuilds the document (see
+    /// [`ReplicaError::InvalidPeerData`]) and refuses them too.
+    pub fn handle_local_merge(
+        &mut self,
+        now: Time,
+        doc: DocumentId,
+        changes: Vec<Change>,
+    ) -> Result<LocalWrite<()>, ReplicaError> {
+        let _span =
+            tracing::debug_span!("local_merge", doc = %doc, changes = changes.len()).entered();
+        self.observe_clock(now);
+        self.check_writable()?;
+        let observed = self.events.observed(doc);
+        let document = self.document_mut(doc)?;
+        let refuse = |reason: String| ReplicaError::ForeignData { reason };
+        let mut present: std::collections::BTreeSet<ChangeHash> = std::collections::BTreeSet::new();
+        for change in &changes {
+            if let Some(dep) = change.deps().iter().find(|dep| {
+                !present.contains(*dep) && document.doc.get_change_meta_by_hash(dep).is_none()
+            }) {
+                return Err(refuse(format!(
+                    "change {} depends on {dep}, which neither the document nor the data holds",
+                    change.hash()
+                )));
+            }
+            present.insert(change.hash());
+        }
+        crate::foreign::check_changes(&document.doc, &changes).map_err(refuse)?;
+        let ops = changes.iter().map(Change::len).sum();
+        let before = document.heads();
+        let mut log = automerge::PatchLog::new(observed);
+        let applied = document
+            .apply_verified(|document| document.doc.apply_changes_log_patches(changes, &mut log));
+        let added = match applied {
+            Ok((Ok(_), _)) => document.unsaved_since(&before),
+            Ok((Err(error), _)) => {
+                let reason = error.to_string();
+                self.rebuild_document(doc, None, &reason);
+                return Err(refuse(reason));
+            }
+            Err(reason) => {
+                self.rebuild_document(doc, None, &reason);
+                return Err(refuse(reason));
+            }
+        };
+        let patches = observed.then(|| document.doc.make_patches(&mut log));
+        let heads = document.heads();
+        let write = WriteId(self.next_write);
+        self.next_write += 1;
+        let Some(&hash) = heads.iter().find(|head| !before.contains(head)) else {
+            // Nothing new: every change was here already.
+            self.events.acknowledged(write, doc, AckLevel::Durable);
+            return Ok(LocalWrite {
+                write,
+                change: None,
+                ops: 0,
+                output: (),
+            });
+        };
+        for raw in added {
+            self.push_to_all(doc, raw);
+        }
+        self.metrics.local_changes += 1;
+        self.durability.await_write(write, doc);
+        let pushed_to = self.peers.clone();
+        self.replication.track(
+            write,
+            doc,
+            hash,
+            self.config.max_tracked_replications,
+            pushed_to,
+        );
+        self.events.acknowledged(write, doc, AckLevel::Applied);
+        self.changed(now, doc, Origin::Local, patches);
+        Ok(LocalWrite {
+            write,
+            change: Some(hash),
+            ops,
+            output: (),
         })
     }
 
