@@ -61,7 +61,7 @@ async fn applied_writes_and_status_are_answered_while_a_flush_is_written() {
         Replica::open(Config::new(NodeId([7; 32])), Box::new(store.clone()), now).unwrap();
     let (handle, task) = driver::spawn(replica, None, None, driver::Environment::default());
     let doc = handle
-        .request(|reply| Command::CreateDocument { reply })
+        .request(|reply| Command::CreateDocument { id: None, reply })
         .await
         .unwrap()
         .unwrap();
