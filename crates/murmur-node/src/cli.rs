@@ -49,6 +49,34 @@ pub enum Command {
     /// Load a backup (made by `murmur backup`) into a node that is not
     /// running, keeping document ids; it then catches up from its peers.
     Restore(RestoreArgs),
+    /// Follow a running node's change feed into another store.
+    #[command(subcommand)]
+    Sink(SinkCommand),
+}
+
+/// `murmur sink ...`.
+#[derive(Debug, Subcommand)]
+pub enum SinkCommand {
+    /// Into a SQLite database: one row per document (id, heads, content,
+    /// updated_at), the feed position in the same transaction.
+    Sqlite(SqliteSinkArgs),
+}
+
+/// `murmur sink sqlite`.
+#[derive(Debug, Args)]
+pub struct SqliteSinkArgs {
+    /// The SQLite database file (created if missing).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Most feed entries per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Catch up with the feed, then exit (instead of following it).
+    #[arg(long)]
+    pub once: bool,
+    /// Where the node is.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `murmur backup`.

@@ -101,6 +101,56 @@ impl Client {
 }
 
 impl Client {
+    /// GETs a feed path as NDJSON and reads the whole answer: its entries
+    /// (heartbeats left out), or why the cursor is gone (410).
+    pub async fn lines(&self, path: &str) -> anyhow::Result<crate::sink::Feed> {
+        let response = self
+            .send(Method::GET, path, "application/x-ndjson", None)
+            .await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if status == hyper::StatusCode::GONE {
+            return Ok(crate::sink::Feed::Trimmed(error_message(&bytes)));
+        }
+        if !status.is_success() {
+            bail!("the node answered {status}: {}", error_message(&bytes));
+        }
+        let mut entries = Vec::new();
+        for line in bytes
+            .split(|byte| *byte == b'\n')
+            .filter(|line| !line.is_empty())
+        {
+            let entry: Json =
+                serde_json::from_slice(line).context("the feed sent a line that is not JSON")?;
+            if let Some(error) = entry.get("error") {
+                bail!("the feed stopped: {error}");
+            }
+            if entry.get("heartbeat").is_none() {
+                entries.push(entry);
+            }
+        }
+        Ok(crate::sink::Feed::Entries(entries))
+    }
+
+    /// GETs `path` as JSON; `None` if the node has nothing there (404, or
+    /// 410 for something deleted).
+    pub async fn json_or_missing(&self, path: &str) -> anyhow::Result<Option<Json>> {
+        let response = self
+            .send(Method::GET, path, "application/json", None)
+            .await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if status == hyper::StatusCode::NOT_FOUND || status == hyper::StatusCode::GONE {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            bail!("the node answered {status}: {}", error_message(&bytes));
+        }
+        Ok(Some(
+            serde_json::from_slice(&bytes).context("the node answered with invalid JSON")?,
+        ))
+    }
+
     /// GETs `path` as Automerge bytes (`Accept: application/octet-stream`).
     pub async fn bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
         let response = self

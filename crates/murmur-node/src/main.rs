@@ -22,6 +22,7 @@ mod http;
 mod init;
 mod metrics;
 mod run;
+mod sink;
 
 use std::process::ExitCode;
 
@@ -98,6 +99,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Restore(args) => {
             init_logging("warn")?;
             backup::restore(args).await
+        }
+        Command::Sink(cli::SinkCommand::Sqlite(args)) => {
+            init_logging("warn")?;
+            sink::sqlite(args).await
         }
     }
 }
