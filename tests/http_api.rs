@@ -628,3 +628,41 @@ async fn post_docs_refuses_a_body_it_cannot_use() {
     let listed = call("GET", &node.at("/docs"), None, None).await;
     assert_eq!(listed.json()["documents"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_document_event_stream_resumes_after_its_last_event_id() {
+    let (_dir, node) = node(&[]);
+    let doc = create_doc(&node).await;
+    let other = create_doc(&node).await;
+    write_changes(&node, &doc, 2).await; // feed entries 1 and 2
+    write_changes(&node, &other, 1).await; // 3
+    write_changes(&node, &doc, 1).await; // 4
+    let url = node.at(&format!("/docs/{doc}/events"));
+    let response = get_with(&url, &[("last-event-id", "1")]).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let text = read_until(&mut body, PATIENCE, |t| t.contains("id: 4\n")).await;
+    assert!(text.contains("id: 2\n"), "{text}");
+    assert!(
+        !text.contains("id: 1\n") && !text.contains("id: 3\n"),
+        "{text}"
+    );
+    // Each event's patches are its own changes' (entry 4 put n = 0 over 1).
+    let last = text
+        .split("\n\n")
+        .find(|event| event.contains("id: 4\n"))
+        .unwrap();
+    let data: serde_json::Value = serde_json::from_str(
+        last.lines()
+            .find_map(|line| line.strip_prefix("data: "))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(data["seq"], 4);
+    assert_eq!(
+        data["patches"],
+        json!([{"action": "put", "path": ["n"], "value": 0}])
+    );
+    let bad = call("GET", &format!("{url}?since=nope"), None, None).await;
+    assert_eq!(bad.status, 400);
+}

@@ -123,7 +123,7 @@ impl FeedRequest {
 }
 
 /// One thing a feed response says.
-enum Item {
+pub enum Item {
     Entry(FeedEntry),
     /// Idle; the feed's end as published.
     Heartbeat(u64),
@@ -148,23 +148,46 @@ pub fn entry_json(entry: &FeedEntry) -> Json {
     data
 }
 
-/// `GET /feed`.
-pub async fn get_feed(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<FeedQuery>,
-) -> ApiResult<Response> {
-    let last_event_id = headers
+/// The entries of `doc` from the cursor `query` and `headers` name
+/// (default: from now), with heartbeats, for its event stream; 410 if the
+/// cursor was trimmed.
+pub async fn doc_entries(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut query: FeedQuery,
+    doc: DocumentId,
+) -> ApiResult<std::pin::Pin<Box<dyn Stream<Item = Item> + Send>>> {
+    if query.doc.is_some() || query.follow.is_some() || query.limit.is_some() {
+        return Err(ApiError::bad_request(
+            "a document's event stream takes since (or Last-Event-ID) and heartbeat_ms",
+        ));
+    }
+    query.since = query.since.or(Some("now".to_owned()));
+    let mut request = FeedRequest::parse(&query, last_event_id(headers)?)?;
+    request.doc = Some(doc);
+    let (feed, first) = open(state, &request).await?;
+    Ok(Box::pin(items(feed, first, request, state.shutdown())))
+}
+
+/// The `Last-Event-ID` header, if any.
+fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    headers
         .get("last-event-id")
         .map(|value| {
             value
                 .to_str()
                 .map_err(|_| ApiError::bad_request("Last-Event-ID is not text"))
         })
-        .transpose()?;
-    let request = FeedRequest::parse(&query, last_event_id)?;
+        .transpose()
+}
+
+/// A feed stream from `request`'s cursor, and its first entry: the first
+/// read says at once whether the cursor is still held (410 if not).
+async fn open(
+    state: &AppState,
+    request: &FeedRequest,
+) -> ApiResult<(FeedStream, Option<FeedEntry>)> {
     let mut feed = state.node().feed(request.cursor);
-    // The first read says at once whether the cursor is still held.
     let first = match feed.try_next().await {
         Some(Err(murmur::Error::FeedTrimmed { from, first })) => {
             return Err(ApiError::gone(format!(
@@ -178,6 +201,17 @@ pub async fn get_feed(
         Some(Ok(entry)) => Some(entry),
         None => None,
     };
+    Ok((feed, first))
+}
+
+/// `GET /feed`.
+pub async fn get_feed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<FeedQuery>,
+) -> ApiResult<Response> {
+    let request = FeedRequest::parse(&query, last_event_id(&headers)?)?;
+    let (feed, first) = open(&state, &request).await?;
     let ndjson = headers
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
@@ -256,7 +290,7 @@ fn items(
     )
 }
 
-fn sse_event(item: &Item) -> Event {
+pub fn sse_event(item: &Item) -> Event {
     match item {
         Item::Entry(entry) => Event::default()
             .id(entry.seq.to_string())

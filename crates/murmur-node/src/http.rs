@@ -13,15 +13,15 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as JsonBody, Router};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use murmur::automerge::ChangeHash;
 use murmur::json::{self, ApplyError, OpError};
 use murmur::view::{self, Conflict, ViewOptions};
-use murmur::{Ack, DocHandle, DocumentChange, DocumentId, Node, Origin, Status};
+use murmur::{Ack, DocHandle, DocumentId, Node, Origin, Status};
 use murmur_core::ReplicaError;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
@@ -658,72 +658,71 @@ pub(crate) fn hex_heads(heads: &[murmur::automerge::ChangeHash]) -> Vec<String> 
     heads.iter().map(ToString::to_string).collect()
 }
 
+/// `GET /docs/{id}/events`: a `ready` event with the document's heads,
+/// then a `change` event for each feed entry of the document, with the
+/// entry's sequence number as its SSE `id:` and the patches of its
+/// changes. It starts at the current end of the feed; `Last-Event-ID`
+/// (or `?since=SEQ`) resumes after an entry instead, so a client that
+/// reconnects misses nothing. A client that reads slowly costs a page of
+/// entries: the stream reads them from the store as it goes.
 async fn doc_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<crate::feed::FeedQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let doc = doc_handle(&state, &id).await?;
-    // Subscribe before reading the heads, so no change falls between them.
-    let changes = doc.changes().await?;
+    let entries = crate::feed::doc_entries(&state, &headers, query, doc.id()).await?;
     let heads = doc.heads().await?;
     tracing::debug!(doc = %doc.id(), "event stream opened");
     let ready = event_json(
         "ready",
         json!({"event": "ready", "doc": doc.id().to_string(), "heads": hex_heads(&heads)}),
     );
-    let stream = futures_util::stream::unfold(
-        (Some(ready), changes, state.shutdown.clone()),
-        |(mut first, mut changes, mut shutdown)| async move {
-            if let Some(event) = first.take() {
-                return Some((Ok(event), (None, changes, shutdown)));
+    let changes = entries
+        .then(move |item| {
+            let doc = doc.clone();
+            async move {
+                match item {
+                    crate::feed::Item::Entry(entry) => change_event(&doc, &entry).await,
+                    other => Some(crate::feed::sse_event(&other)),
+                }
             }
-            let event = next_event(&mut changes, &mut shutdown).await?;
-            Some((Ok(event), (None, changes, shutdown)))
-        },
-    );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+        })
+        .take_while(|event| std::future::ready(event.is_some()))
+        .filter_map(|event| std::future::ready(event.map(Ok)));
+    let stream = futures_util::stream::once(std::future::ready(Ok(ready))).chain(changes);
+    Ok(Sse::new(stream))
 }
 
-/// The next event for a stream, or `None` when it should end (the node or
-/// the server is shutting down).
-async fn next_event(
-    changes: &mut murmur::ChangeStream,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Option<Event> {
-    if *shutdown.borrow() {
-        return None;
-    }
-    tokio::select! {
-        _ = shutdown.wait_for(|stop| *stop) => None,
-        next = changes.next() => match next? {
-            Ok(change) => Some(change_event(&change)),
-            Err(murmur::Error::Lagged(missed)) => Some(event_json(
-                "lagged",
-                json!({"event": "lagged", "missed": missed}),
-            )),
-            Err(_) => None,
-        },
-    }
-}
-
-/// A change as JSON: the `data` of a `change` event.
-pub fn change_json(change: &DocumentChange) -> Json {
+/// A feed entry of `doc` as a `change` event, with the patches of its
+/// changes; `None` if the document can no longer be read (the stream ends).
+async fn change_event(doc: &DocHandle, entry: &murmur::FeedEntry) -> Option<Event> {
+    let (changes, heads) = (entry.changes.clone(), entry.heads.clone());
+    let patches = doc
+        .read(move |d| view::entry_patches(d, &changes, &heads))
+        .await
+        .ok()?
+        .ok()?;
     let mut data = json!({
         "event": "change",
-        "doc": change.doc.to_string(),
-        "heads": hex_heads(&change.heads),
+        "seq": entry.seq,
+        "doc": entry.doc.to_string(),
+        "heads": hex_heads(&entry.heads),
         "origin": "local",
-        "patches": change.patches.iter().map(json::patch_to_json).collect::<Vec<_>>(),
+        "patches": patches,
     });
-    if let Origin::Remote(peer) = change.origin {
+    if let Origin::Remote(peer) = entry.origin {
         data["origin"] = json!("remote");
         data["peer"] = json!(peer.to_string());
     }
-    data
-}
-
-fn change_event(change: &DocumentChange) -> Event {
-    event_json("change", change_json(change))
+    Some(
+        Event::default()
+            .id(entry.seq.to_string())
+            .event("change")
+            .data(data.to_string()),
+    )
 }
 
 fn event_json(name: &str, data: Json) -> Event {

@@ -145,6 +145,31 @@ pub fn diff(
     Ok(doc.diff(from, to).iter().map(patch_to_json).collect())
 }
 
+/// The patches of one feed entry: from the heads just before `changes`
+/// (their dependencies outside them, and `heads` other than them) to
+/// `heads`, the heads just after.
+pub fn entry_patches(
+    doc: &Automerge,
+    changes: &[ChangeHash],
+    heads: &[ChangeHash],
+) -> Result<Vec<Json>, ViewError> {
+    check_heads(doc, heads)?;
+    let inside: std::collections::BTreeSet<&ChangeHash> = changes.iter().collect();
+    let mut before: std::collections::BTreeSet<ChangeHash> = heads
+        .iter()
+        .filter(|hash| !inside.contains(hash))
+        .copied()
+        .collect();
+    for change in changes {
+        let meta = doc
+            .get_change_meta_by_hash(change)
+            .ok_or(ViewError::UnknownChange(*change))?;
+        before.extend(meta.deps.iter().filter(|dep| !inside.contains(dep)));
+    }
+    let before: Vec<ChangeHash> = before.into_iter().collect();
+    Ok(doc.diff(&before, heads).iter().map(patch_to_json).collect())
+}
+
 /// At most `limit` changes of `doc`'s history from the `offset`-th on;
 /// `known` are the nodes whose actors it may name as writers.
 pub fn history(doc: &Automerge, offset: usize, limit: usize, known: &[NodeId]) -> History {
