@@ -380,3 +380,67 @@ async fn concurrent_puts_show_as_the_same_conflict_on_every_node_until_resolved(
     assert!(doc.conflicts().await.unwrap().is_empty());
     assert!(on_b.conflicts().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_reaches_every_node_and_nothing_brings_it_back() {
+    let nodes = cluster(3).await;
+    let doc = nodes[0].node.create_doc().await.unwrap();
+    doc.change(|tx| tx.put(ROOT, "x", 1)).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().map(|n| &n.node).collect();
+    wait_for("every node to hold the document", async || {
+        heads_everywhere(&all, doc.id()).await
+    })
+    .await;
+    // Node 2 is cut off and edits; node 0 deletes meanwhile.
+    for other in [0, 1] {
+        nodes[2]
+            .node
+            .remove_peer(nodes[other].node.id())
+            .await
+            .unwrap();
+        nodes[other]
+            .node
+            .remove_peer(nodes[2].node.id())
+            .await
+            .unwrap();
+    }
+    let apart = nodes[2].node.doc(doc.id()).await.unwrap();
+    apart.change(|tx| tx.put(ROOT, "y", 2)).await.unwrap();
+    doc.delete().await.unwrap();
+    let gone = |error: &murmur::Error| {
+        matches!(
+            error,
+            murmur::Error::Replica(murmur::ReplicaError::Deleted(_))
+        )
+    };
+    wait_for("node 1 to delete it", async || {
+        nodes[1]
+            .node
+            .doc(doc.id())
+            .await
+            .err()
+            .is_some_and(|e| gone(&e))
+    })
+    .await;
+    connect_all(&nodes).await;
+    wait_for("the deletion to win on node 2", async || {
+        nodes[2]
+            .node
+            .doc(doc.id())
+            .await
+            .err()
+            .is_some_and(|e| gone(&e))
+    })
+    .await;
+    // Anti-entropy keeps running: the document stays deleted everywhere.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for node in &nodes {
+        assert!(node.node.documents().await.unwrap().is_empty());
+        assert!(node
+            .node
+            .doc(doc.id())
+            .await
+            .err()
+            .is_some_and(|e| gone(&e)));
+    }
+}

@@ -666,3 +666,45 @@ async fn a_document_event_stream_resumes_after_its_last_event_id() {
     let bad = call("GET", &format!("{url}?since=nope"), None, None).await;
     assert_eq!(bad.status, 400);
 }
+
+#[tokio::test]
+async fn a_deleted_document_is_gone_410_and_in_the_feed() {
+    let (_dir, node) = node(&[]);
+    let doc = create_doc(&node).await;
+    let kept = create_doc(&node).await;
+    write_changes(&node, &doc, 2).await;
+    write_changes(&node, &kept, 1).await;
+    let url = node.at(&format!("/docs/{doc}"));
+    let deleted = call("DELETE", &url, None, None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(deleted.json()["deleted"], true);
+    for path in [
+        format!("/docs/{doc}"),
+        format!("/docs/{doc}/history"),
+        format!("/docs/{doc}/events"),
+    ] {
+        let gone = call("GET", &node.at(&path), None, None).await;
+        assert_eq!(gone.status, 410, "{path}: {}", gone.body);
+    }
+    let change = json!([{"op": "put", "path": ["n"], "value": 9}]).to_string();
+    let refused = call(
+        "POST",
+        &node.at(&format!("/docs/{doc}/changes")),
+        None,
+        Some(&change),
+    )
+    .await;
+    assert_eq!(refused.status, 410, "{}", refused.body);
+    assert_eq!(call("DELETE", &url, None, None).await.status, 410);
+    let listed = call("GET", &node.at("/docs"), None, None).await;
+    assert_eq!(listed.json(), json!({"documents": [kept]}));
+    let feed = feed_lines(&node, "follow=false").await;
+    let last = feed.last().unwrap();
+    assert_eq!(
+        (last["seq"].as_u64(), &last["doc"], &last["deleted"]),
+        (Some(4), &json!(doc), &json!(true))
+    );
+    let missing = murmur::DocumentId::from([7; 16]);
+    let unknown = call("DELETE", &node.at(&format!("/docs/{missing}")), None, None).await;
+    assert_eq!(unknown.status, 404);
+}

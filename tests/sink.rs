@@ -243,14 +243,25 @@ async fn a_sink_killed_at_random_moments_ends_with_exactly_the_nodes_documents()
     check_table_covers_cursor(&db, &node).await;
     assert!(written > 100, "the writer wrote {written} changes");
 
+    // A deletion deletes the row.
+    let gone = call(
+        "DELETE",
+        &node.at(&format!("/docs/{}", docs[3])),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
     catch_up(&db, &node);
     let (rows, cursor) = table(&db);
     let expected = node_documents(&node).await;
-    assert_eq!(rows.len(), 10);
+    assert_eq!(rows.len(), 9);
     assert_eq!(rows, expected, "the table is the node's documents, exactly");
     let status = call("GET", &node.at("/status"), None, None).await.json();
     assert_eq!(cursor, Some(status["feed_end"].as_i64().unwrap() - 1));
-    eprintln!("{kills} kills, {written} writes: the table equals the node's 10 documents");
+    eprintln!(
+        "{kills} kills, {written} writes, a deletion: the table equals the node's 9 documents"
+    );
 }
 
 #[tokio::test]

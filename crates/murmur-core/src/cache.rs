@@ -114,6 +114,11 @@ impl Documents {
         self.rebuilding.remove(&doc)
     }
 
+    /// Forgets that `doc` was set aside (it was deleted).
+    pub(crate) fn forget_quarantined(&mut self, doc: DocumentId) {
+        self.quarantined.remove(&doc);
+    }
+
     /// Whether `doc` is set aside.
     pub(crate) fn is_quarantined(&self, doc: &DocumentId) -> bool {
         self.quarantined.contains_key(doc)

@@ -159,11 +159,14 @@ pub enum FaultInjection {
     BatchAppliesFirstPushOnly,
     /// Changes from peers get no feed entry.
     FeedSkipsPeerChanges,
+    /// A peer's word that a document is deleted (its push, or its
+    /// tombstone's digest leaf) is ignored: deletions do not spread.
+    IgnorePeerDeletions,
 }
 
 impl FaultInjection {
     /// Every planted bug (not [`FaultInjection::None`]).
-    pub const ALL: [FaultInjection; 14] = [
+    pub const ALL: [FaultInjection; 15] = [
         FaultInjection::AckDurableBeforeFlush,
         FaultInjection::DropPushWithMissingDependencies,
         FaultInjection::NoSyncResend,
@@ -178,6 +181,7 @@ impl FaultInjection {
         FaultInjection::NoSyncRetry,
         FaultInjection::BatchAppliesFirstPushOnly,
         FaultInjection::FeedSkipsPeerChanges,
+        FaultInjection::IgnorePeerDeletions,
     ];
 
     /// True when this build can plant bugs (the `planted-bugs` feature).

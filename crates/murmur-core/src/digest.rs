@@ -35,6 +35,13 @@ const _: () = assert!(layout::DIGEST_LEAF_LEVEL == murmur_wire::DIGEST_LEAF_LEVE
 
 /// The leaf value of document `doc` at `heads`. Never zero in practice, so
 /// a document with no changes still counts.
+/// The digest leaf of a deleted document: a value no heads give (their
+/// hashes are never all ones), the same on every node, so reconciliation
+/// finds a node that still holds content and tells it.
+pub(crate) fn tombstone_leaf(doc: &DocumentId) -> u64 {
+    leaf_value(doc, &[ChangeHash([0xff; 32])])
+}
+
 pub(crate) fn leaf_value(doc: &DocumentId, heads: &[ChangeHash]) -> u64 {
     let mut sorted: Vec<&ChangeHash> = heads.iter().collect();
     sorted.sort();
@@ -267,6 +274,24 @@ pub(crate) fn verify(store: &dyn Storage) -> Result<(), String> {
         if stored != Some(leaf) {
             return Err(format!(
                 "document {doc}: stored leaf {stored:?}, recomputed {leaf}"
+            ));
+        }
+        for level in 0..=LEAF_LEVEL {
+            let node = expected.entry((level, prefix_at(&key, level))).or_default();
+            node.xor ^= leaf;
+            node.count += 1;
+        }
+    }
+    for key in layout::list_tombstones(store).map_err(|e| e.to_string())? {
+        let doc = DocumentId::from_bytes(key);
+        if layout::document_exists(store, &key).map_err(|e| e.to_string())? {
+            return Err(format!("document {doc} has a tombstone and content"));
+        }
+        let leaf = tombstone_leaf(&doc);
+        let stored = layout::load_leaf(store, &key).map_err(|e| e.to_string())?;
+        if stored != Some(leaf) {
+            return Err(format!(
+                "deleted document {doc}: stored leaf {stored:?}, tombstone leaf {leaf}"
             ));
         }
         for level in 0..=LEAF_LEVEL {

@@ -278,6 +278,7 @@ impl Document {
             heads: self.doc.get_heads(),
             origin,
             time,
+            deleted: false,
         });
     }
 

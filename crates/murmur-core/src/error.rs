@@ -15,6 +15,10 @@ pub enum ReplicaError {
     /// No document with this id is held. Nothing changed.
     #[error("unknown document {0}")]
     UnknownDocument(DocumentId),
+    /// The document was deleted (on this node or another): its content is
+    /// gone and it cannot be changed or made again.
+    #[error("document {0} was deleted")]
+    Deleted(DocumentId),
     /// A document with this id exists here already (restoring one under
     /// its id: merge into it instead).
     #[error("document {0} exists on this node already")]

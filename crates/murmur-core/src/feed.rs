@@ -50,6 +50,9 @@ pub struct FeedEntry {
     pub origin: Origin,
     /// When this node applied them.
     pub time: Time,
+    /// True for the entry of a deletion: the document is gone (`changes`
+    /// and `heads` are empty).
+    pub deleted: bool,
 }
 
 /// Why a feed read has no entries to give.
@@ -78,6 +81,7 @@ impl FeedEntry {
         let hashes = self.changes.len() + self.heads.len();
         let mut out = Vec::with_capacity(1 + 16 + 8 + 33 + 8 + 32 * hashes);
         out.push(ENTRY_VERSION);
+        out.push(u8::from(self.deleted));
         out.extend_from_slice(self.doc.as_bytes());
         out.extend_from_slice(&self.time.as_millis().to_be_bytes());
         match self.origin {
@@ -104,6 +108,11 @@ impl FeedEntry {
         if input.take(1) != Some(&[ENTRY_VERSION][..]) {
             return Err(corrupt("feed entry has an unknown version"));
         }
+        let deleted = match input.take(1) {
+            Some([0]) => false,
+            Some([1]) => true,
+            _ => return Err(corrupt("feed entry has an unknown kind")),
+        };
         let doc = input
             .array::<16>()
             .ok_or_else(|| corrupt("feed entry is truncated"))?;
@@ -135,6 +144,7 @@ impl FeedEntry {
             heads,
             origin,
             time: Time::from_millis(u64::from_be_bytes(time)),
+            deleted,
         })
     }
 }
@@ -263,6 +273,22 @@ pub(crate) struct Record {
     pub(crate) heads: Vec<ChangeHash>,
     pub(crate) origin: Origin,
     pub(crate) time: Time,
+    /// A deletion's record (no changes, no heads).
+    pub(crate) deleted: bool,
+}
+
+impl Record {
+    /// The record of a deletion.
+    pub(crate) fn deletion(order: u64, origin: Origin, time: Time) -> Self {
+        Record {
+            order,
+            changes: Vec::new(),
+            heads: Vec::new(),
+            origin,
+            time,
+            deleted: true,
+        }
+    }
 }
 
 /// The feed's numbering, as the engine keeps it.
@@ -343,6 +369,7 @@ impl FeedLog {
                 heads: record.heads.clone(),
                 origin: record.origin,
                 time: record.time,
+                deleted: record.deleted,
             };
             batch.put(layout::feed_key(seq), entry.encode());
             seq += 1;
@@ -402,6 +429,7 @@ pub fn verify(store: &dyn Storage) -> Result<FeedSummary, String> {
     // hold byte-identical changes).
     let mut seen: BTreeMap<(DocumentId, ChangeHash), u64> = BTreeMap::new();
     let mut per_doc: BTreeMap<DocumentId, Vec<ChangeHash>> = BTreeMap::new();
+    let mut deletions: BTreeMap<DocumentId, usize> = BTreeMap::new();
     let mut from = first;
     while from < next {
         let page = read_page(store, from, next, MAX_FEED_PAGE).map_err(|e| {
@@ -417,6 +445,9 @@ pub fn verify(store: &dyn Storage) -> Result<FeedSummary, String> {
                 }
             }
             per_doc.entry(entry.doc).or_default().extend(&entry.changes);
+            if entry.deleted {
+                *deletions.entry(entry.doc).or_default() += 1;
+            }
         }
         from += page.len() as u64;
     }
@@ -452,9 +483,29 @@ pub fn verify(store: &dyn Storage) -> Result<FeedSummary, String> {
             }
         }
     }
-    if let Some((doc, _)) = per_doc.into_iter().next() {
+    // What is left names documents the store does not hold: only deleted
+    // ones, each with its deletion entry (unless trimmed) and only one.
+    let tombstones: std::collections::BTreeSet<DocumentId> = layout::list_tombstones(store)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(DocumentId)
+        .collect();
+    if let Some(doc) = per_doc.keys().find(|doc| !tombstones.contains(doc)) {
         return Err(format!(
             "the feed names document {doc}, which the store does not hold"
+        ));
+    }
+    for doc in &tombstones {
+        let entries = deletions.get(doc).copied().unwrap_or(0);
+        if entries > 1 || (complete && entries == 0) {
+            return Err(format!(
+                "deleted document {doc} has {entries} deletion entries in the feed"
+            ));
+        }
+    }
+    if let Some(doc) = deletions.keys().find(|doc| !tombstones.contains(doc)) {
+        return Err(format!(
+            "the feed says document {doc} was deleted, but it has no tombstone"
         ));
     }
     Ok(FeedSummary {

@@ -37,6 +37,9 @@ pub struct Flush {
     /// Snapshots in `batch`: (document, the sequence number it covers).
     /// What they replace is deleted once the batch is durable.
     snapshots: Vec<(DocKey, u64)>,
+    /// Documents deleted in this batch: their content's keys are added to
+    /// it (read from the store where the flush runs) before it is applied.
+    deletions: Vec<DocKey>,
     /// The planted bug [`crate::FaultInjection::CompactDeletesBeforeSnapshot`].
     delete_first: bool,
     store: Arc<dyn Storage>,
@@ -56,12 +59,14 @@ impl Flush {
     pub(crate) fn new(
         batch: WriteBatch,
         snapshots: Vec<(DocKey, u64)>,
+        deletions: Vec<DocKey>,
         delete_first: bool,
         store: Arc<dyn Storage>,
     ) -> Self {
         Flush {
             batch,
             snapshots,
+            deletions,
             delete_first,
             store,
         }
@@ -86,6 +91,9 @@ impl Flush {
     /// making it durable. For a simulator that lets time pass (or crashes
     /// the node) between the two halves.
     pub fn apply(&mut self) -> Result<(), StoreError> {
+        for doc in std::mem::take(&mut self.deletions) {
+            layout::delete_content(&*self.store, &doc, &mut self.batch)?;
+        }
         if self.delete_first {
             for &(doc, covers) in &self.snapshots {
                 self.store
@@ -120,6 +128,8 @@ pub(crate) struct InFlight {
     pub(crate) writes: Vec<(WriteId, DocumentId)>,
     /// Sync states it writes.
     pub(crate) sync: Vec<(DocumentId, NodeId)>,
+    /// Deletions it makes durable (back to waiting if it fails).
+    pub(crate) deletions: Vec<(DocumentId, crate::feed::Record)>,
     /// Peers owed our heads of a document once it is durable.
     pub(crate) owed: Vec<(DocumentId, NodeId)>,
     /// What it does to the change feed.

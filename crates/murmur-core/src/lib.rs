@@ -297,6 +297,10 @@ pub struct Metrics {
     pub documents_deferred: u64,
     /// Change-feed entries made durable.
     pub feed_entries: u64,
+    /// Documents deleted here (tombstones laid, local or told by peers).
+    pub documents_deleted: u64,
+    /// Deletions reconciliation found (either side of a differing leaf).
+    pub deletions_reconciled: u64,
     /// Digest buckets too big for one message, sent as several id ranges.
     pub digest_buckets_split: u64,
     /// Sync conversations restarted because the peer went quiet (a lost
@@ -406,6 +410,8 @@ impl Metrics {
             documents_reconciled,
             documents_deferred,
             feed_entries,
+            documents_deleted,
+            deletions_reconciled,
             digest_buckets_split,
             sync_retries,
             disk_free_bytes,
@@ -439,6 +445,8 @@ impl Metrics {
             F::counter("digest_messages_received", "murmur_digest_messages_received_total", "Reconciliation digest messages received.", digest_messages_received),
             F::counter("documents_reconciled", "murmur_documents_reconciled_total", "Documents reconciliation found differing from a peer's, and synced.", documents_reconciled),
             F::counter("documents_deferred", "murmur_documents_deferred_total", "Documents new to this node a peer named or sent past the per-peer cap (they come again later).", documents_deferred),
+            F::counter("documents_deleted", "murmur_documents_deleted_total", "Documents deleted here (tombstones laid, by this node or told by peers).", documents_deleted),
+            F::counter("deletions_reconciled", "murmur_deletions_reconciled_total", "Deletions reconciliation found differing from a peer (sent or taken up).", deletions_reconciled),
             F::counter("feed_entries", "murmur_feed_entries_total", "Change-feed entries made durable (one per application of changes to a document).", feed_entries),
             F::counter("digest_buckets_split", "murmur_digest_buckets_split_total", "Digest buckets too big for one message, sent as several id ranges.", digest_buckets_split),
             F::counter("flushes", "murmur_flushes_total", "Successful flushes to disk.", flushes),
@@ -486,6 +494,8 @@ impl Metrics {
             documents_reconciled,
             documents_deferred,
             feed_entries,
+            documents_deleted,
+            deletions_reconciled,
             digest_buckets_split,
             sync_retries,
             disk_free_bytes,
@@ -522,6 +532,8 @@ impl Metrics {
         self.documents_reconciled += documents_reconciled;
         self.documents_deferred += documents_deferred;
         self.feed_entries += feed_entries;
+        self.documents_deleted += documents_deleted;
+        self.deletions_reconciled += deletions_reconciled;
         self.digest_buckets_split += digest_buckets_split;
         self.sync_retries += sync_retries;
         self.disk_free_bytes += disk_free_bytes;

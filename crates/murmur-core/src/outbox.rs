@@ -159,7 +159,7 @@ fn message_bytes(message: &Message) -> usize {
             Message::Sync { message, .. } => message.len(),
             Message::Heads { heads, .. } => heads.len() * 32,
             Message::Membership { data } => data.len(),
-            Message::Hello(_) | Message::HeadsWanted { .. } => 0,
+            Message::Hello(_) | Message::HeadsWanted { .. } | Message::Deleted { .. } => 0,
             Message::DigestNodes { nodes } => nodes.len() * 17,
             Message::DigestLeaves { entries, .. } => entries.len() * 24,
         }

@@ -23,6 +23,7 @@ use crate::{Config, FaultInjection, Metrics, ReplicaError, Time};
 
 mod acks;
 mod creations;
+mod deletion;
 mod documents;
 mod durability;
 mod events;
@@ -71,6 +72,10 @@ pub struct Replica {
     creations: creations::Creations,
     /// The change feed's numbering.
     feed: crate::feed::FeedLog,
+    /// Deleted documents: every tombstone, stored or waiting for a flush.
+    deletions: BTreeSet<murmur_wire::DocumentId>,
+    /// Deletions waiting for the next flush, with their feed records.
+    pending_deletions: Vec<(murmur_wire::DocumentId, crate::feed::Record)>,
     membership: Option<Membership>,
     anti_entropy_at: Time,
     /// The time of the latest input.
@@ -94,6 +99,10 @@ impl Replica {
         )?;
         digest::rebuild_if_missing(&*store)?;
         let feed = crate::feed::FeedLog::open(&*store)?;
+        let deletions = layout::list_tombstones(&*store)?
+            .into_iter()
+            .map(murmur_wire::DocumentId::from_bytes)
+            .collect();
         let actor = incarnation::actor(&config.node_id, incarnation);
         let mut replica = Replica {
             // Each opening draws afresh: a restarted node must not make the
@@ -117,6 +126,8 @@ impl Replica {
             retries: SyncRetries::default(),
             creations: creations::Creations::default(),
             feed,
+            deletions,
+            pending_deletions: Vec::new(),
             membership: None,
             anti_entropy_at: now,
             now,
@@ -126,7 +137,8 @@ impl Replica {
         replica.anti_entropy_at = now.add(replica.next_anti_entropy_interval());
         // The digest's root counts the documents in the store.
         let root = replica.digest.node(&*replica.store, 0, 0)?;
-        replica.metrics.documents_held = u64::from(root.count);
+        replica.metrics.documents_held =
+            u64::from(root.count).saturating_sub(replica.deletions.len() as u64);
         if let Some(addr) = replica.config.membership_addr.clone() {
             let me = Member {
                 node: replica.config.node_id,
@@ -215,6 +227,10 @@ impl Replica {
             // durably (for `Replicated(k)` acknowledgements).
             Message::Heads { doc, heads } => {
                 self.receive_heads(from, doc, &heads);
+                Ok(())
+            }
+            Message::Deleted { doc } => {
+                self.receive_deleted(now, from, doc);
                 Ok(())
             }
             // A peer lost our report with a connection: report again.

@@ -606,6 +606,18 @@ impl Cluster {
         result
     }
 
+    /// Deletes `doc` on node `index` (see [`Replica::delete_document`]).
+    pub fn delete_document(
+        &mut self,
+        index: usize,
+        doc: DocumentId,
+    ) -> Result<WriteId, ReplicaError> {
+        let now = self.local_now(index);
+        let result = self.replica_mut(index).delete_document(now, doc);
+        self.drain(index);
+        result
+    }
+
     /// Cuts the links between every node of `side_a` and every node of
     /// `side_b`.
     pub fn partition(&mut self, side_a: &[usize], side_b: &[usize]) {

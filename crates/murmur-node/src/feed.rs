@@ -141,6 +141,9 @@ pub fn entry_json(entry: &FeedEntry) -> Json {
         "origin": "local",
         "time": entry.time.as_millis(),
     });
+    if entry.deleted {
+        data["deleted"] = json!(true);
+    }
     if let Origin::Remote(peer) = entry.origin {
         data["origin"] = json!("remote");
         data["peer"] = json!(peer.to_string());

@@ -35,7 +35,8 @@ use crate::metrics;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The routes, for the 404 message.
-const ROUTES: &str = "GET /docs, POST /docs, GET /docs/{id}, POST /docs/{id}/changes, \
+const ROUTES: &str =
+    "GET /docs, POST /docs, GET /docs/{id}, DELETE /docs/{id}, POST /docs/{id}/changes, \
                       GET /docs/{id}/history, GET /docs/{id}/diff, \
                       GET /docs/{id}/events, GET /feed, GET /status, GET /peers, POST /peers, \
                       DELETE /peers/{id}, GET /metrics";
@@ -76,7 +77,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/docs", get(list_docs).post(create_doc))
-        .route("/docs/{id}", get(get_doc))
+        .route("/docs/{id}", get(get_doc).delete(delete_doc))
         .route("/docs/{id}/changes", post(post_changes))
         .route("/docs/{id}/history", get(get_history))
         .route("/docs/{id}/diff", get(get_diff))
@@ -139,6 +140,9 @@ impl From<murmur::Error> for ApiError {
                 format!("no document {id} on this node"),
             ),
             murmur::Error::View(error) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+            murmur::Error::Replica(ReplicaError::Deleted(id)) => {
+                ApiError::new(StatusCode::GONE, format!("document {id} was deleted"))
+            }
             murmur::Error::Replica(error @ ReplicaError::ForeignData { .. }) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
             }
@@ -341,6 +345,20 @@ async fn create_doc(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// `DELETE /docs/{id}`: deletes the document on every node (a tombstone
+/// that replicates and wins over every change); answers once it is
+/// durable here. Deleting it again is answered 410.
+async fn delete_doc(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<JsonBody<Json>> {
+    let doc = parse_doc_id(&id)?;
+    let handle = state.node.doc(doc).await?;
+    handle.delete().await?;
+    tracing::info!(doc = %doc, "deleted document");
+    Ok(JsonBody(json!({"id": doc.to_string(), "deleted": true})))
 }
 
 /// `GET /docs/{id}`'s query.
@@ -699,6 +717,15 @@ async fn doc_events(
 /// A feed entry of `doc` as a `change` event, with the patches of its
 /// changes; `None` if the document can no longer be read (the stream ends).
 async fn change_event(doc: &DocHandle, entry: &murmur::FeedEntry) -> Option<Event> {
+    if entry.deleted {
+        let data = json!({"event": "deleted", "seq": entry.seq, "doc": entry.doc.to_string()});
+        return Some(
+            Event::default()
+                .id(entry.seq.to_string())
+                .event("deleted")
+                .data(data.to_string()),
+        );
+    }
     let (changes, heads) = (entry.changes.clone(), entry.heads.clone());
     let patches = doc
         .read(move |d| view::entry_patches(d, &changes, &heads))

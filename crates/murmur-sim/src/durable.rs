@@ -41,6 +41,11 @@ impl DurableIndex {
         doc: DocumentId,
         hash: ChangeHash,
     ) -> bool {
+        // A durable deletion supersedes every change of the document: its
+        // content is gone on purpose.
+        if durably_deleted(store, doc) {
+            return true;
+        }
         if self
             .known
             .get(&(node, doc))
@@ -74,7 +79,7 @@ impl DurableIndex {
         self.loaded.retain(|(holder, _), _| *holder != node);
         let mut problems = Vec::new();
         for ((holder, doc), hashes) in &self.known {
-            if *holder != node {
+            if *holder != node || durably_deleted(store, *doc) {
                 continue;
             }
             let stored = testkit::load_stored_document(&store.durable_view(), *doc);
@@ -153,4 +158,15 @@ impl DurableIndex {
         loaded.generation = generation;
         true
     }
+}
+
+/// Whether `store`'s flushed data holds `doc`'s tombstone.
+fn durably_deleted(store: &MemStore, doc: DocumentId) -> bool {
+    use murmur_store::Storage;
+    store
+        .durable_view()
+        .get(&layout::tombstone_key(doc.as_bytes()))
+        .ok()
+        .flatten()
+        .is_some()
 }

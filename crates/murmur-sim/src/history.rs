@@ -55,6 +55,8 @@ pub enum Function {
     WriteB,
     /// Create a document.
     Create,
+    /// Delete a whole document.
+    DeleteDoc,
     /// Read a document.
     Read,
 }

@@ -117,6 +117,7 @@ impl PlantedBug {
             FaultInjection::NoSyncRetry => "no-sync-retry",
             FaultInjection::BatchAppliesFirstPushOnly => "batch-applies-first-push-only",
             FaultInjection::FeedSkipsPeerChanges => "feed-skips-peer-changes",
+            FaultInjection::IgnorePeerDeletions => "ignore-peer-deletions",
             _ => "none",
         }
     }
@@ -152,6 +153,7 @@ impl PlantedBug {
             FaultInjection::NoSyncRetry => &["sync-stalls"],
             FaultInjection::CompactDeletesBeforeSnapshot => &["compaction-crash"],
             FaultInjection::FeedSkipsPeerChanges => &["crash-restart"],
+            FaultInjection::IgnorePeerDeletions => &["deletion"],
             FaultInjection::ReuseActorAfterCleanClose => &["restarts"],
             FaultInjection::EvictDirtyDocuments => &["many-docs"],
             FaultInjection::ReplicatedOvercount

@@ -27,6 +27,8 @@ pub enum Stream {
     /// adding one leaves every seed's earlier draws as they were (so a
     /// baseline compares the engine, not a reshuffle of the seeds).
     TurnWindow = 5,
+    /// The weight of document deletions.
+    DeleteDoc = 6,
 }
 
 /// SplitMix64: a stable, well-mixed derivation of sub-seeds.
@@ -169,12 +171,22 @@ pub struct Weights {
     pub read: u64,
     /// Document creations.
     pub create: u64,
+    /// Document deletions.
+    #[serde(default)]
+    pub delete_doc: u64,
 }
 
 impl Weights {
     /// The sum of the weights.
     pub fn total(&self) -> u64 {
-        self.set + self.counter + self.register + self.text + self.deps + self.read + self.create
+        self.set
+            + self.counter
+            + self.register
+            + self.text
+            + self.deps
+            + self.read
+            + self.create
+            + self.delete_doc
     }
 }
 
@@ -245,6 +257,9 @@ impl Params {
             deps: workload.deps.draw(&mut rng),
             read: workload.read.draw(&mut rng),
             create: workload.create.draw(&mut rng),
+            delete_doc: workload
+                .delete_doc
+                .draw(&mut self::rng(seed, Stream::DeleteDoc)),
         };
         if weights.total() == 0 {
             // A swarm draw of all zeros still needs something to do.

@@ -176,11 +176,16 @@ pub enum Mechanism {
     LoadParked,
     /// Pushes that arrived in one turn applied in one batch.
     PushBatched,
+    /// A document's tombstone laid (deleted here, or told by a peer).
+    Deletion,
+    /// A deletion found by reconciliation (a node that still held the
+    /// document, or one that deleted it, on either side).
+    DeletionReconciled,
 }
 
 impl Mechanism {
     /// Every mechanism, in report order.
-    pub const ALL: [Mechanism; 17] = [
+    pub const ALL: [Mechanism; 19] = [
         Mechanism::Backpressure,
         Mechanism::QueueFull,
         Mechanism::Eviction,
@@ -198,6 +203,8 @@ impl Mechanism {
         Mechanism::CrashMidFlush,
         Mechanism::LoadParked,
         Mechanism::PushBatched,
+        Mechanism::Deletion,
+        Mechanism::DeletionReconciled,
     ];
 
     /// Its name in scenario files and reports.
@@ -220,6 +227,8 @@ impl Mechanism {
             Mechanism::CrashMidFlush => "crash-mid-flush",
             Mechanism::LoadParked => "load-parked",
             Mechanism::PushBatched => "push-batched",
+            Mechanism::Deletion => "deletion",
+            Mechanism::DeletionReconciled => "deletion-reconciled",
         }
     }
 }
@@ -365,6 +374,10 @@ pub struct WorkloadSpec {
     /// New documents created during the chaos.
     #[serde(default = "defaults::create")]
     pub create: Spec<u64>,
+    /// Whole documents deleted during the chaos (none unless asked: a
+    /// deleted document's later operations all fail).
+    #[serde(default = "defaults::zero")]
+    pub delete_doc: Spec<u64>,
     /// Chance that an operation runs in the same driver turn as the one
     /// before it, on the same node (several inputs, one drain).
     #[serde(default = "defaults::burst")]
@@ -443,6 +456,9 @@ mod defaults {
     }
     pub fn weight() -> Spec<u64> {
         Spec::Range([0, 4])
+    }
+    pub fn zero() -> Spec<u64> {
+        Spec::Fixed(0)
     }
     pub fn create() -> Spec<u64> {
         Spec::Range([0, 1])

@@ -129,6 +129,8 @@ struct Runner<'a> {
     acks_checked: u64,
     /// Set once an invariant broke (reported once, then not checked).
     invariant_broken: bool,
+    /// Documents (by index) whose deletion some node acknowledged durable.
+    deleted: std::collections::BTreeSet<usize>,
     /// Set once a replica lost a pushed change (reported once).
     push_lost: bool,
     /// Steps each node took since its invariants were last checked.
@@ -207,6 +209,7 @@ impl<'a> Runner<'a> {
             durable: DurableIndex::default(),
             acks_checked: 0,
             invariant_broken: false,
+            deleted: std::collections::BTreeSet::new(),
             push_lost: false,
             invariant_turns: vec![0; params.nodes],
             storage_crashes: 0,
@@ -235,6 +238,11 @@ impl<'a> Runner<'a> {
                         continue;
                     }
                     if let Some(pending) = self.pending.remove(&(node, write)) {
+                        if let (Function::DeleteDoc, Value::Document { doc: Some(doc) }) =
+                            (pending.f, &pending.value)
+                        {
+                            self.deleted.insert(*doc);
+                        }
                         let event = HistoryEvent {
                             op: pending.op,
                             kind: OpType::Ok,
@@ -539,6 +547,54 @@ impl<'a> Runner<'a> {
         self.check_feed(node, "after a crash");
     }
 
+    /// The deletion rule, once converged: a document deleted anywhere is
+    /// deleted on every running node (a deletion wins over every change),
+    /// one whose deletion was acknowledged too, and a durable tombstone
+    /// leaves no content in the store.
+    fn check_deletions(&mut self) {
+        let running: Vec<usize> = (0..self.params.nodes)
+            .filter(|&n| self.cluster.is_up(n))
+            .collect();
+        for (index, &doc) in self.docs.ids().iter().enumerate() {
+            let deleted: Vec<usize> = running
+                .iter()
+                .copied()
+                .filter(|&n| {
+                    self.cluster
+                        .try_replica(n)
+                        .is_some_and(|r| r.is_deleted(&doc))
+                })
+                .collect();
+            let acknowledged = self.deleted.contains(&index);
+            if (acknowledged || !deleted.is_empty()) && deleted.len() != running.len() {
+                self.findings.push(Finding::new(
+                    "deletion",
+                    format!("document {index} ({doc}) is deleted on nodes {deleted:?} of the running {running:?} (deletion acknowledged: {acknowledged})"),
+                ));
+            }
+            for &node in &deleted {
+                let store: &dyn murmur_store::Storage = self.cluster.store(node);
+                let durable = store
+                    .get(&murmur_store::layout::tombstone_key(doc.as_bytes()))
+                    .ok()
+                    .flatten()
+                    .is_some();
+                let mut prefix = vec![b'd'];
+                prefix.extend_from_slice(doc.as_bytes());
+                let content = store
+                    .scan_prefix(&prefix)
+                    .map(|keys| keys.len())
+                    .unwrap_or(0);
+                if durable && content > 0 {
+                    self.findings.push(Finding::new(
+                        "deletion",
+                        format!("node {node} holds the tombstone of document {index} and {content} keys of its content"),
+                    ));
+                }
+            }
+        }
+    }
+
     /// Node `node`'s change feed, as its store holds it now: dense, no
     /// change twice, every change its documents hold in it exactly once.
     fn check_feed(&mut self, node: usize, when: &str) {
@@ -751,6 +807,7 @@ impl<'a> Runner<'a> {
             self.writes_indeterminate(node, "never acknowledged durable");
             self.check_feed(node, "at the end");
         }
+        self.check_deletions();
     }
 
     /// What node `node` holds: every document id with its heads
@@ -939,6 +996,8 @@ impl<'a> Runner<'a> {
                     Mechanism::CrashMidFlush => self.cluster.crashes_mid_flush(),
                     Mechanism::LoadParked => metrics.inputs_parked,
                     Mechanism::PushBatched => metrics.pushes_batched,
+                    Mechanism::Deletion => metrics.documents_deleted,
+                    Mechanism::DeletionReconciled => metrics.deletions_reconciled,
                 };
                 (mechanism.name().to_owned(), count)
             })
@@ -963,6 +1022,7 @@ impl<'a> Runner<'a> {
         }
         match scheduled.op {
             OpSpec::Create => self.create(index, node),
+            OpSpec::DeleteDoc { doc } => self.delete_doc(index, node, doc),
             OpSpec::Read { doc } => self.read(index, node, doc, false),
             ref op => self.write(index, node, op),
         }
@@ -991,6 +1051,7 @@ impl<'a> Runner<'a> {
             OpSpec::WriteA { id, .. } => Value::Pair { doc, id: Some(id) },
             OpSpec::WriteB { .. } => Value::Pair { doc, id: None },
             OpSpec::Create => Value::Document { doc: None },
+            OpSpec::DeleteDoc { .. } => Value::Document { doc: Some(doc) },
             OpSpec::Read { .. } => Value::Read {
                 doc,
                 final_read: false,
@@ -1073,6 +1134,22 @@ impl<'a> Runner<'a> {
                 self.pending_write(op, node, Function::Create, value, write.write);
             }
             Err(error) => self.fail_at_once(op, node, Function::Create, value, error.to_string()),
+        }
+    }
+
+    fn delete_doc(&mut self, op: usize, node: usize, doc: u32) {
+        let Some((doc_index, id)) = self.docs.resolve(doc) else {
+            let value = Value::Document { doc: None };
+            return self.fail_at_once(op, node, Function::DeleteDoc, value, "no documents".into());
+        };
+        let value = Value::Document {
+            doc: Some(doc_index),
+        };
+        match self.cluster.delete_document(node, id) {
+            Ok(write) => self.pending_write(op, node, Function::DeleteDoc, value, write),
+            Err(error) => {
+                self.fail_at_once(op, node, Function::DeleteDoc, value, error.to_string())
+            }
         }
     }
 

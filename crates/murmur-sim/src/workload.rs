@@ -90,6 +90,11 @@ pub enum OpSpec {
     },
     /// Create a document.
     Create,
+    /// Delete a whole document.
+    DeleteDoc {
+        /// Document index.
+        doc: u32,
+    },
     /// Read a document.
     Read {
         /// Document index.
@@ -121,6 +126,7 @@ impl OpSpec {
             OpSpec::WriteA { .. } => Function::WriteA,
             OpSpec::WriteB { .. } => Function::WriteB,
             OpSpec::Create => Function::Create,
+            OpSpec::DeleteDoc { .. } => Function::DeleteDoc,
             OpSpec::Read { .. } => Function::Read,
         }
     }
@@ -135,6 +141,7 @@ impl OpSpec {
             | OpSpec::Delete { doc, .. }
             | OpSpec::WriteA { doc, .. }
             | OpSpec::WriteB { doc, .. }
+            | OpSpec::DeleteDoc { doc }
             | OpSpec::Read { doc } => Some(*doc),
             OpSpec::Create => None,
         }
@@ -226,6 +233,8 @@ fn draw_op(params: &Params, rng: &mut impl Rng, index: usize, doc: u32) -> OpSpe
         }
     } else if next(w.read) {
         OpSpec::Read { doc }
+    } else if next(w.delete_doc) {
+        OpSpec::DeleteDoc { doc }
     } else {
         OpSpec::Create
     }
@@ -330,7 +339,7 @@ pub fn write(tx: &mut Transaction<'_>, op: &OpSpec, doc: usize) -> Result<Outcom
             done(Value::Pair { doc, id: Some(id) })
         }
         OpSpec::WriteB { pick, .. } => write_b(tx, pick, doc),
-        OpSpec::Create | OpSpec::Read { .. } => {
+        OpSpec::Create | OpSpec::Read { .. } | OpSpec::DeleteDoc { .. } => {
             unreachable!("{op:?} is not a write; the runner handles it")
         }
     }

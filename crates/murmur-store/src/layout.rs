@@ -12,6 +12,8 @@
 //! h<doc:16>                    the document's digest leaf: u64 big-endian
 //! t<level:u8><prefix:u32 BE>   a digest trie node: xor u64 BE ++ count u32 BE
 //! f<seq:u64 BE>                a change-feed entry (encoded by murmur-core)
+//! x<doc:16>                    a deleted document's tombstone: the deletion
+//!                              time, u64 big-endian milliseconds
 //! \0node/feed_next             u64 big-endian: the next feed sequence number
 //! ```
 //!
@@ -60,6 +62,7 @@ const SYNC_STATE_TAG: u8 = b'p';
 const LEAF_PREFIX: u8 = b'h';
 const TRIE_PREFIX: u8 = b't';
 const FEED_PREFIX: u8 = b'f';
+const TOMBSTONE_PREFIX: u8 = b'x';
 const FEED_NEXT: &str = "feed_next";
 
 /// The deepest level of the digest trie: its nodes are buckets of the
@@ -105,6 +108,41 @@ pub fn ensure_schema(store: &dyn Storage) -> Result<(), StoreError> {
             store.flush()
         }
     }
+}
+
+/// The key of `doc`'s tombstone.
+pub fn tombstone_key(doc: &DocKey) -> Vec<u8> {
+    let mut key = vec![TOMBSTONE_PREFIX];
+    key.extend_from_slice(doc);
+    key
+}
+
+/// Every deleted document (each tombstone key).
+pub fn list_tombstones(store: &dyn Storage) -> Result<Vec<DocKey>, StoreError> {
+    store
+        .scan_prefix(&[TOMBSTONE_PREFIX])?
+        .into_iter()
+        .map(|(key, _)| {
+            key[1..]
+                .try_into()
+                .map_err(|_| StoreError::corrupt(&key, "tombstone key has no 16-byte document id"))
+        })
+        .collect()
+}
+
+/// Adds the deletion of every key of `doc`'s content (index, snapshot,
+/// chunks, sync states) to `batch`. Reads the store: run it where the
+/// flush runs, never in an engine turn.
+pub fn delete_content(
+    store: &dyn Storage,
+    doc: &DocKey,
+    batch: &mut WriteBatch,
+) -> Result<(), StoreError> {
+    batch.delete(index_key(doc));
+    for (key, _) in store.scan_prefix(&doc_prefix(doc))? {
+        batch.delete(key);
+    }
+    Ok(())
 }
 
 /// The key of feed entry `seq`.

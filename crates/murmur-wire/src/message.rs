@@ -157,6 +157,12 @@ pub enum Message {
         /// The document.
         doc: DocumentId,
     },
+    /// "This document is deleted": the sender holds its tombstone. The
+    /// receiver deletes it too (a deletion wins over every change).
+    Deleted {
+        /// The document.
+        doc: DocumentId,
+    },
 }
 
 /// The digest bucket `doc` belongs to: the first two bytes of its id.
@@ -191,7 +197,7 @@ fn validate_digest_leaves(
 impl Message {
     /// A short static name for the variant, for metrics and logs:
     /// `"hello"`, `"changes"`, `"sync"`, `"heads"`, `"membership"`,
-    /// `"digest_nodes"`, `"digest_leaves"` or `"heads_wanted"`.
+    /// `"digest_nodes"`, `"digest_leaves"`, `"heads_wanted"` or `"deleted"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello(_) => "hello",
@@ -202,6 +208,7 @@ impl Message {
             Message::DigestNodes { .. } => "digest_nodes",
             Message::DigestLeaves { .. } => "digest_leaves",
             Message::HeadsWanted { .. } => "heads_wanted",
+            Message::Deleted { .. } => "deleted",
         }
     }
 
@@ -215,7 +222,8 @@ impl Message {
             Message::Changes { doc, .. }
             | Message::Sync { doc, .. }
             | Message::Heads { doc, .. }
-            | Message::HeadsWanted { doc } => Some(*doc),
+            | Message::HeadsWanted { doc }
+            | Message::Deleted { doc } => Some(*doc),
         }
     }
 
@@ -225,7 +233,7 @@ impl Message {
     /// sender can check a message before queueing it.
     pub fn validate(&self) -> Result<(), WireError> {
         match self {
-            Message::Hello(_) | Message::HeadsWanted { .. } => Ok(()),
+            Message::Hello(_) | Message::HeadsWanted { .. } | Message::Deleted { .. } => Ok(()),
             Message::Changes { changes, .. } => {
                 if changes.len() > MAX_CHANGES_PER_PUSH {
                     Err(WireError::Invalid(TOO_MANY_CHANGES))
@@ -296,6 +304,7 @@ impl fmt::Debug for Message {
             Message::HeadsWanted { doc } => {
                 f.debug_struct("HeadsWanted").field("doc", doc).finish()
             }
+            Message::Deleted { doc } => f.debug_struct("Deleted").field("doc", doc).finish(),
             Message::Membership { data } => f
                 .debug_struct("Membership")
                 .field("bytes", &data.len())

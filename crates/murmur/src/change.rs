@@ -24,6 +24,10 @@ pub trait ChangeRequest: Send {
     fn merge(&mut self) -> Option<Vec<automerge::Change>> {
         None
     }
+    /// Deletes the document instead (see [`crate::DocHandle::delete`]).
+    fn deletes(&self) -> bool {
+        false
+    }
     /// The outcome: the change made (`None`: the change function changed
     /// nothing), or why the change was not acknowledged.
     fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>);
@@ -175,5 +179,24 @@ impl ChangeRequest for MergeRequest {
 
     fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>) {
         let _ = self.reply.send(outcome);
+    }
+}
+
+/// A deletion, with the channel its caller waits on.
+pub(crate) struct DeleteRequest {
+    pub(crate) reply: oneshot::Sender<Result<(), ChangeFailed>>,
+}
+
+impl ChangeRequest for DeleteRequest {
+    fn run(&mut self, _tx: &mut Transaction<'_>) -> Result<(), AutomergeError> {
+        Ok(())
+    }
+
+    fn deletes(&self) -> bool {
+        true
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<Option<ChangeHash>, ChangeFailed>) {
+        let _ = self.reply.send(outcome.map(|_| ()));
     }
 }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use crate::change::MergeRequest;
+use crate::change::{DeleteRequest, MergeRequest};
 use crate::driver::{ChangeFailed, Command, DocumentChange, DriverHandle};
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash};
@@ -192,6 +192,43 @@ impl DocHandle {
             change: receipt.change,
             output: receipt.output,
         }))
+    }
+
+    /// Deletes the document on every node: a tombstone replicates, every
+    /// node frees its content and answers [`ReplicaError::Deleted`] for it
+    /// from then on, and the feed reports the deletion. A deletion wins
+    /// over every change, concurrent ones included. Returns once the
+    /// tombstone is durable here.
+    ///
+    /// ```
+    /// use murmur::automerge::{transaction::Transactable, ROOT};
+    /// use murmur::{Error, Node, ReplicaError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), murmur::Error> {
+    /// let node = Node::builder().in_memory().start().await?;
+    /// let doc = node.create_doc().await?;
+    /// doc.change(|tx| tx.put(ROOT, "n", 1)).await?;
+    /// doc.delete().await?;
+    /// assert!(matches!(doc.heads().await, Err(Error::Replica(ReplicaError::Deleted(_)))));
+    /// assert!(node.documents().await?.is_empty());
+    /// # node.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete(&self) -> Result<(), Error> {
+        let deleted = self
+            .handle
+            .request(|reply| Command::Change {
+                doc: self.id,
+                ack: AckLevel::Durable,
+                request: Box::new(DeleteRequest { reply }),
+            })
+            .await?;
+        deleted.map_err(|failed| match failed {
+            ChangeFailed::Rejected(error) => Error::Replica(error),
+            ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
+        })
     }
 
     /// The document as Automerge saves it (`Automerge::save`): what

@@ -810,6 +810,22 @@ impl Driver {
         mut request: Box<dyn ChangeRequest>,
         wanted: AckLevel,
     ) {
+        if request.deletes() {
+            match self.replica.delete_document(now, doc) {
+                Ok(write) => {
+                    // A deletion is acknowledged once durable here.
+                    let pending = PendingWrite {
+                        wanted: wanted.min(AckLevel::Durable),
+                        reached: AckLevel::Applied,
+                        change: None,
+                        request,
+                    };
+                    self.pending.insert(write, pending);
+                }
+                Err(error) => request.finish(Err(error.into())),
+            }
+            return;
+        }
         let message = request.message();
         let made = match request.merge() {
             Some(changes) => self.replica.handle_local_merge(now, doc, changes),
@@ -911,6 +927,11 @@ impl Driver {
                     origin,
                     patches,
                 } => self.notify(doc, heads, origin, patches),
+                Event::DocumentDeleted { doc, .. } => {
+                    // Its subscribers' streams end.
+                    self.subscriptions.remove(&doc);
+                    self.replica.observe(doc, false);
+                }
                 Event::MemberUp { node, addr } => self.member_up(node, &addr),
                 Event::MemberDown { node } => {
                     tracing::info!(peer = %node.short(), "membership declared the peer down");

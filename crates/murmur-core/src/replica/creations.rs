@@ -152,6 +152,10 @@ impl Replica {
     /// is deferred at `from`'s cap. An error if `doc` is set aside or
     /// loading (its load is then requested).
     fn admit(&mut self, from: NodeId, doc: DocumentId) -> Result<bool, ReplicaError> {
+        if self.is_deleted(&doc) {
+            self.answer_deleted(from, doc);
+            return Ok(false);
+        }
         if self.docs.is_quarantined(&doc) {
             return Err(self.missing(doc));
         }

@@ -55,6 +55,15 @@ impl Replica {
             tracing::warn!(doc = %doc, "a document load nobody waits for landed; ignored");
             return Ok(());
         };
+        if self.is_deleted(&doc) {
+            // Deleted while it loaded: what waited for it is refused as
+            // for any deleted document.
+            self.docs.take_rebuilding(doc);
+            for input in parked {
+                self.replay(now, doc, input);
+            }
+            return Ok(());
+        }
         match loaded.result {
             Ok(mut document) => {
                 // Nothing about a loading document runs, so it cannot be in
@@ -232,7 +241,7 @@ impl Replica {
         if let Some(document) = self.docs.get(&doc) {
             return Ok(Cow::Borrowed(&document.doc));
         }
-        if self.docs.is_quarantined(&doc) {
+        if self.docs.is_quarantined(&doc) || self.is_deleted(&doc) {
             return Err(self.missing(doc));
         }
         if !layout::document_exists(&*self.store, doc.as_bytes())? {
@@ -305,12 +314,18 @@ impl Replica {
     }
 
     pub(super) fn missing(&self, doc: DocumentId) -> ReplicaError {
+        if self.is_deleted(&doc) {
+            return ReplicaError::Deleted(doc);
+        }
         self.docs.missing(doc)
     }
 
     /// Whether `doc` is in memory, counting a use of it (see
     /// [`Documents::resident`](crate::cache::Documents::resident)).
     pub(super) fn resident(&mut self, doc: DocumentId) -> Result<bool, ReplicaError> {
+        if self.is_deleted(&doc) {
+            return Err(ReplicaError::Deleted(doc));
+        }
         self.docs.resident(&*self.store, doc)
     }
 

@@ -259,16 +259,25 @@ impl Replica {
     /// again and goes in the next one.
     pub(super) fn start_flush(&mut self, now: Time) -> Option<Flush> {
         let mut batch = WriteBatch::new();
-        let (saves, leaves) = self.stage_saves(&mut batch);
+        let (saves, mut leaves) = self.stage_saves(&mut batch);
+        let deletions = std::mem::take(&mut self.pending_deletions);
+        for (doc, record) in &deletions {
+            batch.put(
+                layout::tombstone_key(doc.as_bytes()),
+                record.time.as_millis().to_be_bytes().to_vec(),
+            );
+            leaves.push((*doc, digest::tombstone_leaf(doc)));
+        }
         let staged = match self.stage_digest(&leaves, &mut batch) {
             Ok(staged) => staged,
             Err(error) => {
+                self.pending_deletions = deletions;
                 self.flush_failed(now, &error);
                 return None;
             }
         };
         let sync = self.stage_sync_states(&mut batch);
-        let feed = self.stage_feed(&saves, &mut batch);
+        let feed = self.stage_feed(&saves, &deletions, &mut batch);
         let snapshots = saves
             .iter()
             .filter_map(|(id, save)| {
@@ -291,6 +300,7 @@ impl Replica {
                 .take_flushable_writes(|doc| self.docs.is_rebuilding(doc)),
             sync,
             owed: self.replication.take_owed().into_iter().collect(),
+            deletions,
             feed,
             bytes: batch.payload_bytes(),
             started: now,
@@ -299,9 +309,22 @@ impl Replica {
         let delete_first = self
             .config
             .planted(FaultInjection::CompactDeletesBeforeSnapshot);
+        let deleted = self
+            .durability
+            .flushing
+            .as_ref()
+            .map(|flight| {
+                flight
+                    .deletions
+                    .iter()
+                    .map(|(doc, _)| *doc.as_bytes())
+                    .collect()
+            })
+            .unwrap_or_default();
         Some(Flush::new(
             batch,
             snapshots,
+            deleted,
             delete_first,
             self.store.clone(),
         ))
@@ -353,16 +376,20 @@ impl Replica {
     fn stage_feed(
         &self,
         saves: &[(DocumentId, PendingSave)],
+        deletions: &[(DocumentId, crate::feed::Record)],
         batch: &mut WriteBatch,
     ) -> crate::feed::Staged {
-        let records = saves.iter().flat_map(|(id, save)| {
-            self.docs
-                .get(id)
-                .map(|document| document.records_of(save))
-                .unwrap_or_default()
-                .iter()
-                .map(move |record| (*id, record))
-        });
+        let records = saves
+            .iter()
+            .flat_map(|(id, save)| {
+                self.docs
+                    .get(id)
+                    .map(|document| document.records_of(save))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(move |record| (*id, record))
+            })
+            .chain(deletions.iter().map(|(doc, record)| (*doc, record)));
         self.feed
             .stage(records, self.config.feed_max_entries, batch)
     }
@@ -401,6 +428,9 @@ impl Replica {
         self.docs.loads_mut().release_held();
         if let Err(error) = result {
             self.feed.failed(flight.feed);
+            let mut deletions = flight.deletions.clone();
+            deletions.append(&mut self.pending_deletions);
+            self.pending_deletions = deletions;
             let docs = &self.docs;
             for (doc, peer) in self
                 .durability
@@ -415,7 +445,9 @@ impl Replica {
         self.metrics.feed_entries += flight.feed.added(&self.feed);
         self.feed.committed(flight.feed);
         if let Some(count) = self.digest.root_count() {
-            self.metrics.documents_held = u64::from(count);
+            // The digest counts tombstones too.
+            self.metrics.documents_held =
+                u64::from(count).saturating_sub(self.deletions.len() as u64);
         }
         self.metrics.flushes += 1;
         self.metrics.bytes_flushed += flight.bytes as u64;

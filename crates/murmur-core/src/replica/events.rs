@@ -60,6 +60,16 @@ pub enum Event {
         /// How far it got.
         level: AckLevel,
     },
+    /// A document was deleted (its tombstone laid here): its content is
+    /// gone with the next flush, and every read or change of it is
+    /// refused with [`ReplicaError::Deleted`](crate::ReplicaError::Deleted).
+    DocumentDeleted {
+        /// The document.
+        doc: DocumentId,
+        /// Who deleted it: this node's application, or the peer that told
+        /// this node.
+        origin: Origin,
+    },
     /// Membership (SWIM) believes `node` is alive and reachable at `addr`:
     /// the driver may connect to it.
     MemberUp {

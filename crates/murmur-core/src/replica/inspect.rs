@@ -25,7 +25,7 @@ impl Replica {
             |doc| self.durability.is_dirty(doc),
         )?;
         self.durability.check(
-            |doc| self.docs.contains_key(doc),
+            |doc| self.docs.contains_key(doc) || self.is_deleted(doc),
             |doc| self.docs.is_rebuilding(doc),
         )
     }

@@ -60,7 +60,8 @@ impl Replica {
 
     /// Whether `id` is a document here: in memory, quarantined or stored.
     fn holds(&self, id: DocumentId) -> Result<bool, ReplicaError> {
-        Ok(self.docs.contains_key(&id)
+        Ok(self.is_deleted(&id)
+            || self.docs.contains_key(&id)
             || self.docs.is_quarantined(&id)
             || layout::document_exists(&*self.store, id.as_bytes())?)
     }

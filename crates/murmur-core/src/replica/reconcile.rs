@@ -190,7 +190,16 @@ impl Replica {
             .collect();
         differing.extend(theirs.keys().filter(|doc| !mine.contains_key(doc)));
         for doc in differing {
-            self.reconcile_document(now, from, doc);
+            if self.is_deleted(&doc) {
+                // Our leaf is the tombstone's: the peer still holds content.
+                self.metrics.deletions_reconciled += 1;
+                self.answer_deleted(from, doc);
+            } else if theirs.get(&doc) == Some(&crate::digest::tombstone_leaf(&doc)) {
+                self.metrics.deletions_reconciled += 1;
+                self.receive_deleted(now, from, doc);
+            } else {
+                self.reconcile_document(now, from, doc);
+            }
         }
         Ok(())
     }

@@ -68,7 +68,24 @@ impl CheckReport {
 
 /// Runs every checker over `history`, adding the runner's own `findings`.
 pub fn check(history: &History, findings: Vec<Finding>) -> CheckReport {
-    let operations = history.operations();
+    let mut operations = history.operations();
+    // A deleted document's operations fail or vanish by the deletion rule
+    // (checked by the runner); the checkers below look at the documents
+    // that remain. A deletion attempted at all may have spread.
+    let deleted: BTreeSet<usize> = operations
+        .iter()
+        .filter(|op| op.invoke.f == Function::DeleteDoc)
+        .filter_map(|op| match op.invoke.value {
+            Value::Document { doc } => doc,
+            _ => None,
+        })
+        .collect();
+    operations.retain(|op| {
+        op.invoke
+            .value
+            .doc()
+            .is_none_or(|doc| !deleted.contains(&doc))
+    });
     let mut all = findings;
     let (set, found) = set_full::check(&operations);
     all.extend(found);
