@@ -15,15 +15,18 @@
 //! | [`foreign_changes`] | pushed change bytes, about a stored or an unknown document | the same |
 //! | [`json_changes`] | an HTTP change request body | parsing is typed; a refused request changes nothing; what applies saves and reloads |
 //! | [`stored_values`] | edits to a store's keys and values | opening and loading fail with typed errors only |
+//! | [`automerge_bytes`] | Automerge bytes a client posts (a document, changes) | decoding and merging refuse with typed errors; invariants, digest and feed hold; the store reopens with the same heads |
 //!
 //! Inputs that carry several items are a sequence of records: a tag byte,
 //! a little-endian `u16` length, then that many bytes ([`records`]).
 
+mod bytes;
 mod json;
 mod peer;
 mod store;
 mod wire;
 
+pub use bytes::automerge_bytes;
 pub use json::json_changes;
 pub use peer::{foreign_changes, sync_messages, PeerFixture};
 pub use store::stored_values;
@@ -50,6 +53,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("foreign_changes", foreign_changes),
     ("json_changes", json_changes),
     ("stored_values", stored_values),
+    ("automerge_bytes", automerge_bytes),
 ];
 
 /// Splits `data` into records: a tag byte, a little-endian `u16` length,

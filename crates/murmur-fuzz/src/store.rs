@@ -70,6 +70,7 @@ fn open_and_use(store: MemStore) {
     }
     let _ = replica.flush_now(now);
     let _ = replica.check_invariants();
+    let _ = replica.feed_reader().read(0, replica.feed_end(), 1024);
 }
 
 /// The healthy store's pairs, built once.

@@ -67,3 +67,39 @@ fn the_seeds_reach_the_document() {
         "the sync message was not taken up"
     );
 }
+
+/// The `automerge_bytes` seeds (made by `@automerge/automerge` 3.5.0): a
+/// saved document merges with its history; changes alone, whose history
+/// the replica lacks, are refused whole.
+#[test]
+fn the_automerge_bytes_seeds_decode_and_merge() {
+    use automerge::ReadDoc;
+    use murmur_core::{decode_automerge, Config, Replica, ReplicaError, Time};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/automerge_bytes");
+    let now = Time::from_millis(1_800_000_000_000);
+    let merge = |seed: &str| {
+        let bytes = std::fs::read(root.join(seed)).expect("the seed");
+        let changes = decode_automerge(&bytes).expect("the seed decodes");
+        let store = murmur_store::MemStore::new();
+        let mut replica = Replica::open(
+            Config::new(murmur_wire::NodeId([1; 32])),
+            Box::new(store),
+            now,
+        )
+        .unwrap();
+        let doc = replica.create_document(now);
+        let merged = replica.handle_local_merge(now, doc, changes);
+        (
+            merged,
+            replica.cached_document(doc).unwrap().get_heads().len(),
+        )
+    };
+    let (merged, heads) = merge("seed-00");
+    assert!(merged.unwrap().change.is_some());
+    assert_eq!(heads, 1);
+    let (merged, heads) = merge("seed-01");
+    assert!(matches!(merged, Err(ReplicaError::ForeignData { .. })));
+    assert_eq!(heads, 0);
+    let (merged, _) = merge("seed-02");
+    assert!(merged.unwrap().change.is_some());
+}

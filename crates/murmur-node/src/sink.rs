@@ -140,10 +140,7 @@ async fn apply(
         docs.insert(doc.to_owned());
         last = last.max(seq);
     }
-    let mut rows = Vec::with_capacity(docs.len());
-    for doc in &docs {
-        rows.push((doc.clone(), read_document(client, doc).await?));
-    }
+    let rows = read_documents(client, docs.iter()).await?;
     let tx = db.transaction()?;
     for (doc, row) in &rows {
         write_row(&tx, doc, row.as_ref())?;
@@ -153,10 +150,25 @@ async fn apply(
     Ok(())
 }
 
-/// A document as the node serves it now (`None`: it has none by that id).
-async fn read_document(client: &Client, doc: &str) -> anyhow::Result<Option<Json>> {
-    client.json_or_missing(&format!("/docs/{doc}")).await
+/// Documents as the node serves them now (`None`: it has none by that
+/// id), a few requests at a time.
+async fn read_documents(
+    client: &Client,
+    docs: impl Iterator<Item = &String>,
+) -> anyhow::Result<Vec<(String, Option<Json>)>> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(docs)
+        .map(|doc| async move {
+            let read = client.json_or_missing(&format!("/docs/{doc}")).await?;
+            anyhow::Ok((doc.clone(), read))
+        })
+        .buffered(READS_IN_FLIGHT)
+        .try_collect()
+        .await
 }
+
+/// Document reads a sink keeps in flight.
+const READS_IN_FLIGHT: usize = 8;
 
 /// Upserts (or, for a document the node no longer has, deletes) one row.
 fn write_row(tx: &Transaction<'_>, doc: &str, read: Option<&Json>) -> anyhow::Result<()> {
@@ -200,10 +212,7 @@ async fn snapshot(
     let listed = client.json(Method::GET, "/docs", None).await?;
     let ids: Vec<String> = serde_json::from_value(listed["documents"].clone())
         .context("the node's document list is malformed")?;
-    let mut rows = Vec::with_capacity(ids.len());
-    for doc in &ids {
-        rows.push((doc.clone(), read_document(client, doc).await?));
-    }
+    let rows = read_documents(client, ids.iter()).await?;
     let tx = db.transaction()?;
     tx.execute("DELETE FROM documents", [])?;
     for (doc, row) in &rows {

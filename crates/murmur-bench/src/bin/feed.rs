@@ -223,8 +223,10 @@ async fn throughput(cli: &Cli, http: &Http) -> anyhow::Result<f64> {
         let count = cli.prefill / 16;
         tasks.spawn(async move {
             for n in 0..count {
-                let doc = &docs[((w * count + n) as usize) % docs.len()];
-                let body = json!([{"op": "put", "path": ["n"], "value": n}]);
+                // Unique values: a put of the value a key holds is no change.
+                let unique = w * count + n;
+                let doc = &docs[unique as usize % docs.len()];
+                let body = json!([{"op": "put", "path": ["n"], "value": unique}]);
                 json(
                     &http,
                     Method::POST,
@@ -274,7 +276,13 @@ async fn throughput(cli: &Cli, http: &Http) -> anyhow::Result<f64> {
             .filter(|l| !l.is_empty())
             .collect();
         if lines.is_empty() {
-            bail!("the feed ended at {since} before {} entries", cli.prefill);
+            let status = json(http, Method::GET, &format!("{}/status", node.url), None).await?;
+            bail!(
+                "the feed ended at {since} before {} entries (the node's feed end: {}, local changes {})",
+                cli.prefill,
+                status["feed_end"],
+                status["engine"]["local_changes"]
+            );
         }
         let last: Value = serde_json::from_slice(lines[lines.len() - 1])?;
         since = last["seq"].as_u64().context("seq")?;
