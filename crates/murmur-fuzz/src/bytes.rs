@@ -2,7 +2,6 @@
 //! `POST /docs` or `POST /docs/{id}/changes` (a saved document, changes,
 //! or anything else).
 
-use automerge::ReadDoc;
 use murmur_core::{decode_automerge, feed, Config, Replica, Time};
 use murmur_store::MemStore;
 use murmur_wire::NodeId;

@@ -38,6 +38,7 @@ fn message() -> impl Strategy<Value = Message> {
         vec(digest_node(), 0..300).prop_map(|nodes| Message::DigestNodes { nodes }),
         digest_leaves(),
         doc_id().prop_map(|doc| Message::HeadsWanted { doc }),
+        doc_id().prop_map(|doc| Message::Deleted { doc }),
     ]
 }
 
@@ -285,6 +286,7 @@ fn kind_and_doc_describe_the_message() {
             None,
         ),
         (Message::HeadsWanted { doc }, "heads_wanted", Some(doc)),
+        (Message::Deleted { doc }, "deleted", Some(doc)),
     ];
     for (msg, kind, expected_doc) in cases {
         assert_eq!(msg.kind(), kind);
