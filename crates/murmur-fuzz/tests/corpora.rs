@@ -73,7 +73,6 @@ fn the_seeds_reach_the_document() {
 /// the replica lacks, are refused whole.
 #[test]
 fn the_automerge_bytes_seeds_decode_and_merge() {
-    use automerge::ReadDoc;
     use murmur_core::{decode_automerge, Config, Replica, ReplicaError, Time};
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/automerge_bytes");
     let now = Time::from_millis(1_800_000_000_000);
