@@ -407,40 +407,27 @@ async fn a_deletion_reaches_every_node_and_nothing_brings_it_back() {
     let apart = nodes[2].node.doc(doc.id()).await.unwrap();
     apart.change(|tx| tx.put(ROOT, "y", 2)).await.unwrap();
     doc.delete().await.unwrap();
-    let gone = |error: &murmur::Error| {
-        matches!(
-            error,
-            murmur::Error::Replica(murmur::ReplicaError::Deleted(_))
-        )
-    };
     wait_for("node 1 to delete it", async || {
-        nodes[1]
-            .node
-            .doc(doc.id())
-            .await
-            .err()
-            .is_some_and(|e| gone(&e))
+        deleted_on(&nodes[1].node, doc.id()).await
     })
     .await;
     connect_all(&nodes).await;
     wait_for("the deletion to win on node 2", async || {
-        nodes[2]
-            .node
-            .doc(doc.id())
-            .await
-            .err()
-            .is_some_and(|e| gone(&e))
+        deleted_on(&nodes[2].node, doc.id()).await
     })
     .await;
     // Anti-entropy keeps running: the document stays deleted everywhere.
     tokio::time::sleep(Duration::from_millis(600)).await;
     for node in &nodes {
         assert!(node.node.documents().await.unwrap().is_empty());
-        assert!(node
-            .node
-            .doc(doc.id())
-            .await
-            .err()
-            .is_some_and(|e| gone(&e)));
+        assert!(deleted_on(&node.node, doc.id()).await);
     }
+}
+
+/// Whether `node` answers that `doc` was deleted.
+async fn deleted_on(node: &Node, doc: DocumentId) -> bool {
+    matches!(
+        node.doc(doc).await,
+        Err(murmur::Error::Replica(murmur::ReplicaError::Deleted(_)))
+    )
 }

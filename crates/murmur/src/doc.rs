@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use crate::change::{DeleteRequest, MergeRequest};
-use crate::driver::{ChangeFailed, Command, DocumentChange, DriverHandle};
+use crate::driver::{Command, DocumentChange, DriverHandle};
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash};
 use murmur_core::{AckLevel, DocumentId, ReplicaError};
@@ -184,10 +184,7 @@ impl DocHandle {
             .handle
             .change_described(self.id, ack, message, f)
             .await?
-            .map_err(|failed| match failed {
-                ChangeFailed::Rejected(error) => Error::Replica(error),
-                ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
-            })?;
+            .map_err(Error::from)?;
         Ok(outcome.map(|receipt| Receipt {
             change: receipt.change,
             output: receipt.output,
@@ -225,10 +222,7 @@ impl DocHandle {
                 request: Box::new(DeleteRequest { reply }),
             })
             .await?;
-        deleted.map_err(|failed| match failed {
-            ChangeFailed::Rejected(error) => Error::Replica(error),
-            ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
-        })
+        deleted.map_err(Error::from)
     }
 
     /// The document as Automerge saves it (`Automerge::save`): what
@@ -252,7 +246,7 @@ impl DocHandle {
     /// use murmur::{Ack, Node};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), murmur::Error> {
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let mut elsewhere = Automerge::new();
     /// elsewhere.transact(|tx| tx.put(ROOT, "from", "elsewhere"))
     ///     .map_err(|failure| failure.error)?;
@@ -292,10 +286,7 @@ impl DocHandle {
                 }),
             })
             .await?;
-        merged.map_err(|failed| match failed {
-            ChangeFailed::Rejected(error) => Error::Replica(error),
-            ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
-        })
+        merged.map_err(Error::from)
     }
 
     /// Reads the document as JSON, as `options` ask: at older heads, with

@@ -137,6 +137,15 @@ pub enum Error {
     },
 }
 
+impl From<driver::ChangeFailed> for Error {
+    fn from(failed: driver::ChangeFailed) -> Self {
+        match failed {
+            driver::ChangeFailed::Rejected(error) => Error::Replica(error),
+            driver::ChangeFailed::NotReplicated(missed) => Error::NotReplicated(missed),
+        }
+    }
+}
+
 impl From<driver::DriverClosed> for Error {
     fn from(_: driver::DriverClosed) -> Self {
         Error::Closed

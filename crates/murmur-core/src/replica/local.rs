@@ -135,18 +135,8 @@ impl Replica {
                 output: result,
             });
         };
-        self.metrics.local_changes += 1;
         self.push_to_all(doc, raw_change);
-        self.durability.await_write(write, doc);
-        let pushed_to = self.peers.clone();
-        self.replication.track(
-            write,
-            doc,
-            hash,
-            self.config.max_tracked_replications,
-            pushed_to,
-        );
-        self.events.acknowledged(write, doc, AckLevel::Applied);
+        self.accept_local_write(write, doc, hash);
         if self.config.planted(FaultInjection::AckDurableBeforeFlush) {
             self.events.acknowledged(write, doc, AckLevel::Durable);
         }
@@ -228,6 +218,20 @@ impl Replica {
         for raw in added {
             self.push_to_all(doc, raw);
         }
+        self.accept_local_write(write, doc, hash);
+        self.changed(now, doc, Origin::Local, patches);
+        Ok(LocalWrite {
+            write,
+            change: Some(hash),
+            ops,
+            output: (),
+        })
+    }
+
+    /// A local write whose change (`hash`, a new head) is applied and
+    /// pushed: it waits for the next flush to be `Durable`, its copies on
+    /// the peers it went to are counted, and it is `Applied` now.
+    fn accept_local_write(&mut self, write: WriteId, doc: DocumentId, hash: ChangeHash) {
         self.metrics.local_changes += 1;
         self.durability.await_write(write, doc);
         let pushed_to = self.peers.clone();
@@ -239,13 +243,6 @@ impl Replica {
             pushed_to,
         );
         self.events.acknowledged(write, doc, AckLevel::Applied);
-        self.changed(now, doc, Origin::Local, patches);
-        Ok(LocalWrite {
-            write,
-            change: Some(hash),
-            ops,
-            output: (),
-        })
     }
 
     /// The driver measured `free_bytes` free on the disk holding the store.
