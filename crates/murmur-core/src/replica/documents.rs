@@ -264,9 +264,9 @@ impl Replica {
         self.docs.keys().copied()
     }
 
-    /// The ids of every document this node holds (stored or in memory,
-    /// quarantined ones excluded, and those a peer named that hold no
-    /// change here yet), in order. Walks the store's document index:
+    /// The ids of every document this node holds (stored or in memory;
+    /// not quarantined or deleted ones, nor those a peer named that hold
+    /// no change here yet), in order. Walks the store's document index:
     /// O(documents), for listing APIs, never for the hot path.
     pub fn document_ids(&self) -> Result<Vec<DocumentId>, ReplicaError> {
         let mut ids: BTreeSet<DocumentId> = layout::list_documents(&*self.store)?
@@ -275,7 +275,7 @@ impl Replica {
             .collect();
         let named = |id: &DocumentId| self.creations.is_named(id);
         ids.extend(self.docs.keys().copied().filter(|id| !named(id)));
-        ids.retain(|id| !self.docs.is_quarantined(id));
+        ids.retain(|id| !self.docs.is_quarantined(id) && !self.is_deleted(id));
         Ok(ids.into_iter().collect())
     }
 
