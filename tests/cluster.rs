@@ -416,8 +416,35 @@ async fn a_deletion_reaches_every_node_and_nothing_brings_it_back() {
         deleted_on(&nodes[2].node, doc.id()).await
     })
     .await;
-    // Anti-entropy keeps running: the document stays deleted everywhere.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Anti-entropy keeps running: after two more rounds on every node, the
+    // document is still deleted everywhere.
+    let mut rounds = Vec::new();
+    for node in &nodes {
+        rounds.push(
+            node.node
+                .status()
+                .await
+                .unwrap()
+                .metrics
+                .anti_entropy_rounds,
+        );
+    }
+    wait_for("two more anti-entropy rounds on every node", async || {
+        for (node, before) in nodes.iter().zip(&rounds) {
+            let now = node
+                .node
+                .status()
+                .await
+                .unwrap()
+                .metrics
+                .anti_entropy_rounds;
+            if now < before + 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     for node in &nodes {
         assert!(node.node.documents().await.unwrap().is_empty());
         assert!(deleted_on(&node.node, doc.id()).await);

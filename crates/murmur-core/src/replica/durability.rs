@@ -420,7 +420,7 @@ impl Replica {
     /// is ignored.
     pub fn handle_flush_complete(&mut self, now: Time, result: Result<(), StoreError>) {
         self.observe_clock(now);
-        let Some(flight) = self.durability.flushing.take() else {
+        let Some(mut flight) = self.durability.flushing.take() else {
             tracing::warn!("a flush completed that was not in flight; ignored");
             return;
         };
@@ -428,7 +428,7 @@ impl Replica {
         self.docs.loads_mut().release_held();
         if let Err(error) = result {
             self.feed.failed(flight.feed);
-            let mut deletions = flight.deletions.clone();
+            let mut deletions = std::mem::take(&mut flight.deletions);
             deletions.append(&mut self.pending_deletions);
             self.pending_deletions = deletions;
             let docs = &self.docs;
