@@ -651,6 +651,11 @@ impl Driver {
                     self.replica.handle_peer_down(now, peer);
                     self.publish_connected();
                     tracing::info!(peer = %peer.short(), %reason, "peer disconnected");
+                } else {
+                    // A connection already replaced by a newer one: nothing
+                    // changes, but an operator chasing a flaky link wants
+                    // to see why the old one ended.
+                    tracing::info!(peer = %peer.short(), %reason, "replaced connection closed");
                 }
             }
             NetEvent::Message { .. } => {}
