@@ -22,6 +22,7 @@ use crate::retry::SyncRetries;
 use crate::{Config, FaultInjection, Metrics, ReplicaError, Time};
 
 mod acks;
+mod clients;
 mod creations;
 mod deletion;
 mod documents;
@@ -33,6 +34,7 @@ mod peers;
 mod reconcile;
 mod sync;
 
+pub use clients::ClientSync;
 use durability::Durability;
 use events::Events;
 pub use events::{AckLevel, Event, Origin, Transmit, WriteId};

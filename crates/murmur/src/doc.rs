@@ -363,6 +363,77 @@ impl DocHandle {
         Ok(self.handle.read(self.id, f).await??)
     }
 
+    /// Goes on with a client's Automerge sync conversation about this
+    /// document: applies what the client sent (`message`, if any) with the
+    /// client's sync `state`, and returns the state with the encoded sync
+    /// message to send the client next, if there is one, and the document's
+    /// heads. The caller keeps
+    /// one state per client and document; with no message it only asks
+    /// what to send (after [`DocHandle::watch`] said the document
+    /// changed). The client's changes are applied like [`DocHandle::merge`]
+    /// (pushed to peers, durable with the next flush, local in the feed);
+    /// changes it cannot use are refused ([`murmur_core::ReplicaError::ForeignData`]).
+    ///
+    /// ```
+    /// use murmur::automerge::sync::{State, SyncDoc};
+    /// use murmur::automerge::{transaction::Transactable, Automerge, ReadDoc, ROOT};
+    /// use murmur::Node;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let node = Node::builder().in_memory().start().await?;
+    /// let doc = node.create_doc().await?;
+    /// doc.change(|tx| tx.put(ROOT, "title", "from the node")).await?;
+    ///
+    /// // A client that has nothing syncs with the node until both agree.
+    /// let (mut client, mut client_state) = (Automerge::new(), State::new());
+    /// let mut node_state = Box::new(State::new());
+    /// let mut to_node = client.generate_sync_message(&mut client_state);
+    /// loop {
+    ///     let step = doc.sync_client(node_state, to_node.take()).await?;
+    ///     node_state = step.state;
+    ///     let Some(reply) = step.message else { break };
+    ///     let reply = murmur::automerge::sync::Message::decode(&reply)?;
+    ///     client.receive_sync_message(&mut client_state, reply)?;
+    ///     to_node = client.generate_sync_message(&mut client_state);
+    ///     if to_node.is_none() { break; }
+    /// }
+    /// let title = client.get(ROOT, "title")?.map(|(value, _)| value.to_string());
+    /// assert_eq!(title.as_deref(), Some("\"from the node\""));
+    /// # node.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sync_client(
+        &self,
+        state: Box<automerge::sync::State>,
+        message: Option<automerge::sync::Message>,
+    ) -> Result<crate::ClientSyncReply, Error> {
+        let doc = self.id;
+        let answer = self
+            .handle
+            .request(|reply| Command::ClientSync {
+                doc,
+                state,
+                message,
+                reply,
+            })
+            .await?;
+        Ok(answer?)
+    }
+
+    /// A receiver whose value changes whenever this document does (a
+    /// local change, a peer's, a client's); it closes when the document is
+    /// deleted. Cheaper than [`DocHandle::changes`]: no patches are made.
+    pub async fn watch(&self) -> Result<tokio::sync::watch::Receiver<u64>, Error> {
+        let doc = self.id;
+        let receiver = self
+            .handle
+            .request(|reply| Command::Watch { doc, reply })
+            .await?;
+        Ok(receiver?)
+    }
+
     /// The document's heads.
     pub async fn heads(&self) -> Result<Vec<ChangeHash>, Error> {
         self.read(|doc| doc.get_heads()).await

@@ -84,6 +84,26 @@ pub enum Command {
         /// Gets the receiver.
         reply: oneshot::Sender<Result<broadcast::Receiver<DocumentChange>, ReplicaError>>,
     },
+    /// Go on with a client's sync conversation about a document (see
+    /// [`DocHandle::sync_client`](crate::DocHandle::sync_client)).
+    ClientSync {
+        /// The document.
+        doc: DocumentId,
+        /// The client's sync state, handed back with the answer.
+        state: Box<automerge::sync::State>,
+        /// What the client sent, if anything.
+        message: Option<automerge::sync::Message>,
+        /// Gets the state and the message to send the client, if any.
+        reply: oneshot::Sender<Result<ClientSyncReply, ReplicaError>>,
+    },
+    /// Watch a document's heads move (see
+    /// [`DocHandle::watch`](crate::DocHandle::watch)).
+    Watch {
+        /// The document.
+        doc: DocumentId,
+        /// Gets a receiver that changes whenever the document does.
+        reply: oneshot::Sender<Result<watch::Receiver<u64>, ReplicaError>>,
+    },
     /// List the documents held.
     ListDocuments {
         /// Gets the ids, in order.
@@ -116,6 +136,18 @@ pub enum Command {
         /// and the store marked clean, otherwise why not.
         reply: oneshot::Sender<Result<(), ReplicaError>>,
     },
+}
+
+/// What a client's sync step answers (see
+/// [`DocHandle::sync_client`](crate::DocHandle::sync_client)).
+#[derive(Debug)]
+pub struct ClientSyncReply {
+    /// The client's sync state, to pass to its next step.
+    pub state: Box<automerge::sync::State>,
+    /// The encoded sync message to send the client, if any.
+    pub message: Option<Vec<u8>>,
+    /// The document's heads after the step.
+    pub heads: Vec<ChangeHash>,
 }
 
 /// Sends commands to a running driver; cheap to clone.
@@ -322,6 +354,8 @@ struct Driver {
     /// When waits for `Replicated(k)` give up, soonest first.
     replication_deadlines: std::collections::BTreeSet<(tokio::time::Instant, WriteId)>,
     subscriptions: BTreeMap<DocumentId, Subscription>,
+    /// Documents watched ([`Command::Watch`]): each counts its changes.
+    watchers: BTreeMap<DocumentId, watch::Sender<u64>>,
     shutdown: Option<oneshot::Sender<Result<(), ReplicaError>>>,
     /// Where the number after the newest durable feed entry is published.
     feed_end: watch::Sender<u64>,
@@ -393,6 +427,7 @@ pub fn spawn(
         loads: JoinSet::new(),
         parked: BTreeMap::new(),
         parked_commands: 0,
+        watchers: BTreeMap::new(),
         turn_ops: 0,
         disk,
         disk_probe: None,
@@ -776,6 +811,35 @@ impl Driver {
             Command::Subscribe { doc, reply } => {
                 let _ = reply.send(self.subscribe(doc));
             }
+            Command::ClientSync {
+                doc,
+                mut state,
+                message,
+                reply,
+            } => {
+                let outcome = self
+                    .replica
+                    .handle_client_sync(now, doc, &mut state, message)
+                    .map(|sync| {
+                        if let Some(write) = &sync.write {
+                            self.turn_ops += write.ops;
+                        }
+                        ClientSyncReply {
+                            state,
+                            message: sync.reply,
+                            heads: sync.heads,
+                        }
+                    });
+                let _ = reply.send(outcome);
+            }
+            Command::Watch { doc, reply } => {
+                let receiver = self
+                    .watchers
+                    .entry(doc)
+                    .or_insert_with(|| watch::channel(0).0)
+                    .subscribe();
+                let _ = reply.send(Ok(receiver));
+            }
             Command::ListDocuments { reply } => {
                 // Every document held, not only those in memory (O(N)).
                 let ids = self.replica.document_ids().unwrap_or_else(|error| {
@@ -931,10 +995,15 @@ impl Driver {
                     heads,
                     origin,
                     patches,
-                } => self.notify(doc, heads, origin, patches),
+                } => {
+                    self.wake_watchers(doc);
+                    self.notify(doc, heads, origin, patches);
+                }
                 Event::DocumentDeleted { doc, .. } => {
-                    // Its subscribers' streams end.
+                    // Its subscribers' streams end, and its watchers hear
+                    // it closed.
                     self.subscriptions.remove(&doc);
+                    self.watchers.remove(&doc);
                     self.replica.observe(doc, false);
                 }
                 Event::MemberUp { node, addr } => self.member_up(node, &addr),
@@ -990,6 +1059,17 @@ impl Driver {
     /// event, from the changes just applied (the replica observes every
     /// subscribed document); only a change that raced the subscription
     /// falls back to a diff from the heads the subscribers last saw.
+    /// Tells the watchers of `doc` that it changed.
+    fn wake_watchers(&mut self, doc: DocumentId) {
+        if let Some(watcher) = self.watchers.get(&doc) {
+            if watcher.receiver_count() == 0 {
+                self.watchers.remove(&doc);
+            } else {
+                watcher.send_modify(|changes| *changes += 1);
+            }
+        }
+    }
+
     fn notify(
         &mut self,
         doc: DocumentId,
@@ -1133,7 +1213,9 @@ impl Command {
         match self {
             Command::Change { doc, .. }
             | Command::Read { doc, .. }
-            | Command::Subscribe { doc, .. } => Some(*doc),
+            | Command::Subscribe { doc, .. }
+            | Command::ClientSync { doc, .. }
+            | Command::Watch { doc, .. } => Some(*doc),
             _ => None,
         }
     }
@@ -1144,6 +1226,12 @@ impl Command {
             Command::Change { request, .. } => request.finish(Err(error.into())),
             Command::Read { request, .. } => request.run(Err(error)),
             Command::Subscribe { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::ClientSync { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Watch { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             _ => tracing::warn!(%error, "command failed"),

@@ -59,6 +59,7 @@ mod status;
 pub mod view;
 
 pub use doc::{ChangeStream, DocHandle, Receipt};
+pub use driver::ClientSyncReply;
 pub use feed::{Cursor, FeedEntry, FeedStream};
 pub use node::{Node, NodeBuilder, Simulation};
 

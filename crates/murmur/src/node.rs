@@ -372,6 +372,19 @@ impl Node {
         Ok(DocHandle::new(id, self.handle.clone()))
     }
 
+    /// Creates a new, empty document under a given id (one a client made,
+    /// say). Refused with [`murmur_core::ReplicaError::DocumentExists`] if
+    /// this node holds, or has deleted, a document with that id.
+    pub async fn create_doc_with_id(&self, id: DocumentId) -> Result<DocHandle, Error> {
+        self.handle
+            .request(|reply| Command::CreateDocument {
+                id: Some(id),
+                reply,
+            })
+            .await??;
+        Ok(DocHandle::new(id, self.handle.clone()))
+    }
+
     /// A new document holding Automerge data made elsewhere (a saved
     /// document, or changes; see [`DocHandle::merge`]) with its history,
     /// acknowledged `Durable`. Data that does not decode is refused before

@@ -231,7 +231,7 @@ impl Replica {
     /// A local write whose change (`hash`, a new head) is applied and
     /// pushed: it waits for the next flush to be `Durable`, its copies on
     /// the peers it went to are counted, and it is `Applied` now.
-    fn accept_local_write(&mut self, write: WriteId, doc: DocumentId, hash: ChangeHash) {
+    pub(super) fn accept_local_write(&mut self, write: WriteId, doc: DocumentId, hash: ChangeHash) {
         self.metrics.local_changes += 1;
         self.durability.await_write(write, doc);
         let pushed_to = self.peers.clone();
