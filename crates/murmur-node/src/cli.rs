@@ -52,6 +52,40 @@ pub enum Command {
     /// Follow a running node's change feed into another store.
     #[command(subcommand)]
     Sink(SinkCommand),
+    /// Tokens that let sync clients (browsers and apps on `GET /sync`) in,
+    /// scoped to documents, read-only or not; revocable.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `murmur token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it alone on stdout (the node keeps only its
+    /// hash: it is shown this once).
+    Create {
+        /// The node to talk to.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The documents it may sync, comma-separated; every document
+        /// (and creating new ones) if absent.
+        #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+        docs: Option<Vec<String>>,
+        /// Refuse its changes: it may only read.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List the node's tokens (ids and scopes, never secrets).
+    List(ClientArgs),
+    /// Revoke a token (by the id before its dot) and close the sessions
+    /// using it.
+    Revoke {
+        /// The node to talk to.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The token's id.
+        id: String,
+    },
 }
 
 /// `murmur sink ...`.

@@ -354,6 +354,76 @@ async fn list_peers(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `murmur token create|list|revoke`.
+pub async fn token(command: crate::cli::TokenCommand) -> anyhow::Result<()> {
+    use crate::cli::TokenCommand;
+    match command {
+        TokenCommand::Create {
+            client,
+            docs,
+            read_only,
+        } => {
+            let client = Client::new(&client)?;
+            let body = json!({"docs": docs, "read_only": read_only});
+            let made = client.json(Method::POST, "/tokens", Some(&body)).await?;
+            let token = made["token"].as_str().context("the node sent no token")?;
+            out!("{token}");
+            eprintln!(
+                "token {} ({}, {}); the node keeps only its hash: store it now. Revoke it with `murmur token revoke {}`.",
+                made["id"].as_str().unwrap_or("?"),
+                scope(&made),
+                if read_only { "read-only" } else { "read-write" },
+                made["id"].as_str().unwrap_or("?"),
+            );
+            Ok(())
+        }
+        TokenCommand::List(client) => {
+            let client = Client::new(&client)?;
+            let answer = client.json(Method::GET, "/tokens", None).await?;
+            let tokens = answer["tokens"].as_array().cloned().unwrap_or_default();
+            if tokens.is_empty() {
+                out!("no tokens");
+                return Ok(());
+            }
+            out!("{:<10}  {:<10}  SCOPE", "ID", "ACCESS");
+            for token in tokens {
+                let access = if token["read_only"].as_bool() == Some(true) {
+                    "read-only"
+                } else {
+                    "read-write"
+                };
+                out!(
+                    "{:<10}  {:<10}  {}",
+                    token["id"].as_str().unwrap_or("?"),
+                    access,
+                    scope(&token)
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { client, id } => {
+            let client = Client::new(&client)?;
+            client
+                .json(Method::DELETE, &format!("/tokens/{id}"), None)
+                .await?;
+            out!("revoked {id}");
+            Ok(())
+        }
+    }
+}
+
+/// A token's scope, for people.
+fn scope(token: &Json) -> String {
+    match token["docs"].as_array() {
+        None => "every document".to_owned(),
+        Some(docs) => docs
+            .iter()
+            .filter_map(Json::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
 /// `murmur status`.
 pub async fn status(args: ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(&args)?;

@@ -29,7 +29,9 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::access::{Access, TokenError, Tokens};
 use crate::metrics;
+use crate::sync::SyncHub;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -39,7 +41,8 @@ const ROUTES: &str =
     "GET /docs, POST /docs, GET /docs/{id}, DELETE /docs/{id}, POST /docs/{id}/changes, \
                       GET /docs/{id}/history, GET /docs/{id}/diff, \
                       GET /docs/{id}/events, GET /feed, GET /status, GET /peers, POST /peers, \
-                      DELETE /peers/{id}, GET /metrics";
+                      DELETE /peers/{id}, GET /metrics, GET /sync (WebSocket), \
+                      GET /tokens, POST /tokens, DELETE /tokens/{id}";
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -48,17 +51,55 @@ pub struct AppState {
     token: Option<Arc<str>>,
     shutdown: watch::Receiver<bool>,
     started: Instant,
+    tokens: Arc<std::sync::Mutex<Tokens>>,
+    sync: Arc<SyncHub>,
 }
 
 impl AppState {
     /// State for serving `node`. With a `token`, every request must carry
-    /// it; `shutdown` turning true ends the event streams.
-    pub fn new(node: Arc<Node>, token: Option<String>, shutdown: watch::Receiver<bool>) -> Self {
+    /// it; `tokens` are the sync clients' tokens; `shutdown` turning true
+    /// ends the event streams.
+    pub fn new(
+        node: Arc<Node>,
+        token: Option<String>,
+        tokens: Tokens,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         AppState {
+            sync: Arc::new(SyncHub::new(node.clone())),
             node,
             token: token.map(Arc::from),
             shutdown,
             started: Instant::now(),
+            tokens: Arc::new(std::sync::Mutex::new(tokens)),
+        }
+    }
+
+    /// The sessions of `GET /sync`.
+    pub(crate) fn sync_hub(&self) -> Arc<SyncHub> {
+        self.sync.clone()
+    }
+
+    /// What a sync client that `presented` a token (or none) may do: the
+    /// operator's `http_token` gives everything, a client token its scope;
+    /// no token is enough only when the API has no `http_token` (it is on
+    /// loopback).
+    pub(crate) fn access(&self, presented: Option<&str>) -> Result<Access, ApiError> {
+        let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
+        match (presented, &self.token) {
+            (Some(given), Some(expected)) if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
+                Ok(Access::full())
+            }
+            (Some(given), _) => self
+                .tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .check(given)
+                .ok_or_else(|| unauthorized("unknown or revoked token")),
+            (None, Some(_)) => Err(unauthorized(
+                "missing token: add `?token=<token>` to the URL (or send `Authorization: Bearer <token>`)",
+            )),
+            (None, None) => Ok(Access::full()),
         }
     }
 
@@ -75,6 +116,12 @@ impl AppState {
 
 /// The API's routes and middleware.
 pub fn router(state: AppState) -> Router {
+    // `/sync` checks its own tokens (a browser cannot send a header on a
+    // WebSocket, so it may come in the query).
+    let sync = Router::new()
+        .route("/sync", get(crate::sync::get_sync))
+        .layer(middleware::from_fn(trace))
+        .with_state(state.clone());
     Router::new()
         .route("/docs", get(list_docs).post(create_doc))
         .route("/docs/{id}", get(get_doc).delete(delete_doc))
@@ -87,6 +134,8 @@ pub fn router(state: AppState) -> Router {
         .route("/peers", get(peers).post(add_peer))
         .route("/peers/{id}", axum::routing::delete(remove_peer))
         .route("/metrics", get(metrics))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -94,6 +143,102 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(trace))
         .with_state(state)
+        .merge(sync)
+}
+
+/// The body of `POST /tokens`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    /// The documents it may sync (absent: all).
+    docs: Option<Vec<String>>,
+    /// Whether its changes are refused.
+    #[serde(default)]
+    read_only: bool,
+}
+
+fn token_json(record: &crate::access::TokenRecord) -> Json {
+    json!({"id": record.id, "docs": record.docs, "read_only": record.read_only, "created": record.created})
+}
+
+/// `POST /tokens`: a new sync-client token, shown once.
+async fn create_token(State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    let request: NewToken = if body.is_empty() {
+        NewToken {
+            docs: None,
+            read_only: false,
+        }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| ApiError::bad_request(format!("bad token request: {error}")))?
+    };
+    let docs = request
+        .docs
+        .map(|docs| {
+            docs.iter()
+                .map(|doc| {
+                    doc.parse::<DocumentId>()
+                        .map_err(|_| ApiError::bad_request(format!("bad document id {doc:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let tokens = state.tokens.clone();
+    let read_only = request.read_only;
+    // The file is written and synced: off the async threads.
+    let created = tokio::task::spawn_blocking(move || {
+        tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .create(docs, read_only)
+    })
+    .await
+    .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+    .map_err(token_error)?;
+    let (token, record) = created;
+    let mut body = token_json(&record);
+    body["token"] = json!(token);
+    Ok((StatusCode::CREATED, JsonBody(body)).into_response())
+}
+
+/// `GET /tokens`: every client token, without secrets.
+async fn list_tokens(State(state): State<AppState>) -> JsonBody<Json> {
+    let tokens = state.tokens.lock().unwrap_or_else(|e| e.into_inner());
+    JsonBody(json!({"tokens": tokens.list().map(token_json).collect::<Vec<_>>()}))
+}
+
+/// `DELETE /tokens/{id}`: revokes a token and closes the sessions using it.
+async fn revoke_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let tokens = state.tokens.clone();
+    let revoked = id.clone();
+    tokio::task::spawn_blocking(move || {
+        tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .revoke(&revoked)
+    })
+    .await
+    .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+    .map_err(token_error)?;
+    let closed = state.sync.revoke(&id);
+    tracing::info!(token = %id, sessions_closed = closed, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn token_error(error: TokenError) -> ApiError {
+    match error {
+        TokenError::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+        TokenError::TooMany(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+        }
+        TokenError::File { .. } => {
+            tracing::error!(%error, "cannot store tokens");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+        }
+    }
 }
 
 /// An error response: a status and a message, sent as `{"error": ...}`.
@@ -249,7 +394,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     next.run(request).await
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -764,6 +909,7 @@ async fn status(State(state): State<AppState>) -> ApiResult<JsonBody<Json>> {
     let (status, fresh) = state.node.status_within(STATUS_WAIT).await?;
     let mut body = status_json(&status, state.started.elapsed().as_secs());
     body["stale"] = json!(!fresh);
+    body["sync_clients"] = json!(state.sync.clients());
     Ok(JsonBody(body))
 }
 

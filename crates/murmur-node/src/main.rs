@@ -12,6 +12,7 @@ macro_rules! out {
     }};
 }
 
+mod access;
 mod backup;
 mod cli;
 mod client;
@@ -23,6 +24,7 @@ mod init;
 mod metrics;
 mod run;
 mod sink;
+mod sync;
 
 use std::process::ExitCode;
 
@@ -87,6 +89,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Peers(args) => {
             init_logging("warn")?;
             client::peers(args).await
+        }
+        Command::Token(command) => {
+            init_logging("warn")?;
+            client::token(command).await
         }
         Command::Status(args) => {
             init_logging("warn")?;

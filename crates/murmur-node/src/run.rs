@@ -43,9 +43,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let node = Arc::new(node);
     let (stop, stopped) = watch::channel(false);
+    let tokens = crate::access::Tokens::load(&settings.data_dir)?;
     let app = http::router(http::AppState::new(
         node.clone(),
         settings.http_token.clone(),
+        tokens,
         stopped.clone(),
     ));
     let mut server_stop = stopped;
