@@ -438,7 +438,14 @@ pub fn js_clients() -> Option<PathBuf> {
     let _once = INSTALL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !dir.join("node_modules/.package-lock.json").exists() {
+    // Installed, and from this lockfile (not an older one).
+    let installed = std::fs::metadata(dir.join("node_modules/.package-lock.json"))
+        .and_then(|meta| meta.modified())
+        .ok();
+    let locked = std::fs::metadata(dir.join("package-lock.json"))
+        .and_then(|meta| meta.modified())
+        .ok();
+    if installed.is_none() || installed < locked {
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
             .current_dir(&dir)
