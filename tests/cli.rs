@@ -104,9 +104,56 @@ fn init_generates_a_token_when_the_api_is_not_on_loopback() {
     let dir_arg = dir.path().to_str().unwrap();
     let output = murmur(&["init", "--dir", dir_arg, "--http", "0.0.0.0:0"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("token"));
+    let printed = text(&output.stdout);
+    assert!(printed.contains("token"));
     let written = std::fs::read_to_string(config(dir.path())).unwrap();
     assert!(written.contains("\nhttp_token = \""), "{written}");
+    // ... and TLS, so that the token never crosses the network in clear
+    // text: a self-signed certificate whose fingerprint it prints.
+    assert!(
+        written.contains("\nhttp_tls_cert = \"http-cert.pem\""),
+        "{written}"
+    );
+    assert!(
+        written.contains("\nhttp_tls_key = \"http-key.pem\""),
+        "{written}"
+    );
+    let fingerprint = printed
+        .split("SHA-256 fingerprint ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no fingerprint in {printed}"))
+        .to_owned();
+    assert_eq!(fingerprint.len(), 95, "{fingerprint}");
+    let pem = std::fs::read_to_string(dir.path().join("http-cert.pem")).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    // Run again, the certificate is kept (clients pinned it).
+    let again = murmur(&["init", "--force", "--dir", dir_arg, "--http", "0.0.0.0:0"]);
+    assert!(text(&again.stdout).contains(&fingerprint));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("http-cert.pem")).unwrap(),
+        pem
+    );
+
+    // Plain HTTP off loopback only when asked, and the config says so.
+    let plain = tempfile::tempdir().unwrap();
+    let plain_arg = plain.path().to_str().unwrap();
+    let output = murmur(&[
+        "init",
+        "--dir",
+        plain_arg,
+        "--http",
+        "0.0.0.0:0",
+        "--http-plaintext",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let written = std::fs::read_to_string(config(plain.path())).unwrap();
+    assert!(
+        written.contains("\nhttp_plaintext_token = true"),
+        "{written}"
+    );
+    assert!(!written.contains("\nhttp_tls_cert"), "{written}");
+    assert!(!plain.path().join("http-cert.pem").exists());
 }
 
 /// Runs a client subcommand against `node`; returns stdout, or panics with

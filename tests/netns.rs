@@ -729,7 +729,15 @@ impl Cluster {
                 .filter(|&j| j != i)
                 .map(|j| format!("{}@{}", ids[j], relay.front(i, j)))
                 .collect();
-            let mut args = vec!["--force", "--listen", &listen, "--http", &http];
+            // Plain HTTP on the namespaces' private network, said so.
+            let mut args = vec![
+                "--force",
+                "--listen",
+                &listen,
+                "--http",
+                &http,
+                "--http-plaintext",
+            ];
             for peer in &peers {
                 args.extend(["--peer", peer.as_str()]);
             }

@@ -17,8 +17,11 @@ use futures_util::{SinkExt, StreamExt};
 use process::{init, murmur, text, NodeProcess};
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A client's connection: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 /// How long any one expected message may take.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -95,12 +98,13 @@ struct Client {
 /// Opens `/sync` on `node` with `token` (in the query); `Err(status)` if the
 /// upgrade is refused.
 async fn connect(node: &NodeProcess, token: Option<&str>) -> Result<Socket, u16> {
-    let base = node.url.replacen("http://", "ws://", 1);
+    let addr = node.url.strip_prefix("http://").expect("a plain HTTP node");
     let url = match token {
-        Some(token) => format!("{base}/sync?token={token}"),
-        None => format!("{base}/sync"),
+        Some(token) => format!("ws://{addr}/sync?token={token}"),
+        None => format!("ws://{addr}/sync"),
     };
-    match tokio_tungstenite::connect_async(url).await {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    match tokio_tungstenite::client_async(url, Box::new(tcp) as Box<dyn Io>).await {
         Ok((socket, _)) => Ok(socket),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             Err(response.status().as_u16())
@@ -124,6 +128,13 @@ impl Client {
             peer: peer.into(),
             legacy: false,
         };
+        client.join_as(peer, storage, node).await;
+        client
+    }
+
+    /// Sends `join` as `peer` and checks the `peer` answer.
+    async fn join_as(&mut self, peer: &str, storage: Option<&str>, node: &NodeProcess) {
+        let client = self;
         let metadata = match storage {
             Some(storage) => map(vec![
                 ("storageId", s(storage)),
@@ -147,7 +158,6 @@ impl Client {
         let metadata = field(&answer, "peerMetadata").expect("peerMetadata");
         assert_eq!(field_text(metadata, "storageId"), node.node_id);
         assert_eq!(field(metadata, "isEphemeral"), Some(&Value::Bool(false)));
-        client
     }
 
     async fn send(&mut self, message: &Value) {
@@ -1046,4 +1056,132 @@ async fn real_clients_a_browser_page_syncs_through_a_node() {
     .await
     .unwrap();
     let _ = (a, b);
+}
+
+/// A TLS connection to `node` trusting only the certificate in `cert`.
+async fn tls_connect(
+    node: &NodeProcess,
+    cert: &std::path::Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let addr = node.url.strip_prefix("https://").expect("an https URL");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the TLS handshake with the pinned certificate")
+}
+
+#[tokio::test]
+async fn https_and_wss_serve_with_the_nodes_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), &["--http-tls", "--token", "operator-secret"]);
+    let node = NodeProcess::start(&config(dir.path()));
+    assert!(node.url.starts_with("https://"), "{}", node.url);
+    let cert = dir.path().join("http-cert.pem");
+
+    // HTTPS: a plain HTTP/1.1 request over TLS.
+    let mut tls = tls_connect(&node, &cert).await;
+    tls.write_all(
+        b"POST /docs HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer operator-secret\r\n\
+          content-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let doc = answer
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+
+    // wss: the protocol over the same TLS, syncing the document.
+    let tls = tls_connect(&node, &cert).await;
+    let (socket, _) = tokio_tungstenite::client_async(
+        "wss://localhost/sync?token=operator-secret",
+        Box::new(tls) as Box<dyn Io>,
+    )
+    .await
+    .unwrap();
+    let mut client = Client {
+        socket,
+        peer: "tls-client".into(),
+        legacy: false,
+    };
+    client.join_as("tls-client", None, &node).await;
+    let (mut local, mut state) = (Automerge::new(), sync::State::new());
+    let body = r#"{"ops": [{"op": "put", "path": ["title"], "value": "over tls"}]}"#;
+    let mut tls = tls_connect(&node, &cert).await;
+    let request = format!(
+        "POST /docs/{doc}/changes HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer operator-secret\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    client
+        .sync_until(&doc, &mut local, &mut state, "request", |d| {
+            title(d).as_deref() == Some("over tls")
+        })
+        .await;
+
+    // The CLI speaks HTTPS too, trusting the certificate it is given.
+    let cert_arg = cert.to_str().unwrap();
+    let status = murmur(&[
+        "status",
+        "--node",
+        &node.url,
+        "--token",
+        "operator-secret",
+        "--ca-cert",
+        cert_arg,
+    ]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert!(text(&status.stdout).contains(&node.node_id));
+    let untrusting = murmur(&["status", "--node", &node.url, "--token", "operator-secret"]);
+    assert!(!untrusting.status.success());
+    assert!(
+        text(&untrusting.stderr).contains("--ca-cert"),
+        "{}",
+        text(&untrusting.stderr)
+    );
+    let stranger = tempfile::tempdir().unwrap();
+    init(stranger.path(), &["--http-tls"]);
+    let wrong = stranger.path().join("http-cert.pem");
+    let refused = murmur(&[
+        "status",
+        "--node",
+        &node.url,
+        "--token",
+        "operator-secret",
+        "--ca-cert",
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(
+        !refused.status.success(),
+        "another node's certificate was trusted"
+    );
+
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = node.url.replacen("https://", "http://", 1);
+    assert!(process::try_call("GET", &format!("{plain}/status"), None)
+        .await
+        .is_none_or(|a| a.status != 200));
 }

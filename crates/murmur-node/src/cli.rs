@@ -148,9 +148,18 @@ pub struct InitArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
     /// The TCP address of the HTTP API. Anything but a loopback address
-    /// needs a token (one is generated unless --token is given).
+    /// needs a token (one is generated unless --token is given) and TLS (a
+    /// self-signed certificate is made unless --http-plaintext is given).
     #[arg(long, default_value = "127.0.0.1:7401")]
     pub http: SocketAddr,
+    /// Serve the HTTP API over TLS with a self-signed certificate made
+    /// now (kept if the data directory has one), even on loopback.
+    #[arg(long)]
+    pub http_tls: bool,
+    /// Off loopback, serve plain HTTP anyway: bearer tokens then cross the
+    /// network in clear text (the config says so: `http_plaintext_token`).
+    #[arg(long, conflicts_with = "http_tls")]
+    pub http_plaintext: bool,
     /// The bearer token HTTP clients must send.
     #[arg(long)]
     pub token: Option<String>,
@@ -202,6 +211,10 @@ pub struct ClientArgs {
     /// The node's bearer token, if it has one.
     #[arg(long, global = true, env = "MURMUR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For an https:// node: the certificate to trust (PEM; `murmur init`
+    /// wrote the node's as DIR/http-cert.pem).
+    #[arg(long, global = true, env = "MURMUR_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// `murmur peers [add|remove]`.

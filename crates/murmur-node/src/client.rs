@@ -24,7 +24,20 @@ use crate::cli::{ClientArgs, DocCommand, PeersArgs, PeersCommand};
 pub struct Client {
     base: String,
     token: Option<String>,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    transport: Transport,
+}
+
+/// How requests reach the node.
+enum Transport {
+    /// Plain HTTP, with pooled connections.
+    Plain(HyperClient<HttpConnector, Full<Bytes>>),
+    /// HTTPS: a TLS connection per request (a CLI sends a few), trusting
+    /// the node's certificate.
+    Tls {
+        config: std::sync::Arc<rustls::ClientConfig>,
+        host: String,
+        authority: String,
+    },
 }
 
 impl Client {
@@ -34,14 +47,61 @@ impl Client {
         let uri: Uri = base
             .parse()
             .with_context(|| format!("--node {base} is not a URL"))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            bail!("--node {base}: expected http://HOST:PORT (the API speaks plain HTTP)");
-        }
+        let Some(authority) = uri.authority() else {
+            bail!("--node {base}: expected http://HOST:PORT or https://HOST:PORT");
+        };
+        let transport = match uri.scheme_str() {
+            Some("http") => {
+                Transport::Plain(HyperClient::builder(TokioExecutor::new()).build_http())
+            }
+            Some("https") => {
+                let Some(ca) = &args.ca_cert else {
+                    bail!(
+                        "--node {base}: give the node's certificate with --ca-cert FILE \
+                         (or MURMUR_CA_CERT; `murmur init` wrote it as DIR/http-cert.pem)"
+                    );
+                };
+                Transport::Tls {
+                    config: trusting(ca)?,
+                    host: uri
+                        .host()
+                        .unwrap_or("localhost")
+                        .trim_matches(['[', ']'])
+                        .to_owned(),
+                    authority: authority.to_string(),
+                }
+            }
+            _ => bail!("--node {base}: expected http://HOST:PORT or https://HOST:PORT"),
+        };
         Ok(Client {
             base,
             token: args.token.clone(),
-            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            transport,
         })
+    }
+
+    async fn request(&self, request: Request<Full<Bytes>>) -> anyhow::Result<Response<Incoming>> {
+        match &self.transport {
+            Transport::Plain(http) => Ok(http.request(request).await?),
+            Transport::Tls {
+                config,
+                host,
+                authority,
+            } => {
+                let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .with_context(|| format!("{host} is not a server name"))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .context("TLS with the node failed (is --ca-cert its certificate?)")?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                        .await?;
+                tokio::spawn(connection);
+                Ok(sender.send_request(request).await?)
+            }
+        }
     }
 
     async fn send(
@@ -54,9 +114,11 @@ impl Client {
         let uri: Uri = format!("{}{path}", self.base)
             .parse()
             .with_context(|| format!("bad request path {path}"))?;
+        let host = uri.authority().map(ToString::to_string).unwrap_or_default();
         let mut request = Request::builder()
             .method(method)
             .uri(uri)
+            .header(hyper::header::HOST, host)
             .header(ACCEPT, accept);
         if let Some(token) = &self.token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
@@ -68,15 +130,12 @@ impl Client {
             }
             None => Full::new(Bytes::new()),
         };
-        self.http
-            .request(request.body(body)?)
-            .await
-            .map_err(|error| {
-                anyhow::Error::new(error).context(format!(
-                    "cannot reach the node at {} (is `murmur run` running? set --node or MURMUR_NODE)",
-                    self.base
-                ))
-            })
+        self.request(request.body(body)?).await.map_err(|error| {
+            error.context(format!(
+                "cannot reach the node at {} (is `murmur run` running? set --node or MURMUR_NODE)",
+                self.base
+            ))
+        })
     }
 
     /// Sends a request and returns the JSON answer (`null` for an empty
@@ -163,6 +222,28 @@ impl Client {
         }
         Ok(bytes.to_vec())
     }
+}
+
+/// A TLS client trusting only the certificates in the PEM file `ca`.
+fn trusting(ca: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.with_context(|| format!("{} is not PEM certificates", ca.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{} holds an unusable certificate", ca.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("{} holds no certificate", ca.display());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// The `error` field of an error body, or the body itself.

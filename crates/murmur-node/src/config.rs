@@ -39,6 +39,17 @@ pub struct Config {
     /// loopback address.
     #[serde(default)]
     pub http_token: Option<String>,
+    /// A PEM certificate (chain) to serve the HTTP API over TLS (HTTPS,
+    /// `wss://`), with `http_tls_key`.
+    #[serde(default)]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The PEM private key of `http_tls_cert`.
+    #[serde(default)]
+    pub http_tls_key: Option<PathBuf>,
+    /// Serve the HTTP API without TLS off loopback, where its bearer
+    /// tokens cross the network in clear text: only if set to `true`.
+    #[serde(default)]
+    pub http_plaintext_token: bool,
     /// A `tracing` filter (`info`, `murmur=debug,info`, ...); `RUST_LOG`
     /// overrides it.
     #[serde(default = "default_log")]
@@ -119,6 +130,8 @@ pub struct Settings {
     pub http: SocketAddr,
     /// The HTTP bearer token, if any.
     pub http_token: Option<String>,
+    /// The certificate and key files to serve HTTPS with, if any.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
     /// The log filter.
     pub log: String,
     /// The anti-entropy interval, if set.
@@ -154,6 +167,20 @@ pub fn parse(text: &str, base: &Path) -> anyhow::Result<Settings> {
 fn check(config: Config, base: &Path) -> anyhow::Result<Settings> {
     check_token(config.http, config.http_token.as_deref())?;
     check_log_filter(&config.log)?;
+    let http_tls = match (&config.http_tls_cert, &config.http_tls_key) {
+        (Some(cert), Some(key)) => Some((base.join(cert), base.join(key))),
+        (None, None) => None,
+        _ => bail!("http_tls_cert and http_tls_key go together: set both, or neither"),
+    };
+    if http_tls.is_none() && !config.http.ip().is_loopback() && !config.http_plaintext_token {
+        bail!(
+            "http = \"{}\" is not a loopback address and the API has no TLS, so its bearer \
+             tokens would cross the network in clear text: set http_tls_cert and http_tls_key \
+             (`murmur init --http ...` makes a self-signed pair), or set \
+             `http_plaintext_token = true` to allow it knowingly",
+            config.http
+        );
+    }
     let anti_entropy = match config.anti_entropy_ms {
         Some(ms) if ms < ANTI_ENTROPY_MS_MIN => {
             bail!("anti_entropy_ms = {ms} is too small (at least {ANTI_ENTROPY_MS_MIN})")
@@ -185,6 +212,7 @@ fn check(config: Config, base: &Path) -> anyhow::Result<Settings> {
         advertise,
         http: config.http,
         http_token: config.http_token,
+        http_tls,
         log: config.log,
         anti_entropy,
         min_free_bytes: config.min_free_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
@@ -268,6 +296,10 @@ pub struct InitConfig<'a> {
     pub http: SocketAddr,
     /// HTTP token.
     pub token: Option<&'a str>,
+    /// The certificate and key files of HTTPS, relative to the config.
+    pub tls: Option<(&'a str, &'a str)>,
+    /// Whether plain HTTP off loopback is allowed knowingly.
+    pub plaintext_token: bool,
     /// Peers, with addresses as given.
     pub peers: &'a [(NodeId, String)],
     /// Allowed nodes.
@@ -309,6 +341,31 @@ impl fmt::Display for InitConfig<'_> {
         match self.token {
             Some(token) => writeln!(f, "http_token = {}", quote(token))?,
             None => writeln!(f, "# http_token = \"...\"")?,
+        }
+        writeln!(
+            f,
+            "# TLS for the HTTP API and its WebSocket (PEM files); required"
+        )?;
+        writeln!(
+            f,
+            "# off loopback unless http_plaintext_token = true says otherwise."
+        )?;
+        match self.tls {
+            Some((cert, key)) => {
+                writeln!(f, "http_tls_cert = {}", quote(cert))?;
+                writeln!(f, "http_tls_key = {}", quote(key))?;
+            }
+            None => {
+                writeln!(f, "# http_tls_cert = \"http-cert.pem\"")?;
+                writeln!(f, "# http_tls_key = \"http-key.pem\"")?;
+            }
+        }
+        if self.plaintext_token {
+            writeln!(
+                f,
+                "# Plain HTTP off loopback: bearer tokens cross the network in clear text."
+            )?;
+            writeln!(f, "http_plaintext_token = true")?;
         }
         writeln!(
             f,
@@ -361,6 +418,8 @@ mod tests {
             advertise: Some("192.0.2.1:7410"),
             http: "0.0.0.0:7411".parse().unwrap(),
             token: Some("s3cret \"quoted\""),
+            tls: None,
+            plaintext_token: true,
             peers: &[(peer, "127.0.0.1:7400".to_owned())],
             allow: &[allowed],
         }
@@ -426,11 +485,30 @@ mod tests {
         let error = parse("http = \"0.0.0.0:7401\"\n", Path::new("."));
         let message = format!("{:#}", error.unwrap_err());
         assert!(message.contains("http_token is required"), "{message}");
-        parse(
+        // ... and TLS, unless plain text is allowed in so many words.
+        let error = parse(
             "http = \"0.0.0.0:7401\"\nhttp_token = \"t\"\n",
+            Path::new("."),
+        );
+        let message = format!("{:#}", error.unwrap_err());
+        assert!(message.contains("clear text"), "{message}");
+        parse(
+            "http = \"0.0.0.0:7401\"\nhttp_token = \"t\"\nhttp_plaintext_token = true\n",
             Path::new("."),
         )
         .unwrap();
+        let settings = parse(
+            "http = \"0.0.0.0:7401\"\nhttp_token = \"t\"\n\
+             http_tls_cert = \"c.pem\"\nhttp_tls_key = \"k.pem\"\n",
+            Path::new("/data"),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.http_tls,
+            Some(("/data/c.pem".into(), "/data/k.pem".into()))
+        );
+        let error = parse("http_tls_cert = \"c.pem\"\n", Path::new("."));
+        assert!(format!("{:#}", error.unwrap_err()).contains("go together"));
     }
 
     #[test]

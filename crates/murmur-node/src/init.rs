@@ -44,11 +44,16 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let (identity, created) = murmur::Identity::load_or_create(&args.dir)
         .with_context(|| format!("cannot create the identity in {}", args.dir.display()))?;
+    let tls = (args.http_tls || (!args.http.ip().is_loopback() && !args.http_plaintext))
+        .then(|| make_certificate(&args))
+        .transpose()?;
     let text = InitConfig {
         listen: args.listen,
         advertise: args.advertise.as_deref(),
         http: args.http,
         token,
+        tls: tls.as_ref().map(|_| (CERT_FILE, KEY_FILE)),
+        plaintext_token: args.http_plaintext && !args.http.ip().is_loopback(),
         peers: &peers,
         allow: &allow,
     }
@@ -65,11 +70,22 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         if created { "created" } else { "kept" }
     );
     out!("  config    {}", config_path.display());
+    let scheme = if tls.is_some() { "https" } else { "http" };
     out!(
-        "  quic      udp {}    http  http://{}",
+        "  quic      udp {}    http  {scheme}://{}",
         args.listen,
         args.http
     );
+    if let Some((fingerprint, made)) = &tls {
+        out!(
+            "  tls       {dir}/{CERT_FILE} ({}), SHA-256 fingerprint {fingerprint}",
+            if *made {
+                "self-signed, created"
+            } else {
+                "kept"
+            }
+        );
+    }
     if let Some(token) = &generated_token {
         out!("  token     {token}  (generated: the HTTP API is not on loopback)");
     }
@@ -105,6 +121,58 @@ pub fn print_id(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read the identity in {}", dir.display()))?;
     out!("{}", identity.node_id());
     Ok(())
+}
+
+/// The HTTPS certificate and key `init` makes, in the data directory.
+const CERT_FILE: &str = "http-cert.pem";
+const KEY_FILE: &str = "http-key.pem";
+
+/// Makes a self-signed certificate for the HTTP API in the data
+/// directory, unless one is there (it is kept, as the identity is, so
+/// clients that pinned it go on trusting it). Returns its fingerprint and
+/// whether it was made now.
+fn make_certificate(args: &InitArgs) -> anyhow::Result<(String, bool)> {
+    let (cert, key) = (args.dir.join(CERT_FILE), args.dir.join(KEY_FILE));
+    if cert.exists() && key.exists() {
+        return Ok((crate::tls::fingerprint_of(&cert)?, false));
+    }
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !args.http.ip().is_unspecified() && !args.http.ip().is_loopback() {
+        names.push(args.http.ip().to_string());
+    }
+    if let Some(advertise) = &args.advertise {
+        if let Some((host, _)) = advertise.rsplit_once(':') {
+            names.push(host.trim_matches(['[', ']']).to_owned());
+        }
+    }
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_owned());
+        }
+    }
+    names.dedup();
+    let (cert_pem, key_pem, fingerprint) = crate::tls::self_signed(names)?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    std::fs::write(&cert, cert_pem).with_context(|| format!("cannot write {}", cert.display()))?;
+    write_private(&key, key_pem.as_bytes())?;
+    Ok((fingerprint, true))
+}
+
+/// Writes a file only its owner may read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// 32 random bytes, hex.

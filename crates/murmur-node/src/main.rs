@@ -25,6 +25,7 @@ mod metrics;
 mod run;
 mod sink;
 mod sync;
+mod tls;
 
 use std::process::ExitCode;
 

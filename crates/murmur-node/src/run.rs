@@ -22,6 +22,12 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = config::load(&args.config)?;
     crate::init_logging(&settings.log)?;
+    // A certificate that does not load stops the start, before the node.
+    let tls = settings
+        .http_tls
+        .as_ref()
+        .map(|(cert, key)| crate::tls::server_config(cert, key))
+        .transpose()?;
     let node = start_node(&settings).await?;
     let listener = TcpListener::bind(settings.http)
         .await
@@ -30,14 +36,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let quic_addr = node.local_addr().await?;
     let node_id = node.id();
     let quic_addr = quic_addr.map_or("(none)".to_owned(), |addr| addr.to_string());
-    tracing::info!(node = %node_id, quic = %quic_addr, http = %http_addr, peers = settings.peers.len(), "node running");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(node = %node_id, quic = %quic_addr, http = %http_addr, tls = tls.is_some(), peers = settings.peers.len(), "node running");
     // One line on stdout, for people and for scripts that started us (a
     // closed stdout must not stop the node).
     {
         use std::io::Write as _;
         let _ = writeln!(
             std::io::stdout(),
-            "murmur node {node_id} replicating on udp {quic_addr} with HTTP API on http://{http_addr}"
+            "murmur node {node_id} replicating on udp {quic_addr} with HTTP API on {scheme}://{http_addr}"
         );
     }
 
@@ -51,13 +58,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         stopped.clone(),
     ));
     let mut server_stop = stopped;
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|stop| *stop).await;
-            })
-            .into_future(),
-    );
+    let stopping = async move {
+        let _ = server_stop.wait_for(|stop| *stop).await;
+    };
+    let mut server = match tls {
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config)?;
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopping)
+                    .into_future(),
+            )
+        }
+        None => tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .into_future(),
+        ),
+    };
     tokio::select! {
         () = shutdown_signal() => tracing::info!("shutting down"),
         ended = &mut server => {
