@@ -16,6 +16,7 @@
 //! | [`json_changes`] | an HTTP change request body | parsing is typed; a refused request changes nothing; what applies saves and reloads |
 //! | [`stored_values`] | edits to a store's keys and values | opening and loading fail with typed errors only |
 //! | [`automerge_bytes`] | Automerge bytes a client posts (a document, changes) | decoding and merging refuse with typed errors; invariants, digest and feed hold; the store reopens with the same heads |
+//! | [`repo_messages`] | a frame a sync client sends on `GET /sync` (automerge-repo's CBOR) | decoding is typed; sync data is refused without a panic; a relayed ephemeral message round-trips |
 //!
 //! Inputs that carry several items are a sequence of records: a tag byte,
 //! a little-endian `u16` length, then that many bytes ([`records`]).
@@ -23,12 +24,14 @@
 mod bytes;
 mod json;
 mod peer;
+mod repo;
 mod store;
 mod wire;
 
 pub use bytes::automerge_bytes;
 pub use json::json_changes;
 pub use peer::{foreign_changes, sync_messages, PeerFixture};
+pub use repo::repo_messages;
 pub use store::stored_values;
 pub use wire::frames;
 
@@ -54,6 +57,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("json_changes", json_changes),
     ("stored_values", stored_values),
     ("automerge_bytes", automerge_bytes),
+    ("repo_messages", repo_messages),
 ];
 
 /// Splits `data` into records: a tag byte, a little-endian `u16` length,

@@ -55,6 +55,7 @@ pub mod driver;
 pub mod feed;
 pub mod json;
 mod node;
+pub mod repo_protocol;
 mod status;
 pub mod view;
 

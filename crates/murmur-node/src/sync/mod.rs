@@ -9,7 +9,6 @@
 //! ([`SavedStates`]). Every buffer is bounded: a frame, the messages a
 //! session waits to send, the documents one session syncs, the states kept.
 
-pub mod codec;
 mod session;
 
 use std::collections::{BTreeMap, BTreeSet};

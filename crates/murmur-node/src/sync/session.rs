@@ -9,7 +9,7 @@
 //! ([`MAX_WAITING_MESSAGES`]). A socket that answers nothing for
 //! [`DEAD_AFTER`] is dropped; the node pings every [`PING_INTERVAL`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::codec::{self, Inbound, Outbound, PeerMetadata, PROTOCOL_VERSION};
 use super::SyncHub;
 use crate::access::Access;
+use murmur::repo_protocol::{self as codec, Inbound, Outbound, PeerMetadata, PROTOCOL_VERSION};
 
 /// How often the node pings a client.
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -37,9 +37,15 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(15);
 pub const OUTBOX_FRAMES: usize = 256;
 /// The most documents one session syncs at once.
 pub const MAX_DOCS_PER_SESSION: usize = 4096;
-/// The most sync messages about one document waiting for the one in the
-/// engine.
-pub const MAX_WAITING_MESSAGES: usize = 64;
+/// The most sync messages about one document waiting for the step in the
+/// engine (the next step takes them all), and their most bytes.
+pub const MAX_WAITING_MESSAGES: usize = 1024;
+/// See [`MAX_WAITING_MESSAGES`].
+pub const MAX_WAITING_BYTES: usize = 16 * 1024 * 1024;
+/// How long the node gathers changes to a document before it sends a
+/// client what it lacks: changes made in a burst (many typists) go in one
+/// message, which the client acknowledges once.
+pub const SEND_COALESCE: Duration = Duration::from_millis(20);
 /// How long a client has to join after connecting.
 const JOIN_PATIENCE: Duration = Duration::from_secs(15);
 /// Sync messages larger than this are decoded on a blocking thread.
@@ -222,8 +228,9 @@ struct DocSync {
     handle: DocHandle,
     /// The client's sync state; `None` while a step is in the engine.
     state: Option<Box<State>>,
-    /// Client messages waiting for that step.
-    waiting: VecDeque<sync::Message>,
+    /// Client messages waiting for that step, and their bytes.
+    waiting: Vec<sync::Message>,
+    waiting_bytes: usize,
     /// The document changed while a step was in the engine: ask again.
     dirty: bool,
     /// The heads last told the client in `remote-heads-changed`.
@@ -254,6 +261,9 @@ struct Session {
     ephemeral_counts: BTreeMap<String, u64>,
     /// Whether the client asked for this node's heads.
     heads_subscribed: bool,
+    /// Documents that changed, to tell the client of when `send_at` comes.
+    changed_docs: std::collections::BTreeSet<DocumentId>,
+    send_at: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -285,6 +295,8 @@ impl Session {
             changed,
             ephemeral_counts: BTreeMap::new(),
             heads_subscribed: false,
+            changed_docs: std::collections::BTreeSet::new(),
+            send_at: None,
         }
     }
 
@@ -313,7 +325,16 @@ impl Session {
                     Ok((doc, result)) => self.stepped(doc, result),
                     Err(error) => Err(Ending::policy(format!("a sync step failed: {error}"))),
                 },
-                Some(doc) = self.changed.recv() => self.document_changed(doc),
+                Some(doc) = self.changed.recv() => {
+                    self.changed_docs.insert(doc);
+                    self.send_at.get_or_insert_with(|| tokio::time::Instant::now() + SEND_COALESCE);
+                    Ok(())
+                }
+                () = sleep_until(self.send_at), if self.send_at.is_some() => {
+                    self.send_at = None;
+                    let docs = std::mem::take(&mut self.changed_docs);
+                    docs.into_iter().try_for_each(|doc| self.document_changed(doc))
+                }
                 _ = ping.tick() => {
                     if heard.elapsed() > DEAD_AFTER {
                         Err(Ending::policy(format!("no answer for {DEAD_AFTER:?}; dropping the socket")))
@@ -427,12 +448,16 @@ impl Session {
         }
         let entry = self.docs.get_mut(&doc).expect("opened above");
         if let Some(state) = entry.state.take() {
-            self.step(doc, state, Some(message));
-        } else if entry.waiting.len() < MAX_WAITING_MESSAGES {
-            entry.waiting.push_back(message);
+            self.step(doc, state, vec![message]);
+        } else if entry.waiting.len() < MAX_WAITING_MESSAGES
+            && entry.waiting_bytes + data.len() <= MAX_WAITING_BYTES
+        {
+            entry.waiting_bytes += data.len();
+            entry.waiting.push(message);
         } else {
             return Err(Ending::policy(format!(
-                "more than {MAX_WAITING_MESSAGES} sync messages about {doc} wait to be applied"
+                "more than {MAX_WAITING_MESSAGES} sync messages (or {MAX_WAITING_BYTES} bytes) \
+                 about {doc} wait to be applied"
             )));
         }
         Ok(())
@@ -489,7 +514,8 @@ impl Session {
             DocSync {
                 handle,
                 state: Some(Box::new(state)),
-                waiting: VecDeque::new(),
+                waiting: Vec::new(),
+                waiting_bytes: 0,
                 dirty: false,
                 told_heads: Vec::new(),
                 _watcher: watcher,
@@ -500,10 +526,10 @@ impl Session {
     }
 
     /// Runs one sync step of `doc` in the engine.
-    fn step(&mut self, doc: DocumentId, state: Box<State>, message: Option<sync::Message>) {
+    fn step(&mut self, doc: DocumentId, state: Box<State>, messages: Vec<sync::Message>) {
         let handle = self.docs[&doc].handle.clone();
         self.steps
-            .spawn(async move { (doc, handle.sync_client(state, message).await) });
+            .spawn(async move { (doc, handle.sync_client(state, messages).await) });
     }
 
     /// A step of `doc` finished: send its message, then take the next.
@@ -567,10 +593,15 @@ impl Session {
             .docs
             .get_mut(&doc)
             .expect("a step's document is synced");
-        if let Some(next) = entry.waiting.pop_front() {
-            self.step(doc, reply.state, Some(next));
+        if !entry.waiting.is_empty() {
+            // Every message that came meanwhile, in one step (which also
+            // answers whatever made the document dirty).
+            let waiting = std::mem::take(&mut entry.waiting);
+            entry.waiting_bytes = 0;
+            entry.dirty = false;
+            self.step(doc, reply.state, waiting);
         } else if std::mem::take(&mut entry.dirty) {
-            self.step(doc, reply.state, None);
+            self.step(doc, reply.state, Vec::new());
         } else {
             entry.state = Some(reply.state);
         }
@@ -583,7 +614,7 @@ impl Session {
             return Ok(());
         };
         match entry.state.take() {
-            Some(state) => self.step(doc, state, None),
+            Some(state) => self.step(doc, state, Vec::new()),
             None => entry.dirty = true,
         }
         Ok(())
@@ -636,6 +667,14 @@ impl Session {
             }))
             .collect();
         self.hub.keep_states(storage.clone(), states);
+    }
+}
+
+/// Sleeps until `at` (never, if `None`).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

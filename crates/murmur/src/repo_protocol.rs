@@ -1,5 +1,6 @@
 //! automerge-repo's network protocol, version "1": the CBOR maps a client
-//! and a server exchange over a WebSocket. Decoding takes nothing on
+//! and a server exchange over a WebSocket (the `murmur` binary serves it
+//! at `GET /sync`). Decoding takes nothing on
 //! trust: a frame is bounded before it gets here, nesting is bounded, and
 //! every field is checked for its type; anything else is a
 //! [`CodecError`], never a panic.
@@ -11,9 +12,9 @@
 
 use std::collections::BTreeMap;
 
+use automerge::ChangeHash;
 use ciborium::Value;
-use murmur::automerge::ChangeHash;
-use murmur::DocumentId;
+use murmur_wire::DocumentId;
 
 /// The protocol version spoken.
 pub const PROTOCOL_VERSION: &str = "1";
@@ -21,6 +22,8 @@ pub const PROTOCOL_VERSION: &str = "1";
 /// The deepest nesting of CBOR a message may have (the protocol's
 /// messages need 4).
 const MAX_DEPTH: usize = 16;
+/// CBOR's tag for a typed array of bytes (RFC 8746).
+const UINT8_ARRAY_TAG: u64 = 64;
 /// The most storage ids one subscription change may name.
 const MAX_SUBSCRIPTION_IDS: usize = 1024;
 
@@ -159,6 +162,24 @@ impl Inbound {
 }
 
 /// Decodes one frame from a client.
+///
+/// ```
+/// use murmur::repo_protocol::{decode, encode, Inbound, Outbound};
+///
+/// // What `@automerge/automerge-repo` sends first ...
+/// let join = [
+///     0xa3, 0x64, b't', b'y', b'p', b'e', 0x64, b'j', b'o', b'i', b'n', 0x68, b's', b'e', b'n',
+///     b'd', b'e', b'r', b'I', b'd', 0x61, b'c', 0x6b, b'p', b'e', b'e', b'r', b'M', b'e', b't',
+///     b'a', b'd', b'a', b't', b'a', 0xa1, 0x6b, b'i', b's', b'E', b'p', b'h', b'e', b'm', b'e',
+///     b'r', b'a', b'l', 0xf5,
+/// ];
+/// let Inbound::Join { sender_id, .. } = decode(&join)? else { unreachable!() };
+/// assert_eq!(sender_id, "c");
+/// // ... and what a server answers.
+/// let peer = encode("server", &Outbound::Peer { target_id: "c", storage_id: "server" });
+/// assert!(!peer.is_empty());
+/// # Ok::<(), murmur::repo_protocol::CodecError>(())
+/// ```
 pub fn decode(frame: &[u8]) -> Result<Inbound, CodecError> {
     let value: Value = ciborium::de::from_reader_with_recursion_limit(frame, MAX_DEPTH)
         .map_err(|error| CodecError::NotCbor(error.to_string()))?;
@@ -253,6 +274,15 @@ impl Fields {
     fn bytes(&self, field: &'static str, kind: &str) -> Result<Vec<u8>, CodecError> {
         match self.get(field, kind)? {
             Value::Bytes(bytes) => Ok(bytes.clone()),
+            // cbor-x's default for a Uint8Array (automerge-repo turns it
+            // off; other clients may not): tag 64 around the bytes.
+            Value::Tag(UINT8_ARRAY_TAG, inner) => match inner.as_ref() {
+                Value::Bytes(bytes) => Ok(bytes.clone()),
+                _ => Err(CodecError::Invalid {
+                    field,
+                    expected: "a byte string",
+                }),
+            },
             _ => Err(CodecError::Invalid {
                 field,
                 expected: "a byte string",
@@ -620,6 +650,46 @@ mod tests {
         ));
         assert!(decode(&frame(Value::Float(3.5))).is_err());
         assert!(decode(&frame(Value::Integer((-1).into()))).is_err());
+    }
+
+    #[test]
+    fn what_automerge_repo_sends_decodes() {
+        // Frames made by cbor-x (fuzz/corpus/repo_messages/seed-*, with
+        // its default tag 64 on byte strings): join, request, sync,
+        // ephemeral, a subscription change whose `remove` is `undefined`,
+        // leave.
+        let corpus = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/corpus/repo_messages"
+        );
+        let kinds: Vec<&str> = (0..6)
+            .map(|i| {
+                let frame = std::fs::read(format!("{corpus}/seed-0{i}")).unwrap();
+                match decode(&frame).unwrap_or_else(|e| panic!("seed-0{i}: {e}")) {
+                    Inbound::Join { .. } => "join",
+                    Inbound::Request { .. } => "request",
+                    Inbound::Sync { .. } => "sync",
+                    Inbound::Ephemeral { count: 3, .. } => "ephemeral",
+                    Inbound::RemoteSubscriptionChange { add, remove, .. } => {
+                        assert_eq!((add, remove), (vec!["node".to_string()], vec![]));
+                        "subscription"
+                    }
+                    Inbound::Leave { .. } => "leave",
+                    other => panic!("seed-0{i}: {other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "join",
+                "request",
+                "sync",
+                "ephemeral",
+                "subscription",
+                "leave"
+            ]
+        );
     }
 
     #[test]
