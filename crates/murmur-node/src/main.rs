@@ -118,11 +118,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 /// is set, which wins.
 pub fn init_logging(filter: &str) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(from_env) if !from_env.trim().is_empty() => EnvFilter::try_new(&from_env)
-            .map_err(|e| anyhow::anyhow!("RUST_LOG={from_env:?} is not a valid filter: {e}"))?,
-        _ => EnvFilter::try_new(filter)
-            .map_err(|e| anyhow::anyhow!("log filter {filter:?} is not valid: {e}"))?,
+    let (filter, text) = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.trim().is_empty() => (
+            EnvFilter::try_new(&from_env)
+                .map_err(|e| anyhow::anyhow!("RUST_LOG={from_env:?} is not a valid filter: {e}"))?,
+            from_env,
+        ),
+        _ => (
+            EnvFilter::try_new(filter)
+                .map_err(|e| anyhow::anyhow!("log filter {filter:?} is not valid: {e}"))?,
+            filter.to_owned(),
+        ),
+    };
+    // Automerge instruments its loading at `info`, with the document's
+    // whole change graph as a field: formatting it costs O(history) on
+    // every sync message that carries a document chunk (measured: most of
+    // a node's CPU under many syncing clients). Its spans stay off unless
+    // the filter names automerge.
+    let filter = if text.contains("automerge") {
+        filter
+    } else {
+        filter.add_directive("automerge=warn".parse().expect("a valid directive"))
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
