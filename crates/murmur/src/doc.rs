@@ -364,7 +364,7 @@ impl DocHandle {
     }
 
     /// Goes on with a client's Automerge sync conversation about this
-    /// document: applies what the client sent (`message`, if any) with the
+    /// document: applies what the client sent (`messages`, in order) with the
     /// client's sync `state`, and returns the state with the encoded sync
     /// message to send the client next, if there is one, and the document's
     /// heads. The caller keeps
@@ -390,7 +390,7 @@ impl DocHandle {
     /// let mut node_state = Box::new(State::new());
     /// let mut to_node = client.generate_sync_message(&mut client_state);
     /// loop {
-    ///     let step = doc.sync_client(node_state, to_node.take()).await?;
+    ///     let step = doc.sync_client(node_state, to_node.take().into_iter().collect()).await?;
     ///     node_state = step.state;
     ///     let Some(reply) = step.message else { break };
     ///     let reply = murmur::automerge::sync::Message::decode(&reply)?;
@@ -407,7 +407,7 @@ impl DocHandle {
     pub async fn sync_client(
         &self,
         state: Box<automerge::sync::State>,
-        message: Option<automerge::sync::Message>,
+        messages: Vec<automerge::sync::Message>,
     ) -> Result<crate::ClientSyncReply, Error> {
         let doc = self.id;
         let answer = self
@@ -415,7 +415,7 @@ impl DocHandle {
             .request(|reply| Command::ClientSync {
                 doc,
                 state,
-                message,
+                messages,
                 reply,
             })
             .await?;

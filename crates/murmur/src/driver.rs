@@ -91,8 +91,8 @@ pub enum Command {
         doc: DocumentId,
         /// The client's sync state, handed back with the answer.
         state: Box<automerge::sync::State>,
-        /// What the client sent, if anything.
-        message: Option<automerge::sync::Message>,
+        /// What the client sent since its last step, in order.
+        messages: Vec<automerge::sync::Message>,
         /// Gets the state and the message to send the client, if any.
         reply: oneshot::Sender<Result<ClientSyncReply, ReplicaError>>,
     },
@@ -814,12 +814,12 @@ impl Driver {
             Command::ClientSync {
                 doc,
                 mut state,
-                message,
+                messages,
                 reply,
             } => {
                 let outcome = self
                     .replica
-                    .handle_client_sync(now, doc, &mut state, message)
+                    .handle_client_sync(now, doc, &mut state, messages)
                     .map(|sync| {
                         if let Some(write) = &sync.write {
                             self.turn_ops += write.ops;

@@ -26,9 +26,10 @@ pub struct ClientSync {
 
 impl Replica {
     /// Goes on with a client's sync conversation about `doc`: applies the
-    /// client's `message` (if any) with its sync `state`, then produces the
-    /// next message for it. With no message this only asks what to send
-    /// (the document changed since the client last heard).
+    /// client's `messages` in order (those that arrived while its last step
+    /// ran: one step takes them all) with its sync `state`, then produces
+    /// the next message for it. With none this only asks what to send (the
+    /// document changed since the client last heard).
     ///
     /// The document must be in memory ([`ReplicaError::Loading`]
     /// otherwise, as for a local change). A message whose changes name
@@ -42,14 +43,20 @@ impl Replica {
         now: Time,
         doc: DocumentId,
         state: &mut sync::State,
-        message: Option<sync::Message>,
+        messages: Vec<sync::Message>,
     ) -> Result<ClientSync, ReplicaError> {
         let _span = tracing::debug_span!("client_sync", doc = %doc).entered();
         self.observe_clock(now);
-        let write = match message {
-            Some(message) => self.apply_client_message(now, doc, state, message)?,
-            None => None,
-        };
+        let mut write: Option<LocalWrite<()>> = None;
+        for message in messages {
+            if let Some(applied) = self.apply_client_message(now, doc, state, message)? {
+                let ops = write.as_ref().map_or(0, |w| w.ops);
+                write = Some(LocalWrite {
+                    ops: ops + applied.ops,
+                    ..applied
+                });
+            }
+        }
         let document = self.document_mut(doc)?;
         let reply = crate::document::next_sync_message(&document.doc, state);
         let heads = document.heads();
