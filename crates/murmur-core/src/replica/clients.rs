@@ -12,6 +12,11 @@ use murmur_wire::DocumentId;
 use super::{LocalWrite, Origin, Replica, WriteId};
 use crate::{ReplicaError, Time};
 
+/// The most hashes a client's sync state may hold as sent-but-unconfirmed
+/// for its acknowledgements to take [`receive_acknowledgement`]'s short
+/// path; past it, Automerge's own walk prunes them.
+const FAST_ACK_MAX_SENT: usize = 4096;
+
 /// What [`Replica::handle_client_sync`] did.
 #[derive(Debug)]
 pub struct ClientSync {
@@ -82,6 +87,10 @@ impl Replica {
         let document = self.document_mut(doc)?;
         let refuse = |reason: String| ReplicaError::ForeignData { reason };
         crate::foreign::check_sync_message(&document.doc, &message).map_err(refuse)?;
+        if changes == 0 && state.sent_hashes.len() <= FAST_ACK_MAX_SENT && !state.read_only {
+            receive_acknowledgement(&document.doc, state, message);
+            return Ok(None);
+        }
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
         let outcome = document.apply_verified(|document| {
@@ -136,5 +145,163 @@ impl Replica {
             ops: changes,
             output: (),
         })
+    }
+}
+
+/// Takes a client's sync message that carries no changes (an
+/// acknowledgement: its heads, what it has and needs) into its sync
+/// `state`, as Automerge's `receive_sync_message` does, less one step:
+/// Automerge prunes the hashes it sent from `sent_hashes` by walking every
+/// ancestor of the client's heads, the whole history on every message
+/// (half a node's CPU with 16 typing clients). Here they are all dropped
+/// when the client has everything this document has, and otherwise kept.
+/// Keeping one the client already has only means it is not sent again,
+/// which it need not be: a WebSocket delivers what was sent, in order, or
+/// the session ends (and a new one starts from a new state). The set stays
+/// bounded: past [`FAST_ACK_MAX_SENT`] Automerge's own path runs.
+fn receive_acknowledgement(
+    doc: &automerge::Automerge,
+    state: &mut sync::State,
+    message: sync::Message,
+) {
+    use automerge::sync::{Capability, MessageFlags};
+    debug_assert!(message.changes.is_empty());
+    state.in_flight = false;
+    if let Some(flags) = message.flags {
+        let mut capabilities = vec![Capability::MessageV2];
+        if flags.contains(MessageFlags::SUPPORTS_SYNC_RESET) {
+            capabilities.push(Capability::SyncReset);
+        }
+        state.their_capabilities = Some(capabilities);
+        if flags.contains(MessageFlags::SYNC_RESET) {
+            state.sent_hashes.clear();
+        }
+        state.peer_read_only = flags.contains(MessageFlags::READ_ONLY);
+    }
+    let ours = doc.get_heads();
+    let mut theirs = message.heads.clone();
+    theirs.sort_unstable();
+    let mut sorted_ours = ours.clone();
+    sorted_ours.sort_unstable();
+    if theirs == sorted_ours {
+        state.sent_hashes.clear();
+    }
+    if message.heads == ours {
+        state.last_sent_heads.clone_from(&message.heads);
+    }
+    let known: Vec<ChangeHash> = message
+        .heads
+        .iter()
+        .filter(|head| doc.get_change_meta_by_hash(head).is_some())
+        .copied()
+        .collect();
+    if known.len() == message.heads.len() {
+        state.shared_heads.clone_from(&message.heads);
+        if message.heads.is_empty() {
+            state.last_sent_heads = Vec::new();
+            state.sent_hashes = Default::default();
+        }
+    } else {
+        let mut shared: Vec<ChangeHash> =
+            state.shared_heads.iter().chain(&known).copied().collect();
+        shared.sort_unstable();
+        shared.dedup();
+        state.shared_heads = shared;
+    }
+    state.their_have = Some(message.have);
+    state.their_heads = Some(message.heads);
+    state.their_need = Some(message.need);
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::sync::{self, SyncDoc};
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, ROOT};
+
+    /// A node and a client editing one document in turns, syncing after
+    /// each edit: every acknowledgement the node receives is taken both
+    /// ways, and the short path leaves the state as Automerge does, but for
+    /// `sent_hashes`, which holds at least what Automerge's does; and the
+    /// node's next message is the same either way.
+    #[test]
+    fn an_acknowledgement_leaves_the_state_as_automerge_would() {
+        let (mut node, mut client) = (Automerge::new(), Automerge::new());
+        let (mut node_state, mut client_state) = (sync::State::new(), sync::State::new());
+        let mut compared = 0;
+        for round in 0..120 {
+            let edit = |doc: &mut Automerge, who: &str| {
+                let mut tx = doc.transaction();
+                tx.put(ROOT, format!("{who}{round}"), round as i64).unwrap();
+                tx.commit();
+            };
+            match round % 3 {
+                0 => edit(&mut node, "n"),
+                1 => edit(&mut client, "c"),
+                _ => {
+                    edit(&mut node, "n");
+                    edit(&mut client, "c");
+                }
+            }
+            for _ in 0..8 {
+                let to_client = node.generate_sync_message(&mut node_state);
+                if round % 4 == 3 {
+                    // The node moves on while its message travels: the
+                    // acknowledgement names heads it has left behind.
+                    edit(&mut node, "m");
+                }
+                if let Some(message) = &to_client {
+                    client
+                        .receive_sync_message(&mut client_state, message.clone())
+                        .unwrap();
+                }
+                let to_node = client.generate_sync_message(&mut client_state);
+                let Some(message) = to_node else {
+                    if to_client.is_none() {
+                        break;
+                    }
+                    continue;
+                };
+                if message.changes.is_empty() {
+                    let mut automerge_way = node_state.clone();
+                    node.receive_sync_message(&mut automerge_way, message.clone())
+                        .unwrap();
+                    super::receive_acknowledgement(&node, &mut node_state, message);
+                    assert!(node_state
+                        .sent_hashes
+                        .is_superset(&automerge_way.sent_hashes));
+                    let mut ours = node_state.clone();
+                    ours.sent_hashes = automerge_way.sent_hashes.clone();
+                    assert_eq!(ours.encode(), automerge_way.encode());
+                    assert_eq!(
+                        (
+                            &ours.their_heads,
+                            &ours.their_need,
+                            &ours.last_sent_heads,
+                            ours.in_flight
+                        ),
+                        (
+                            &automerge_way.their_heads,
+                            &automerge_way.their_need,
+                            &automerge_way.last_sent_heads,
+                            automerge_way.in_flight
+                        )
+                    );
+                    assert_eq!(ours.their_capabilities, automerge_way.their_capabilities);
+                    // With the sent hashes it kept, the node says the same.
+                    let next_ours = node.generate_sync_message(&mut node_state.clone());
+                    let next_automerge = node.generate_sync_message(&mut automerge_way.clone());
+                    assert_eq!(
+                        next_ours.map(sync::Message::encode),
+                        next_automerge.map(sync::Message::encode)
+                    );
+                    compared += 1;
+                } else {
+                    node.receive_sync_message(&mut node_state, message).unwrap();
+                }
+            }
+        }
+        assert_eq!(node.get_heads(), client.get_heads());
+        assert!(compared > 60, "only {compared} acknowledgements compared");
     }
 }
