@@ -366,8 +366,8 @@ impl DocHandle {
     /// Goes on with a client's Automerge sync conversation about this
     /// document: applies what the client sent (`messages`, in order) with the
     /// client's sync `state`, and returns the state with the encoded sync
-    /// message to send the client next, if there is one, and the document's
-    /// heads. The caller keeps
+    /// message to send the client next if `answer` and there is one, and the
+    /// document's heads. The caller keeps
     /// one state per client and document; with no message it only asks
     /// what to send (after [`DocHandle::watch`] said the document
     /// changed). The client's changes are applied like [`DocHandle::merge`]
@@ -390,7 +390,8 @@ impl DocHandle {
     /// let mut node_state = Box::new(State::new());
     /// let mut to_node = client.generate_sync_message(&mut client_state);
     /// loop {
-    ///     let step = doc.sync_client(node_state, to_node.take().into_iter().collect()).await?;
+    ///     let messages = to_node.take().into_iter().collect();
+    ///     let step = doc.sync_client(node_state, messages, true).await?;
     ///     node_state = step.state;
     ///     let Some(reply) = step.message else { break };
     ///     let reply = murmur::automerge::sync::Message::decode(&reply)?;
@@ -408,18 +409,20 @@ impl DocHandle {
         &self,
         state: Box<automerge::sync::State>,
         messages: Vec<automerge::sync::Message>,
+        answer: bool,
     ) -> Result<crate::ClientSyncReply, Error> {
         let doc = self.id;
-        let answer = self
+        let outcome = self
             .handle
             .request(|reply| Command::ClientSync {
                 doc,
                 state,
                 messages,
+                answer,
                 reply,
             })
             .await?;
-        Ok(answer?)
+        Ok(outcome?)
     }
 
     /// A receiver whose value changes whenever this document does (a

@@ -93,6 +93,8 @@ pub enum Command {
         state: Box<automerge::sync::State>,
         /// What the client sent since its last step, in order.
         messages: Vec<automerge::sync::Message>,
+        /// Whether to produce the message to send the client.
+        answer: bool,
         /// Gets the state and the message to send the client, if any.
         reply: oneshot::Sender<Result<ClientSyncReply, ReplicaError>>,
     },
@@ -815,11 +817,12 @@ impl Driver {
                 doc,
                 mut state,
                 messages,
+                answer,
                 reply,
             } => {
                 let outcome = self
                     .replica
-                    .handle_client_sync(now, doc, &mut state, messages)
+                    .handle_client_sync(now, doc, &mut state, messages, answer)
                     .map(|sync| {
                         if let Some(write) = &sync.write {
                             self.turn_ops += write.ops;

@@ -33,8 +33,9 @@ impl Replica {
     /// Goes on with a client's sync conversation about `doc`: applies the
     /// client's `messages` in order (those that arrived while its last step
     /// ran: one step takes them all) with its sync `state`, then produces
-    /// the next message for it. With none this only asks what to send (the
-    /// document changed since the client last heard).
+    /// the next message for it if `answer` (a caller that gathers sends asks
+    /// for it in a later step). With no messages this only asks what to send
+    /// (the document changed since the client last heard).
     ///
     /// The document must be in memory ([`ReplicaError::Loading`]
     /// otherwise, as for a local change). A message whose changes name
@@ -49,6 +50,7 @@ impl Replica {
         doc: DocumentId,
         state: &mut sync::State,
         messages: Vec<sync::Message>,
+        answer: bool,
     ) -> Result<ClientSync, ReplicaError> {
         let _span = tracing::debug_span!("client_sync", doc = %doc).entered();
         self.observe_clock(now);
@@ -63,7 +65,9 @@ impl Replica {
             }
         }
         let document = self.document_mut(doc)?;
-        let reply = crate::document::next_sync_message(&document.doc, state);
+        let reply = answer
+            .then(|| crate::document::next_sync_message(&document.doc, state))
+            .flatten();
         let heads = document.heads();
         Ok(ClientSync {
             write,

@@ -240,7 +240,10 @@ struct DocSync {
 }
 
 /// What a finished engine step says.
-type StepDone = (DocumentId, Result<ClientSyncReply, murmur::Error>);
+/// What a finished engine step says: its document, whether it took client
+/// messages (then it did not answer: the answer is gathered with the next
+/// send), and its outcome.
+type StepDone = (DocumentId, bool, Result<ClientSyncReply, murmur::Error>);
 
 struct Session {
     hub: Arc<SyncHub>,
@@ -322,12 +325,16 @@ impl Session {
                     }
                 }
                 Some(done) = self.steps.join_next() => match done {
-                    Ok((doc, result)) => self.stepped(doc, result),
+                    Ok((doc, took_messages, result)) => {
+                        if took_messages {
+                            self.send_soon(doc);
+                        }
+                        self.stepped(doc, result)
+                    }
                     Err(error) => Err(Ending::policy(format!("a sync step failed: {error}"))),
                 },
                 Some(doc) = self.changed.recv() => {
-                    self.changed_docs.insert(doc);
-                    self.send_at.get_or_insert_with(|| tokio::time::Instant::now() + SEND_COALESCE);
+                    self.send_soon(doc);
                     Ok(())
                 }
                 () = sleep_until(self.send_at), if self.send_at.is_some() => {
@@ -525,11 +532,23 @@ impl Session {
         Ok(())
     }
 
-    /// Runs one sync step of `doc` in the engine.
+    /// Tells the client what it lacks of `doc` when the gathering window
+    /// ([`SEND_COALESCE`]) ends.
+    fn send_soon(&mut self, doc: DocumentId) {
+        self.changed_docs.insert(doc);
+        self.send_at
+            .get_or_insert_with(|| tokio::time::Instant::now() + SEND_COALESCE);
+    }
+
+    /// Runs one sync step of `doc` in the engine: applies the client's
+    /// `messages`, or (with none) makes the message to send it.
     fn step(&mut self, doc: DocumentId, state: Box<State>, messages: Vec<sync::Message>) {
         let handle = self.docs[&doc].handle.clone();
-        self.steps
-            .spawn(async move { (doc, handle.sync_client(state, messages).await) });
+        let took_messages = !messages.is_empty();
+        self.steps.spawn(async move {
+            let outcome = handle.sync_client(state, messages, !took_messages).await;
+            (doc, took_messages, outcome)
+        });
     }
 
     /// A step of `doc` finished: send its message, then take the next.
