@@ -1010,6 +1010,20 @@ fn two_nodes() -> (
     (dir_a, dir_b, a, b)
 }
 
+/// Runs the script `script` of tests/js against two nodes, given a document
+/// of node A holding `{"title": "from murmur"}`. The script checks every
+/// step and exits non-zero (with the wire trace) if one is not seen in
+/// time.
+async fn run_script_on_two_nodes(js: std::path::PathBuf, script: &'static str) {
+    let (_a_dir, _b_dir, a, b) = two_nodes();
+    let doc = make_doc(&a, "from murmur").await;
+    let (a_url, b_url) = (a.url.clone(), b.url.clone());
+    tokio::task::spawn_blocking(move || process::run_js(&js, script, &[&a_url, &b_url, &doc]))
+        .await
+        .unwrap();
+    let _ = (a, b);
+}
+
 /// The real `@automerge/automerge-repo` 2.5.6 client (tests/js): finds a
 /// document of node A, edits it, sees node B's edit come over QUIC; a
 /// second client on B sees the first one's edit; a document it creates on
@@ -1019,17 +1033,7 @@ async fn real_clients_automerge_repo_syncs_through_two_nodes() {
     let Some(js) = process::js_clients() else {
         return;
     };
-    let (_a_dir, _b_dir, a, b) = two_nodes();
-    let doc = make_doc(&a, "from murmur").await;
-    let (a_url, b_url) = (a.url.clone(), b.url.clone());
-    // The script checks every step and exits non-zero (with the wire
-    // trace) if one is not seen in time.
-    tokio::task::spawn_blocking(move || {
-        process::run_js(&js, "repo_sync.mjs", &[&a_url, &b_url, &doc])
-    })
-    .await
-    .unwrap();
-    let _ = (a, b);
+    run_script_on_two_nodes(js, "repo_sync.mjs").await;
 }
 
 /// A page in headless Chromium (Debian's, driven by playwright-core) syncs
@@ -1047,15 +1051,7 @@ async fn real_clients_a_browser_page_syncs_through_a_node() {
         eprintln!("skipped: /usr/bin/chromium is not installed (apt-get install chromium)");
         return;
     }
-    let (_a_dir, _b_dir, a, b) = two_nodes();
-    let doc = make_doc(&a, "from murmur").await;
-    let (a_url, b_url) = (a.url.clone(), b.url.clone());
-    tokio::task::spawn_blocking(move || {
-        process::run_js(&js, "browser_sync.mjs", &[&a_url, &b_url, &doc])
-    })
-    .await
-    .unwrap();
-    let _ = (a, b);
+    run_script_on_two_nodes(js, "browser_sync.mjs").await;
 }
 
 /// A TLS connection to `node` trusting only the certificate in `cert`.
