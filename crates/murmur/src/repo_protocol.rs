@@ -164,21 +164,26 @@ impl Inbound {
 /// Decodes one frame from a client.
 ///
 /// ```
-/// use murmur::repo_protocol::{decode, encode, Inbound, Outbound};
+/// use murmur::repo_protocol::{decode, encode, CodecError, Inbound, Outbound};
+/// use murmur::DocumentId;
 ///
-/// // What `@automerge/automerge-repo` sends first ...
-/// let join = [
-///     0xa3, 0x64, b't', b'y', b'p', b'e', 0x64, b'j', b'o', b'i', b'n', 0x68, b's', b'e', b'n',
-///     b'd', b'e', b'r', b'I', b'd', 0x61, b'c', 0x6b, b'p', b'e', b'e', b'r', b'M', b'e', b't',
-///     b'a', b'd', b'a', b't', b'a', 0xa1, 0x6b, b'i', b's', b'E', b'p', b'h', b'e', b'm', b'e',
-///     b'r', b'a', b'l', 0xf5,
-/// ];
-/// let Inbound::Join { sender_id, .. } = decode(&join)? else { unreachable!() };
-/// assert_eq!(sender_id, "c");
-/// // ... and what a server answers.
-/// let peer = encode("server", &Outbound::Peer { target_id: "c", storage_id: "server" });
-/// assert!(!peer.is_empty());
-/// # Ok::<(), murmur::repo_protocol::CodecError>(())
+/// // An ephemeral message as the node relays it, read back as a client's.
+/// let doc = DocumentId([7; 16]);
+/// let frame = encode("node", &Outbound::Ephemeral {
+///     sender_id: "alice",
+///     target_id: "bob",
+///     document_id: doc,
+///     session_id: "cursor",
+///     count: 3,
+///     data: b"x=1",
+/// });
+/// let Inbound::Ephemeral { sender_id, document_id, count, .. } = decode(&frame)? else {
+///     unreachable!()
+/// };
+/// assert_eq!((sender_id.as_str(), document_id, count), ("alice", doc, 3));
+/// // Anything else is a typed error, never a panic.
+/// assert!(matches!(decode(&[0xff, 0x00]), Err(CodecError::NotCbor(_))));
+/// # Ok::<(), CodecError>(())
 /// ```
 pub fn decode(frame: &[u8]) -> Result<Inbound, CodecError> {
     let value: Value = ciborium::de::from_reader_with_recursion_limit(frame, MAX_DEPTH)
