@@ -242,18 +242,30 @@ impl Client {
             let message = self.recv_sync().await.expect("the socket stays open");
             assert_eq!(field_text(&message, "type"), "sync", "{message:?}");
             assert_eq!(field_text(&message, "documentId"), doc_id);
-            let Some(Value::Bytes(data)) = field(&message, "data") else {
-                panic!("no data in {message:?}");
-            };
-            kinds.push(data[0]);
-            local
-                .receive_sync_message(state, sync::Message::decode(data).unwrap())
-                .unwrap();
-            if let Some(reply) = local.generate_sync_message(state) {
-                self.sync_message("sync", doc_id, reply.encode()).await;
-            }
+            kinds.push(self.answer(doc_id, &message, local, state).await);
         }
         kinds
+    }
+
+    /// Applies the node's sync `message` about `doc` to `local` and sends
+    /// the reply, if any; returns the message's first byte (its version).
+    async fn answer(
+        &mut self,
+        doc_id: &str,
+        message: &Value,
+        local: &mut Automerge,
+        state: &mut sync::State,
+    ) -> u8 {
+        let Some(Value::Bytes(data)) = field(message, "data") else {
+            panic!("no data in {message:?}");
+        };
+        local
+            .receive_sync_message(state, sync::Message::decode(data).unwrap())
+            .unwrap();
+        if let Some(reply) = local.generate_sync_message(state) {
+            self.sync_message("sync", doc_id, reply.encode()).await;
+        }
+        data[0]
     }
 
     /// Answers the node's sync messages about `doc` until it is quiet for
@@ -283,16 +295,7 @@ impl Client {
             if field_text(&message, "type") != "sync" {
                 continue;
             }
-            let Some(Value::Bytes(data)) = field(&message, "data") else {
-                panic!("no data in {message:?}");
-            };
-            kinds.push(data[0]);
-            local
-                .receive_sync_message(state, sync::Message::decode(data).unwrap())
-                .unwrap();
-            if let Some(reply) = local.generate_sync_message(state) {
-                self.sync_message("sync", doc_id, reply.encode()).await;
-            }
+            kinds.push(self.answer(doc_id, &message, local, state).await);
         }
     }
 
@@ -747,7 +750,24 @@ async fn tokens_scope_documents_refuse_read_only_changes_and_can_be_revoked() {
         }
     };
     assert!(told.contains("read-only"), "{told}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The node's next sync message comes after the step that took the
+    // refused message: its heads are still the node's old ones.
+    let next = loop {
+        let message = client.recv_sync().await.expect("still connected");
+        if field_text(&message, "type") == "sync" {
+            break message;
+        }
+    };
+    let Some(Value::Bytes(data)) = field(&next, "data") else {
+        panic!("{next:?}");
+    };
+    let heads: Vec<String> = sync::Message::decode(data)
+        .unwrap()
+        .heads
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(serde_json::json!(heads), before["heads"]);
     assert_eq!(read(&node, &allowed).await, before);
     let all = node.api().call("GET", "/docs", None).await.json();
     assert!(

@@ -145,6 +145,21 @@ pub enum Inbound {
 }
 
 impl Inbound {
+    /// The message's `type`, as the protocol names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Inbound::Join { .. } => "join",
+            Inbound::Leave { .. } => "leave",
+            Inbound::Request { .. } => "request",
+            Inbound::Sync { .. } => "sync",
+            Inbound::DocUnavailable { .. } => "doc-unavailable",
+            Inbound::Ephemeral { .. } => "ephemeral",
+            Inbound::RemoteSubscriptionChange { .. } => "remote-subscription-change",
+            Inbound::RemoteHeadsChanged { .. } => "remote-heads-changed",
+            Inbound::Error { .. } => "error",
+        }
+    }
+
     /// The sender id the message names, if its type has one.
     pub fn sender_id(&self) -> Option<&str> {
         match self {

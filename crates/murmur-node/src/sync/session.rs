@@ -115,7 +115,7 @@ pub async fn run(hub: Arc<SyncHub>, socket: WebSocket, access: Access) {
         Ok(other) => {
             let ending = Ending::protocol(format!(
                 "the first message must be `join`, not {}",
-                kind(&other)
+                other.kind()
             ));
             close(&hub, &outbox, None, &ending).await;
             return finish(writer).await;
@@ -209,20 +209,6 @@ fn frame(hub: &SyncHub, message: &Outbound<'_>) -> Message {
     Message::Binary(codec::encode(&hub.peer_id, message).into())
 }
 
-fn kind(message: &Inbound) -> &'static str {
-    match message {
-        Inbound::Join { .. } => "join",
-        Inbound::Leave { .. } => "leave",
-        Inbound::Request { .. } => "request",
-        Inbound::Sync { .. } => "sync",
-        Inbound::DocUnavailable { .. } => "doc-unavailable",
-        Inbound::Ephemeral { .. } => "ephemeral",
-        Inbound::RemoteSubscriptionChange { .. } => "remote-subscription-change",
-        Inbound::RemoteHeadsChanged { .. } => "remote-heads-changed",
-        Inbound::Error { .. } => "error",
-    }
-}
-
 /// One document's sync conversation with the client.
 struct DocSync {
     handle: DocHandle,
@@ -235,11 +221,10 @@ struct DocSync {
     dirty: bool,
     /// The heads last told the client in `remote-heads-changed`.
     told_heads: Vec<ChangeHash>,
-    /// Stops the task that watches the document.
-    _watcher: tokio::task::AbortHandle,
+    /// The task that watches the document (in the session's `watchers`).
+    watcher: tokio::task::AbortHandle,
 }
 
-/// What a finished engine step says.
 /// What a finished engine step says: its document, whether it took client
 /// messages (then it did not answer: the answer is gathered with the next
 /// send), and its outcome.
@@ -337,6 +322,8 @@ impl Session {
                     self.send_soon(doc);
                     Ok(())
                 }
+                // A watcher ends when its document is deleted or dropped.
+                Some(_) = self.watchers.join_next() => Ok(()),
                 () = sleep_until(self.send_at), if self.send_at.is_some() => {
                     self.send_at = None;
                     let docs = std::mem::take(&mut self.changed_docs);
@@ -510,10 +497,12 @@ impl Session {
             let Ok(mut watch) = watched.watch().await else {
                 return;
             };
+            // A watch keeps only the latest change: while this waits for
+            // room, later changes fold into the one notice it then sends.
             while watch.changed().await.is_ok() {
-                // Full: a notice for this document is already queued, or
-                // the session is going.
-                let _ = changed.try_send(doc);
+                if changed.send(doc).await.is_err() {
+                    return;
+                }
             }
         });
         self.docs.insert(
@@ -525,7 +514,7 @@ impl Session {
                 waiting_bytes: 0,
                 dirty: false,
                 told_heads: Vec::new(),
-                _watcher: watcher,
+                watcher,
             },
         );
         self.hub.syncs(&self.peer, self.id, doc);
@@ -562,7 +551,9 @@ impl Session {
             Err(murmur::Error::Replica(
                 ReplicaError::UnknownDocument(_) | ReplicaError::Deleted(_),
             )) => {
-                self.docs.remove(&doc);
+                if let Some(entry) = self.docs.remove(&doc) {
+                    entry.watcher.abort();
+                }
                 return self.send_message(&Outbound::DocUnavailable {
                     target_id: &self.peer,
                     document_id: doc,
@@ -587,26 +578,23 @@ impl Session {
                 data,
             })?;
         }
-        let heads_subscribed = self.heads_subscribed;
-        let entry = self
+        let told = &mut self
             .docs
             .get_mut(&doc)
-            .expect("a step's document is synced");
-        if heads_subscribed && entry.told_heads != reply.heads {
-            entry.told_heads = reply.heads.clone();
+            .expect("a step's document is synced")
+            .told_heads;
+        if self.heads_subscribed && *told != reply.heads {
+            told.clone_from(&reply.heads);
             let timestamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64);
-            let message = Outbound::RemoteHeadsChanged {
+            self.send_message(&Outbound::RemoteHeadsChanged {
                 target_id: &self.peer,
                 document_id: doc,
                 storage_id: &self.hub.peer_id,
                 heads: &reply.heads,
                 timestamp,
-            };
-            self.outbox
-                .try_send(frame(&self.hub, &message))
-                .map_err(|_| Ending::policy("the client does not read"))?;
+            })?;
         }
         let entry = self
             .docs
@@ -703,11 +691,8 @@ async fn decode_sync(data: &[u8]) -> Result<sync::Message, String> {
         return sync::Message::decode(data).map_err(|error| error.to_string());
     }
     let data = data.to_vec();
-    tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(|| sync::Message::decode(&data))
-            .map_err(|_| "decoding panicked".to_string())?
-            .map_err(|error| error.to_string())
-    })
-    .await
-    .map_err(|error| error.to_string())?
+    // A panic in the decoder comes back as the task's error.
+    tokio::task::spawn_blocking(move || sync::Message::decode(&data).map_err(|e| e.to_string()))
+        .await
+        .map_err(|error| error.to_string())?
 }
