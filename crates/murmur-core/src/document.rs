@@ -1,10 +1,11 @@
 //! One document held by a replica: its Automerge state, where it stands in
 //! storage, and its sync state with each peer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{ActorId, Automerge, Change, ChangeHash};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 use murmur_store::layout::{self, DocumentLog};
 use murmur_store::{Storage, StoreError, WriteBatch};
 use murmur_wire::{DocumentId, NodeId};
@@ -41,6 +42,9 @@ pub(crate) struct Document {
     /// change feed: numbered and written with the save that makes them
     /// durable.
     records: Vec<Record>,
+    /// The changes applied lately, in order, while clients sync this
+    /// document (see [`RecentChanges`]).
+    pub(crate) recent: Option<RecentChanges>,
     /// How many of [`Document::unsaved`]'s changes `records` cover (all
     /// of them between engine turns).
     recorded: usize,
@@ -95,6 +99,84 @@ impl PendingSave {
     }
 }
 
+/// Where a client stands in a document's [`RecentChanges`]: it has every
+/// change before `index` of the log numbered `log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    log: u64,
+    index: u64,
+}
+
+/// The most changes [`RecentChanges`] keeps.
+const RECENT_MAX_CHANGES: usize = 16_384;
+/// The most bytes of changes [`RecentChanges`] keeps.
+const RECENT_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Numbers each [`RecentChanges`] log, so a [`Mark`] in one is never read
+/// in another (the document was loaded again or rebuilt since).
+static NEXT_LOG: AtomicU64 = AtomicU64::new(1);
+
+/// The changes a document applied since clients started syncing it (the
+/// last [`RECENT_MAX_CHANGES`], at most [`RECENT_MAX_BYTES`]), in the
+/// order applied, with their bytes. With a client's [`Mark`] it says what
+/// the client may lack in O(new changes): Automerge's own answer walks the
+/// change graph from the client's last known heads, which grows with the
+/// number of concurrent writers (most of a node's CPU with 256 clients
+/// typing into one document).
+#[derive(Debug)]
+pub(crate) struct RecentChanges {
+    log: u64,
+    /// The index of `changes[0]` in the log.
+    base: u64,
+    changes: VecDeque<(ChangeHash, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl RecentChanges {
+    pub(crate) fn new() -> Self {
+        RecentChanges {
+            log: NEXT_LOG.fetch_add(1, Ordering::Relaxed),
+            base: 0,
+            changes: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, change: &Change) {
+        let raw = change.raw_bytes().to_vec();
+        self.bytes += raw.len();
+        self.changes.push_back((change.hash(), raw));
+        while self.changes.len() > RECENT_MAX_CHANGES || self.bytes > RECENT_MAX_BYTES {
+            let Some((_, raw)) = self.changes.pop_front() else {
+                break;
+            };
+            self.bytes -= raw.len();
+            self.base += 1;
+        }
+    }
+
+    /// The mark after every change applied so far.
+    pub(crate) fn end(&self) -> Mark {
+        Mark {
+            log: self.log,
+            index: self.base + self.changes.len() as u64,
+        }
+    }
+
+    /// The changes applied since `mark`, or `None` if the mark is of
+    /// another log or older than what is kept.
+    pub(crate) fn since(
+        &self,
+        mark: Mark,
+    ) -> Option<impl Iterator<Item = &(ChangeHash, Vec<u8>)> + '_> {
+        if mark.log != self.log || mark.index < self.base {
+            return None;
+        }
+        let skip = usize::try_from(mark.index - self.base).ok()?;
+        Some(self.changes.iter().skip(skip))
+    }
+}
+
 impl Document {
     /// A new, empty document written by `actor`.
     pub(crate) fn new(actor: ActorId) -> Self {
@@ -111,6 +193,7 @@ impl Document {
             stalls: BTreeMap::new(),
             unsaved: Vec::new(),
             records: Vec::new(),
+            recent: None,
             recorded: 0,
         }
     }
@@ -154,6 +237,7 @@ impl Document {
             stalls: BTreeMap::new(),
             unsaved: Vec::new(),
             records: Vec::new(),
+            recent: None,
             recorded: 0,
         })
     }
@@ -219,7 +303,13 @@ impl Document {
     /// [`Document::apply_verified`] checked) until a save of them is
     /// durable.
     pub(crate) fn applied(&mut self, changes: impl IntoIterator<Item = Change>) {
+        let from = self.unsaved.len();
         self.unsaved.extend(changes);
+        if let Some(recent) = &mut self.recent {
+            for change in &self.unsaved[from..] {
+                recent.push(change);
+            }
+        }
     }
 
     /// Runs `apply` (which changes this document with data from outside:
@@ -234,14 +324,46 @@ impl Document {
         &mut self,
         apply: impl FnOnce(&mut Document) -> T,
     ) -> Result<(T, Vec<ActorId>), String> {
+        let (output, authors, _) = self.apply_verified_with(None, apply)?;
+        Ok((output, authors))
+    }
+
+    /// [`Document::apply_verified`] for an `apply` that hands Automerge
+    /// `changes` (hashes: what a caller that decoded them knows), and
+    /// nothing else. Then what it added is found among them, without a
+    /// vector clock of the old heads, if Automerge's queue was empty (else
+    /// it may release queued changes too, and the full walk runs). Also
+    /// returns how many changes it added: the last ones of
+    /// [`Document::unsaved_tail`].
+    pub(crate) fn apply_verified_with<T>(
+        &mut self,
+        changes: Option<&[ChangeHash]>,
+        apply: impl FnOnce(&mut Document) -> T,
+    ) -> Result<(T, Vec<ActorId>, usize), String> {
         let before = self.heads();
+        let fresh: Option<Vec<ChangeHash>> = changes
+            .filter(|_| self.doc.get_missing_deps(&[]).is_empty())
+            .map(|changes| {
+                let mut fresh: Vec<ChangeHash> = changes
+                    .iter()
+                    .filter(|hash| self.doc.get_change_meta_by_hash(hash).is_none())
+                    .copied()
+                    .collect();
+                fresh.sort_unstable();
+                fresh.dedup();
+                fresh
+            });
         let output = crate::foreign::guarded(|| apply(&mut *self))?;
-        let added = crate::foreign::verify_applied(&self.doc, &before)?;
+        let added = match fresh {
+            Some(fresh) => crate::foreign::verify_applied_hashes(&self.doc, &fresh)?,
+            None => crate::foreign::verify_applied(&self.doc, &before)?,
+        };
         let authors: std::collections::BTreeSet<&ActorId> =
             added.iter().map(Change::actor_id).collect();
         let authors = authors.into_iter().cloned().collect();
+        let count = added.len();
         self.applied(added);
-        Ok((output, authors))
+        Ok((output, authors, count))
     }
 
     /// The changes applied since the last durable save, in order, and
@@ -282,18 +404,11 @@ impl Document {
         });
     }
 
-    /// The raw bytes of the changes applied since `before` was the
-    /// document's heads (its newest unsaved changes), in the order applied.
-    pub(crate) fn unsaved_since(&self, before: &[ChangeHash]) -> Vec<Vec<u8>> {
-        let new: std::collections::BTreeSet<ChangeHash> = self
-            .doc
-            .get_changes_meta(before)
-            .into_iter()
-            .map(|meta| meta.hash)
-            .collect();
-        self.unsaved
+    /// The raw bytes of the last `count` changes applied (its newest
+    /// unsaved changes), in the order applied.
+    pub(crate) fn unsaved_tail(&self, count: usize) -> Vec<Vec<u8>> {
+        self.unsaved[self.unsaved.len().saturating_sub(count)..]
             .iter()
-            .filter(|change| new.contains(&change.hash()))
             .map(|change| change.raw_bytes().to_vec())
             .collect()
     }
@@ -476,4 +591,88 @@ pub(crate) fn reset_in_flight(state: &mut sync::State) {
 pub(crate) fn next_sync_message(doc: &Automerge, state: &mut sync::State) -> Option<Vec<u8>> {
     doc.generate_sync_message(state)
         .map(|message| message.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use automerge::ROOT;
+    use std::collections::BTreeSet;
+
+    /// Four writers' changes (each on what its writer has seen, merged now
+    /// and then) arrive in batches, some before their dependencies (they
+    /// wait in Automerge's queue until a later batch brings them). Finding
+    /// what each apply added among the batch's hashes records the same
+    /// changes as the full walk, with dependencies first, and only when the
+    /// queue was empty: a batch that releases queued changes takes the walk.
+    #[test]
+    fn what_an_apply_added_is_found_among_its_changes() {
+        let mut writers: Vec<Automerge> = (1..=4u8)
+            .map(|w| Automerge::new().with_actor(ActorId::from([w; 16])))
+            .collect();
+        let mut all = Vec::new();
+        for round in 0..30_i64 {
+            for (w, writer) in writers.iter_mut().enumerate() {
+                let mut tx = writer.transaction();
+                tx.put(ROOT, format!("w{w}"), round).unwrap();
+                tx.commit();
+                all.push(writer.get_last_local_change().unwrap());
+            }
+            if round % 3 == 2 {
+                let mut merged = writers[0].clone();
+                for writer in &writers[1..] {
+                    merged.merge(&mut writer.clone()).unwrap();
+                }
+                for writer in &mut writers {
+                    writer.merge(&mut merged.clone()).unwrap();
+                }
+            }
+        }
+        let mut batches: Vec<Vec<Change>> = all.chunks(7).map(<[Change]>::to_vec).collect();
+        for pair in (0..batches.len() - 1).step_by(4) {
+            batches.swap(pair, pair + 1);
+        }
+        let (mut short, mut walk) = (
+            Document::new(ActorId::from([0xaa; 16])),
+            Document::new(ActorId::from([0xaa; 16])),
+        );
+        let (mut fast_batches, mut queued_batches) = (0, 0);
+        for batch in batches {
+            let hashes: Vec<ChangeHash> = batch.iter().map(Change::hash).collect();
+            if short.doc.get_missing_deps(&[]).is_empty() {
+                fast_batches += 1;
+            } else {
+                queued_batches += 1;
+            }
+            let apply = |document: &mut Document| document.doc.apply_changes(batch.clone());
+            let (result, _, added) = short.apply_verified_with(Some(&hashes), apply).unwrap();
+            result.unwrap();
+            let (result, _, walked) = walk.apply_verified_with(None, apply).unwrap();
+            result.unwrap();
+            let tail = &short.unsaved[short.unsaved.len() - added..];
+            let walked = &walk.unsaved[walk.unsaved.len() - walked..];
+            let set = |changes: &[Change]| -> BTreeSet<ChangeHash> {
+                changes.iter().map(Change::hash).collect()
+            };
+            assert_eq!(set(tail), set(walked));
+            for (i, change) in tail.iter().enumerate() {
+                for dep in change.deps() {
+                    let earlier = tail[..i].iter().any(|c| c.hash() == *dep);
+                    let held_before = !set(tail).contains(dep);
+                    assert!(
+                        earlier || held_before,
+                        "{} before its dependency {dep}",
+                        change.hash()
+                    );
+                }
+            }
+        }
+        assert_eq!(short.heads(), walk.heads());
+        assert_eq!(short.unsaved.len(), all.len());
+        assert!(
+            fast_batches > 5 && queued_batches > 2,
+            "{fast_batches} {queued_batches}"
+        );
+    }
 }

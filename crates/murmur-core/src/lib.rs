@@ -214,7 +214,7 @@ pub use foreign::decode_automerge;
 pub use load::{Load, Loaded, Residency};
 pub use membership::Member;
 pub use replica::{
-    AckLevel, ClientSync, Event, LocalWrite, Origin, Replica, Transmit, WriteId,
+    AckLevel, ClientState, ClientSync, Event, LocalWrite, Origin, Replica, Transmit, WriteId,
     MAX_BATCHED_CHANGES,
 };
 pub use time::Time;

@@ -8,7 +8,7 @@ use crate::change::{DeleteRequest, MergeRequest};
 use crate::driver::{Command, DocumentChange, DriverHandle};
 use automerge::transaction::Transaction;
 use automerge::{Automerge, AutomergeError, ChangeHash};
-use murmur_core::{AckLevel, DocumentId, ReplicaError};
+use murmur_core::{AckLevel, ClientState, DocumentId, ReplicaError};
 use tokio::sync::broadcast;
 
 use crate::view::{self, Conflict, History, View, ViewError, ViewOptions};
@@ -365,7 +365,9 @@ impl DocHandle {
 
     /// Goes on with a client's Automerge sync conversation about this
     /// document: applies what the client sent (`messages`, in order) with the
-    /// client's sync `state`, and returns the state with the encoded sync
+    /// client's sync `state` ([`ClientState`]: Automerge's, and where the
+    /// client stands in the document's recent changes, which spares the
+    /// node a walk of the change graph per message), and returns the state with the encoded sync
     /// message to send the client next if `answer` and there is one, and the
     /// document's heads. The caller keeps
     /// one state per client and document; with no message it only asks
@@ -377,7 +379,7 @@ impl DocHandle {
     /// ```
     /// use murmur::automerge::sync::{State, SyncDoc};
     /// use murmur::automerge::{transaction::Transactable, Automerge, ReadDoc, ROOT};
-    /// use murmur::Node;
+    /// use murmur::{ClientState, Node};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -387,7 +389,7 @@ impl DocHandle {
     ///
     /// // A client that has nothing syncs with the node until both agree.
     /// let (mut client, mut client_state) = (Automerge::new(), State::new());
-    /// let mut node_state = Box::new(State::new());
+    /// let mut node_state = Box::new(ClientState::default());
     /// let mut to_node = client.generate_sync_message(&mut client_state);
     /// loop {
     ///     let messages = to_node.take().into_iter().collect();
@@ -407,7 +409,7 @@ impl DocHandle {
     /// ```
     pub async fn sync_client(
         &self,
-        state: Box<automerge::sync::State>,
+        state: Box<ClientState>,
         messages: Vec<automerge::sync::Message>,
         answer: bool,
     ) -> Result<crate::ClientSyncReply, Error> {

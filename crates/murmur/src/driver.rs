@@ -90,7 +90,7 @@ pub enum Command {
         /// The document.
         doc: DocumentId,
         /// The client's sync state, handed back with the answer.
-        state: Box<automerge::sync::State>,
+        state: Box<murmur_core::ClientState>,
         /// What the client sent since its last step, in order.
         messages: Vec<automerge::sync::Message>,
         /// Whether to produce the message to send the client.
@@ -145,7 +145,7 @@ pub enum Command {
 #[derive(Debug)]
 pub struct ClientSyncReply {
     /// The client's sync state, to pass to its next step.
-    pub state: Box<automerge::sync::State>,
+    pub state: Box<murmur_core::ClientState>,
     /// The encoded sync message to send the client, if any.
     pub message: Option<Vec<u8>>,
     /// The document's heads after the step.

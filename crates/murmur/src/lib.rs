@@ -66,7 +66,9 @@ pub use node::{Node, NodeBuilder, Simulation};
 
 pub use automerge;
 pub use change::{DocumentChange, NotReplicated};
-pub use murmur_core::{AckLevel as Ack, Figure, FigureKind, Metrics, Origin, ReplicaError, Time};
+pub use murmur_core::{
+    AckLevel as Ack, ClientState, Figure, FigureKind, Metrics, Origin, ReplicaError, Time,
+};
 pub use murmur_net::{socket, Identity};
 pub use murmur_wire::{DocumentId, NodeId};
 pub use status::{PeerInfo, Status, Traffic};

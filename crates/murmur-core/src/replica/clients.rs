@@ -10,12 +10,68 @@ use automerge::ChangeHash;
 use murmur_wire::DocumentId;
 
 use super::{LocalWrite, Origin, Replica, WriteId};
+use crate::document::{Mark, RecentChanges};
 use crate::{ReplicaError, Time};
 
 /// The most hashes a client's sync state may hold as sent-but-unconfirmed
 /// for its messages to take [`receive_without_pruning`]'s short path;
 /// past it, Automerge's own walk prunes them.
 const FAST_ACK_MAX_SENT: usize = 4096;
+
+/// A client's sync state for one document: Automerge's, and how far into
+/// the document's recent changes the client is known to have everything,
+/// which lets this node answer it without walking the change graph.
+/// Kept by the caller between steps, one per client and document.
+///
+/// ```
+/// use murmur_core::ClientState;
+/// use murmur_core::automerge::sync;
+///
+/// let fresh = ClientState::default();
+/// // A state kept from an earlier session (what the node knew the
+/// // client had); its place in the recent changes is not kept.
+/// let restored = ClientState::from(sync::State::new());
+/// assert_eq!(fresh.sync, restored.sync);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ClientState {
+    /// Automerge's sync state with the client.
+    pub sync: sync::State,
+    /// The client has every change before this mark of the document's
+    /// [`RecentChanges`](crate::document::RecentChanges).
+    has_before: Option<Mark>,
+}
+
+impl ClientState {
+    /// Takes what a message said about the client's heads.
+    fn stands(&mut self, stands: Stands, recent: Option<&RecentChanges>) {
+        match stands {
+            Stands::HasAll => self.has_before = recent.map(RecentChanges::end),
+            Stands::HasNothing => self.has_before = None,
+            Stands::Unknown => {}
+        }
+    }
+}
+
+/// What a client's message says it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stands {
+    /// Its heads are this document's: it has every change.
+    HasAll,
+    /// It has no heads: it has lost everything (or never had it).
+    HasNothing,
+    /// Something in between.
+    Unknown,
+}
+
+impl From<sync::State> for ClientState {
+    fn from(sync: sync::State) -> Self {
+        ClientState {
+            sync,
+            has_before: None,
+        }
+    }
+}
 
 /// What [`Replica::handle_client_sync`] did.
 #[derive(Debug)]
@@ -48,12 +104,15 @@ impl Replica {
         &mut self,
         now: Time,
         doc: DocumentId,
-        state: &mut sync::State,
+        state: &mut ClientState,
         messages: Vec<sync::Message>,
         answer: bool,
     ) -> Result<ClientSync, ReplicaError> {
         let _span = tracing::debug_span!("client_sync", doc = %doc).entered();
         self.observe_clock(now);
+        self.document_mut(doc)?
+            .recent
+            .get_or_insert_with(RecentChanges::new);
         let mut write: Option<LocalWrite<()>> = None;
         for message in messages {
             if let Some(applied) = self.apply_client_message(now, doc, state, message)? {
@@ -65,9 +124,12 @@ impl Replica {
             }
         }
         let document = self.document_mut(doc)?;
-        let reply = answer
-            .then(|| crate::document::next_sync_message(&document.doc, state))
-            .flatten();
+        let recent = document.recent.get_or_insert_with(RecentChanges::new);
+        let reply = match answer.then(|| message_from_recent(&document.doc, recent, state)) {
+            None => None,
+            Some(Some(message)) => message.map(sync::Message::encode),
+            Some(None) => crate::document::next_sync_message(&document.doc, &mut state.sync),
+        };
         let heads = document.heads();
         Ok(ClientSync {
             write,
@@ -80,7 +142,7 @@ impl Replica {
         &mut self,
         now: Time,
         doc: DocumentId,
-        state: &mut sync::State,
+        client: &mut ClientState,
         message: sync::Message,
     ) -> Result<Option<LocalWrite<()>>, ReplicaError> {
         let changes = message.changes.len();
@@ -91,35 +153,60 @@ impl Replica {
         let document = self.document_mut(doc)?;
         let refuse = |reason: String| ReplicaError::ForeignData { reason };
         crate::foreign::check_sync_message(&document.doc, &message).map_err(refuse)?;
-        let short = state.sent_hashes.len() <= FAST_ACK_MAX_SENT && !state.read_only;
+        let short = client.sync.sent_hashes.len() <= FAST_ACK_MAX_SENT && !client.sync.read_only;
         if changes == 0 && short {
             let mut log = automerge::PatchLog::new(false);
             // With no changes nothing is applied, and nothing can fail.
-            receive_without_pruning(&mut document.doc, state, message, &mut log)
-                .map_err(|error| refuse(error.to_string()))?;
+            let stands =
+                receive_without_pruning(&mut document.doc, &mut client.sync, message, &mut log)
+                    .map_err(|error| refuse(error.to_string()))?;
+            client.stands(stands, document.recent.as_ref());
             return Ok(None);
         }
+        // The hashes of its changes, when every chunk is one change (not a
+        // whole document, as version-2 messages carry): what it adds is then
+        // found among them.
+        let hashes: Option<Vec<ChangeHash>> = message
+            .changes
+            .iter()
+            .map(|chunk| {
+                automerge::Change::from_bytes(chunk.to_vec())
+                    .ok()
+                    .map(|change| change.hash())
+            })
+            .collect();
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
-        let outcome = document.apply_verified(|document| {
+        let outcome = document.apply_verified_with(hashes.as_deref(), |document| {
             if short {
-                receive_without_pruning(&mut document.doc, state, message, &mut log)
+                receive_without_pruning(&mut document.doc, &mut client.sync, message, &mut log)
             } else {
                 document
                     .doc
-                    .receive_sync_message_log_patches(state, message, &mut log)
+                    .receive_sync_message_log_patches(&mut client.sync, message, &mut log)
+                    .map(|()| Stands::Unknown)
             }
         });
-        let result = match outcome {
-            Ok((result, _authors)) => result,
+        let (result, added) = match outcome {
+            Ok((result, _authors, added)) => (result, added),
             Err(reason) => {
                 self.rebuild_document(doc, None, &reason);
                 return Err(refuse(reason));
             }
         };
+        if let Ok(stands) = result {
+            if stands != Stands::HasAll {
+                // It has what it sent: never sent back.
+                client
+                    .sync
+                    .sent_hashes
+                    .extend(hashes.iter().flatten().copied());
+            }
+            client.stands(stands, document.recent.as_ref());
+        }
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let heads = document.heads();
-        let added = document.unsaved_since(&before);
+        let added = document.unsaved_tail(added);
         // What Automerge applied before an error still counts (and is
         // reported below); the error refuses the rest.
         let write = self.accept_client_changes(now, doc, &before, &heads, added, patches, changes);
@@ -176,7 +263,7 @@ fn receive_without_pruning(
     state: &mut sync::State,
     message: sync::Message,
     log: &mut automerge::PatchLog,
-) -> Result<(), automerge::AutomergeError> {
+) -> Result<Stands, automerge::AutomergeError> {
     use automerge::sync::{Capability, MessageFlags};
     let sync::Message {
         heads,
@@ -221,9 +308,14 @@ fn receive_without_pruning(
     theirs.sort_unstable();
     let mut sorted_ours = ours.clone();
     sorted_ours.sort_unstable();
-    if theirs == sorted_ours {
+    let stands = if heads.is_empty() {
+        Stands::HasNothing
+    } else if theirs == sorted_ours {
         state.sent_hashes.clear();
-    }
+        Stands::HasAll
+    } else {
+        Stands::Unknown
+    };
     if no_changes && heads == ours {
         state.last_sent_heads.clone_from(&heads);
     }
@@ -248,7 +340,106 @@ fn receive_without_pruning(
     state.their_have = Some(have);
     state.their_heads = Some(heads);
     state.their_need = Some(need);
-    Ok(())
+    Ok(stands)
+}
+
+/// The next message for a client, made from the document's recent changes
+/// (`Some`; `Some(None)`: nothing to send), or `None` when Automerge's own
+/// `generate_sync_message` must make it: the client's place in them is not
+/// known, it needs or lacks something only Automerge can work out, or the
+/// state is in a mode this does not handle (read-only, a reset).
+///
+/// The message is what Automerge would send, but for two things. Its
+/// changes are every recent change since the client's mark that it was not
+/// sent and did not send (Automerge sends those not covered by the client's
+/// Bloom filter, which are the same unless the filter has a false
+/// positive). And its `have` says this node has everything up to its heads,
+/// with an empty Bloom filter (Automerge summarises the changes since the
+/// heads both sides share, a walk of the change graph): true, and the
+/// client knows every one of those heads once it applies this message.
+/// Afterwards the client has every change applied so far, so its mark moves
+/// to the end and the sent hashes are dropped. Version 2 (one chunk of
+/// changes) goes to a client that said it reads it, as Automerge does.
+fn message_from_recent(
+    doc: &automerge::Automerge,
+    recent: &RecentChanges,
+    client: &mut ClientState,
+) -> Option<Option<sync::Message>> {
+    use automerge::sync::{BloomFilter, Capability, ChunkList, Have, MessageFlags, MessageVersion};
+    let state = &client.sync;
+    if state.read_only || state.needs_reset || state.peer_read_only {
+        return None;
+    }
+    let (their_heads, their_need, their_have) = (
+        state.their_heads.as_ref()?,
+        state.their_need.as_ref()?,
+        state.their_have.as_ref()?,
+    );
+    let holds = |hash: &ChangeHash| doc.get_change_meta_by_hash(hash).is_some();
+    if their_heads.is_empty() || !their_need.is_empty() || !their_heads.iter().all(holds) {
+        return None;
+    }
+    if let Some(have) = their_have.first() {
+        if !have.last_sync.iter().all(holds) {
+            return None;
+        }
+    }
+    let changes: Vec<(ChangeHash, Vec<u8>)> = recent
+        .since(client.has_before?)?
+        .filter(|(hash, _)| !state.sent_hashes.contains(hash))
+        .cloned()
+        .collect();
+    let ours = doc.get_heads();
+    if state.last_sent_heads == ours && state.have_responded {
+        if their_heads == &ours && changes.is_empty() {
+            return Some(None);
+        }
+        if state.in_flight {
+            return Some(None);
+        }
+    }
+    let state = &mut client.sync;
+    state.have_responded = true;
+    state.last_sent_heads.clone_from(&ours);
+    state.sent_hashes.clear();
+    state.in_flight = true;
+    client.has_before = Some(recent.end());
+    let mut flags = MessageFlags::new();
+    flags.set(MessageFlags::SUPPORTS_SYNC_RESET);
+    // A client that reads version 2 gets the changes as one chunk, as
+    // Automerge sends them.
+    let v2 = state
+        .their_capabilities
+        .as_ref()
+        .is_some_and(|capabilities| capabilities.contains(&Capability::MessageV2));
+    let (version, chunks) = if v2 {
+        let joined: Vec<u8> = changes
+            .iter()
+            .flat_map(|(_, raw)| raw.iter().copied())
+            .collect();
+        let chunks = if joined.is_empty() {
+            Vec::new()
+        } else {
+            vec![joined]
+        };
+        (MessageVersion::V2, chunks)
+    } else {
+        (
+            MessageVersion::V1,
+            changes.into_iter().map(|(_, raw)| raw).collect(),
+        )
+    };
+    Some(Some(sync::Message {
+        heads: ours.clone(),
+        need: Vec::new(),
+        have: vec![Have {
+            last_sync: ours,
+            bloom: BloomFilter::default(),
+        }],
+        changes: ChunkList::from(chunks),
+        flags: Some(flags),
+        version,
+    }))
 }
 
 #[cfg(test)]
@@ -351,6 +542,123 @@ mod tests {
         assert!(
             acknowledgements > 60 && with_changes > 30,
             "only {acknowledgements} acknowledgements and {with_changes} messages with changes compared"
+        );
+    }
+
+    /// Eight Automerge clients type concurrently into one document through
+    /// a replica, each sending every keystroke, and the replica answering
+    /// every client after each one (as a node's sessions do): every client
+    /// ends with the replica's heads and every keystroke; most answers that
+    /// carry changes come from the recent changes (their `have` is the
+    /// replica's heads); and no client ever asks for a reset (which it
+    /// would if an answer named heads it could not get).
+    #[test]
+    fn concurrent_clients_converge_on_answers_from_recent_changes() {
+        use super::ClientState;
+        use crate::{Config, Replica, Time};
+        use automerge::ReadDoc;
+        use murmur_store::MemStore;
+        use murmur_wire::NodeId;
+
+        let now = Time::from_millis(1_700_000_000_000);
+        let mut replica =
+            Replica::open(Config::new(NodeId([1; 32])), Box::new(MemStore::new()), now).unwrap();
+        let doc = replica.create_document(now);
+        replica
+            .handle_local_change(now, doc, |tx| tx.put(ROOT, "title", "typists"))
+            .unwrap();
+        const CLIENTS: usize = 8;
+        let mut clients: Vec<(Automerge, sync::State, ClientState)> = (0..CLIENTS)
+            .map(|_| (Automerge::new(), sync::State::new(), ClientState::default()))
+            .collect();
+        let (mut from_recent, mut with_changes, mut resets) = (0, 0, 0);
+        let mut exchange = |replica: &mut Replica,
+                            client: &mut (Automerge, sync::State, ClientState),
+                            first: Option<sync::Message>,
+                            counting: bool| {
+            let (ref mut am, ref mut am_state, ref mut node_state) = *client;
+            let mut to_node = first;
+            for _ in 0..16 {
+                let step = replica
+                    .handle_client_sync(
+                        now,
+                        doc,
+                        node_state,
+                        to_node.take().into_iter().collect(),
+                        true,
+                    )
+                    .unwrap();
+                let Some(reply) = step.reply else { break };
+                let reply = sync::Message::decode(&reply).unwrap();
+                if counting && !reply.changes.is_empty() {
+                    with_changes += 1;
+                    if reply
+                        .have
+                        .first()
+                        .is_some_and(|h| h.last_sync == reply.heads)
+                    {
+                        from_recent += 1;
+                    }
+                }
+                am.receive_sync_message(am_state, reply).unwrap();
+                // The client resets when the replica's `have` names heads
+                // it does not hold.
+                let named = am_state
+                    .their_have
+                    .iter()
+                    .flatten()
+                    .flat_map(|h| &h.last_sync);
+                if named
+                    .clone()
+                    .any(|head| am.get_change_meta_by_hash(head).is_none())
+                {
+                    resets += 1;
+                }
+                to_node = am.generate_sync_message(am_state);
+                if to_node.is_none() {
+                    break;
+                }
+            }
+        };
+        for client in &mut clients {
+            let first = client.0.generate_sync_message(&mut client.1);
+            exchange(&mut replica, client, first, false);
+        }
+        for round in 0..40_i64 {
+            for typist in 0..CLIENTS {
+                let (am, am_state, _) = &mut clients[typist];
+                let mut tx = am.transaction();
+                tx.put(ROOT, format!("c{typist}"), round).unwrap();
+                tx.commit();
+                let keystroke = am.generate_sync_message(am_state);
+                exchange(&mut replica, &mut clients[typist], keystroke, true);
+                // Every other client hears of it (in turn, so that some
+                // hear while others type).
+                for other in
+                    (0..CLIENTS).filter(|&c| c != typist && !(c + round as usize).is_multiple_of(3))
+                {
+                    exchange(&mut replica, &mut clients[other], None, true);
+                }
+            }
+        }
+        for _ in 0..3 {
+            for client in &mut clients {
+                let pending = client.0.generate_sync_message(&mut client.1);
+                exchange(&mut replica, client, pending, true);
+            }
+        }
+        let heads = replica.cached_document(doc).unwrap().get_heads();
+        for (i, (am, _, _)) in clients.iter().enumerate() {
+            assert_eq!(am.get_heads(), heads, "client {i}");
+            for typist in 0..CLIENTS {
+                let (value, _) = am.get(ROOT, format!("c{typist}")).unwrap().unwrap();
+                assert_eq!(value.as_i64(), Some(39), "client {i} has c{typist}");
+            }
+        }
+        assert_eq!(resets, 0);
+        assert!(
+            from_recent * 2 > with_changes && with_changes > 200,
+            "{from_recent} of {with_changes} answers with changes came from the recent changes"
         );
     }
 }

@@ -187,11 +187,13 @@ impl Replica {
         let ops = changes.iter().map(Change::len).sum();
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
-        let applied = document
-            .apply_verified(|document| document.doc.apply_changes_log_patches(changes, &mut log));
+        let hashes: Vec<ChangeHash> = changes.iter().map(Change::hash).collect();
+        let applied = document.apply_verified_with(Some(&hashes), |document| {
+            document.doc.apply_changes_log_patches(changes, &mut log)
+        });
         let added = match applied {
-            Ok((Ok(_), _)) => document.unsaved_since(&before),
-            Ok((Err(error), _)) => {
+            Ok((Ok(_), _, added)) => document.unsaved_tail(added),
+            Ok((Err(error), _, _)) => {
                 let reason = error.to_string();
                 self.rebuild_document(doc, None, &reason);
                 return Err(refuse(reason));

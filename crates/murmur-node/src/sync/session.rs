@@ -17,6 +17,7 @@ use automerge::sync::{self, State};
 use automerge::ChangeHash;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
+use murmur::ClientState;
 use murmur::{ClientSyncReply, DocHandle, DocumentId};
 use murmur_core::ReplicaError;
 use tokio::sync::{mpsc, oneshot};
@@ -213,7 +214,7 @@ fn frame(hub: &SyncHub, message: &Outbound<'_>) -> Message {
 struct DocSync {
     handle: DocHandle,
     /// The client's sync state; `None` while a step is in the engine.
-    state: Option<Box<State>>,
+    state: Option<Box<ClientState>>,
     /// Client messages waiting for that step, and their bytes.
     waiting: Vec<sync::Message>,
     waiting_bytes: usize,
@@ -509,7 +510,7 @@ impl Session {
             doc,
             DocSync {
                 handle,
-                state: Some(Box::new(state)),
+                state: Some(Box::new(ClientState::from(state))),
                 waiting: Vec::new(),
                 waiting_bytes: 0,
                 dirty: false,
@@ -531,7 +532,7 @@ impl Session {
 
     /// Runs one sync step of `doc` in the engine: applies the client's
     /// `messages`, or (with none) makes the message to send it.
-    fn step(&mut self, doc: DocumentId, state: Box<State>, messages: Vec<sync::Message>) {
+    fn step(&mut self, doc: DocumentId, state: Box<ClientState>, messages: Vec<sync::Message>) {
         let handle = self.docs[&doc].handle.clone();
         let took_messages = !messages.is_empty();
         self.steps.spawn(async move {
@@ -670,7 +671,10 @@ impl Session {
             .into_iter()
             .map(|(doc, state)| (doc, state.encode()))
             .chain(self.docs.iter().filter_map(|(doc, entry)| {
-                entry.state.as_ref().map(|state| (*doc, state.encode()))
+                entry
+                    .state
+                    .as_ref()
+                    .map(|state| (*doc, state.sync.encode()))
             }))
             .collect();
         self.hub.keep_states(storage.clone(), states);
