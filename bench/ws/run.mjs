@@ -2,9 +2,11 @@
 // Runner for the typists benchmark: for each N, runs the reference sync
 // server (@automerge/automerge-repo-sync-server) and a Murmur node, each
 // fresh, one after the other (the order alternates from one N to the next),
-// drives each with typists.mjs, and prints a markdown table.
+// drives each with the same load generator (murmur-typists with --typists,
+// else typists.mjs), and prints a markdown table.
 //
 //   node run.mjs --murmur ../../target/release/murmur [--ns 4,8,16,64,256]
+//        [--typists ../../target/release/murmur-typists]
 //        [--secs 20] [--rate 10] [--drain 30] [--out results.json]
 //        [--servers reference,murmur] [--reps 1] [--workers 1]
 //        [--shape counter|text] [--quiet-load 0] [--nice 0] [--keep]
@@ -26,7 +28,7 @@ const sleep = ms => new Promise(r => setTimeout(r, ms))
 const log = (...a) => process.stderr.write(`[run ${new Date().toISOString().slice(11, 19)}] ${a.join(" ")}\n`)
 
 function parseArgs(argv) {
-  const o = { murmur: null, ns: [4, 8, 16, 64, 256], secs: 20, rate: 10, drain: 30, out: null, servers: ["reference", "murmur"], reps: 1, workers: 1, shape: "counter", api: "low", quietLoad: 0, nice: 0, keep: false }
+  const o = { murmur: null, ns: [4, 8, 16, 64, 256], secs: 20, rate: 10, drain: 30, out: null, servers: ["reference", "murmur"], reps: 1, workers: 1, shape: "counter", api: "low", quietLoad: 0, nice: 0, keep: false, typists: null }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const v = () => argv[++i]
@@ -44,6 +46,7 @@ function parseArgs(argv) {
     else if (a === "--quiet-load") o.quietLoad = +v()
     else if (a === "--nice") o.nice = +v()
     else if (a === "--keep") o.keep = true
+    else if (a === "--typists") o.typists = v()
     else throw new Error(`unknown argument ${a}`)
   }
   if (o.servers.includes("murmur") && !o.murmur) {
@@ -51,6 +54,7 @@ function parseArgs(argv) {
     o.servers = o.servers.filter(s => s !== "murmur")
   }
   if (o.murmur) o.murmur = resolve(o.murmur)
+  if (o.typists) o.typists = resolve(o.typists)
   return o
 }
 
@@ -144,18 +148,19 @@ async function oneRun(o, kind, n, rep, root) {
     return { server: kind, n, rep, error: `start: ${e.message}`, dir }
   }
   log(`${kind} N=${n}: server pid ${server.proc.pid} at ${server.url} (load ${load0})`)
-  const [cmd, args] = niced(o, process.execPath, [
-    join(here, "typists.mjs"),
-    "--url", server.url,
-    "--n", String(n),
-    "--rate", String(o.rate),
-    "--secs", String(o.secs),
-    "--drain", String(o.drain),
-    "--workers", String(o.workers),
-    "--shape", o.shape,
-    "--api", o.api,
-    "--server-pid", String(server.proc.pid),
-  ])
+  // The load: murmur-typists (Rust) with --typists, else typists.mjs; the
+  // same protocol, document and JSON line either way.
+  const common = ["--url", server.url, "--n", String(n), "--rate", String(o.rate), "--secs", String(o.secs), "--drain", String(o.drain)]
+  const [cmd, args] = o.typists
+    ? niced(o, o.typists, [...common, "--server-pid", String(server.proc.pid)])
+    : niced(o, process.execPath, [
+        join(here, "typists.mjs"),
+        ...common,
+        "--workers", String(o.workers),
+        "--shape", o.shape,
+        "--api", o.api,
+        "--server-pid", String(server.proc.pid),
+      ])
   let result
   for (let attempt = 0; attempt < 2; attempt++) {
   try {
@@ -217,7 +222,7 @@ async function main() {
   const out = o.out ?? join(here, `results-${new Date().toISOString().replace(/[:.]/g, "-")}.json`)
   const root = mkdtempSync(join(tmpdir(), "murmur-ws-bench-"))
   log(`servers ${o.servers.join(", ")}; N ${o.ns.join(", ")}; ${o.secs} s at ${o.rate}/s, drain ${o.drain} s; logs under ${root}`)
-  const meta = { api: o.api, workers: o.workers, started: new Date().toISOString(), args: process.argv.slice(2), murmur: o.murmur, node: process.version, cpus: cpus().length, cpu_model: cpus()[0]?.model, shape: o.shape }
+  const meta = { typists: o.typists, api: o.api, workers: o.workers, started: new Date().toISOString(), args: process.argv.slice(2), murmur: o.murmur, node: process.version, cpus: cpus().length, cpu_model: cpus()[0]?.model, shape: o.shape }
   const rows = []
   const save = () => writeFileSync(out, JSON.stringify({ meta, runs: rows }, null, 1) + "\n")
   let flip = false
