@@ -340,7 +340,6 @@ impl Document {
         changes: Option<&[ChangeHash]>,
         apply: impl FnOnce(&mut Document) -> T,
     ) -> Result<(T, Vec<ActorId>, usize), String> {
-        let before = self.heads();
         let fresh: Option<Vec<ChangeHash>> = changes
             .filter(|_| self.doc.get_missing_deps(&[]).is_empty())
             .map(|changes| {
@@ -353,10 +352,15 @@ impl Document {
                 fresh.dedup();
                 fresh
             });
+        // The heads before, for the full walk (only when it will run).
+        let before = fresh.is_none().then(|| self.heads());
         let output = crate::foreign::guarded(|| apply(&mut *self))?;
         let added = match fresh {
             Some(fresh) => crate::foreign::verify_applied_hashes(&self.doc, &fresh)?,
-            None => crate::foreign::verify_applied(&self.doc, &before)?,
+            None => {
+                let before = before.unwrap_or_default();
+                crate::foreign::verify_applied(&self.doc, &before)?
+            }
         };
         let authors: std::collections::BTreeSet<&ActorId> =
             added.iter().map(Change::actor_id).collect();

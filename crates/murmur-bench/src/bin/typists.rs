@@ -234,6 +234,8 @@ struct Stats {
     disconnects: u64,
     ws_errors: u64,
     doc_unavailable: u64,
+    /// Changes a client got that it had already.
+    duplicates: u64,
     errors: Vec<String>,
     other_types: std::collections::BTreeMap<String, u64>,
 }
@@ -335,6 +337,7 @@ impl World {
     /// Client c gets change idx; applies it and whatever waited for it.
     fn offer(&mut self, c: usize, idx: u32, now: f64) {
         if self.clients[c].has(idx) || self.clients[c].pending.contains(&idx) {
+            self.stats.duplicates += 1;
             return;
         }
         self.clients[c].pending.push(idx);
@@ -973,7 +976,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "changes_parsed": wb.ch.parsed,
         "loadavg_1m": loadavg,
         "msgsIn": s.msgs_in, "msgsOut": s.msgs_out, "bytesIn": s.bytes_in, "bytesOut": s.bytes_out,
-        "disconnects": s.disconnects, "wsErrors": s.ws_errors, "docUnavailable": s.doc_unavailable,
+        "disconnects": s.disconnects, "wsErrors": s.ws_errors, "docUnavailable": s.doc_unavailable, "duplicateChanges": s.duplicates,
         "errors": s.errors, "otherTypes": s.other_types,
     }))
 }

@@ -36,6 +36,11 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(15);
 /// The most frames waiting to be sent to one client; a client that lets
 /// them fill up (it does not read) is disconnected.
 pub const OUTBOX_FRAMES: usize = 256;
+/// While this many frames wait for a client, the node makes no new sync
+/// message for it: a client that reads slowly gets fewer, larger messages
+/// (each carries all it lacks), and what waits for it stays a few messages
+/// however far behind it falls.
+pub const OUTBOX_BACKLOG: usize = 4;
 /// The most documents one session syncs at once.
 pub const MAX_DOCS_PER_SESSION: usize = 4096;
 /// The most sync messages about one document waiting for the step in the
@@ -326,9 +331,17 @@ impl Session {
                 // A watcher ends when its document is deleted or dropped.
                 Some(_) = self.watchers.join_next() => Ok(()),
                 () = sleep_until(self.send_at), if self.send_at.is_some() => {
-                    self.send_at = None;
-                    let docs = std::mem::take(&mut self.changed_docs);
-                    docs.into_iter().try_for_each(|doc| self.document_changed(doc))
+                    if OUTBOX_FRAMES - self.outbox.capacity() >= OUTBOX_BACKLOG {
+                        // The client reads slower than the node sends:
+                        // wait, then say it all in one message (each sync
+                        // message carries everything the client lacks).
+                        self.send_at = Some(tokio::time::Instant::now() + SEND_COALESCE);
+                        Ok(())
+                    } else {
+                        self.send_at = None;
+                        let docs = std::mem::take(&mut self.changed_docs);
+                        docs.into_iter().try_for_each(|doc| self.document_changed(doc))
+                    }
                 }
                 _ = ping.tick() => {
                     if heard.elapsed() > DEAD_AFTER {
