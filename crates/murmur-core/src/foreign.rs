@@ -44,7 +44,7 @@ use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use automerge::sync::Have;
-use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, Change, ChangeHash};
 
 /// Most probes a peer's Bloom filter may ask for per hash (Automerge uses
 /// 7).
@@ -99,10 +99,21 @@ pub(crate) fn check_sync_message(
     doc: &Automerge,
     message: &automerge::sync::Message,
 ) -> Result<(), String> {
-    message.have.iter().try_for_each(check_bloom)?;
-    let changes: Vec<Change> = message
-        .changes
+    check_sync_messages(doc, std::slice::from_ref(message))
+}
+
+/// [`check_sync_message`] for messages applied one after the other: their
+/// changes are checked as one batch, in order.
+pub(crate) fn check_sync_messages(
+    doc: &Automerge,
+    messages: &[automerge::sync::Message],
+) -> Result<(), String> {
+    for message in messages {
+        message.have.iter().try_for_each(check_bloom)?;
+    }
+    let changes: Vec<Change> = messages
         .iter()
+        .flat_map(|message| message.changes.iter())
         .filter_map(|chunk| Change::from_bytes(chunk.to_vec()).ok())
         .collect();
     check_changes(doc, &changes)
@@ -231,22 +242,29 @@ pub(crate) fn verify_applied_hashes(
         .filter(|hash| doc.get_change_meta_by_hash(hash).is_some())
         .copied()
         .collect();
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    // All rebuilt in one pass over the op set (one pass per change costs
+    // about as much as one for all of them: they are recent).
     let rebuilt = guarded(|| {
-        held.iter()
-            .map(|hash| (*hash, doc.get_change_by_hash(hash)))
-            .collect::<Vec<_>>()
-    })?;
-    let mut pending = Vec::with_capacity(rebuilt.len());
-    for (hash, change) in rebuilt {
-        match change {
-            Some(change) if change.hash() == hash => pending.push(change),
-            _ => {
-                return Err(format!(
+        doc.bundle(held.iter().copied())
+            .and_then(|bundle| bundle.to_changes())
+            .map_err(|error| error.to_string())
+    })??;
+    let mut by_hash: std::collections::BTreeMap<ChangeHash, Change> = rebuilt
+        .into_iter()
+        .map(|change| (change.hash(), change))
+        .collect();
+    let mut pending = Vec::with_capacity(held.len());
+    for hash in &held {
+        let Some(change) = by_hash.remove(hash) else {
+            return Err(format!(
                 "the document no longer saves what it holds: {} changes held, differing at {hash}",
                 held.len()
-            ))
-            }
-        }
+            ));
+        };
+        pending.push(change);
     }
     // Dependencies first: a change goes once none of the others it
     // depends on is still waiting.

@@ -114,8 +114,17 @@ impl Replica {
             .recent
             .get_or_insert_with(RecentChanges::new);
         let mut write: Option<LocalWrite<()>> = None;
-        for message in messages {
-            if let Some(applied) = self.apply_client_message(now, doc, state, message)? {
+        // On the short path a step's messages are applied as one batch
+        // (one integrity check for all their changes: under load a step
+        // takes dozens); Automerge's own path takes them one by one.
+        let short = state.sync.sent_hashes.len() <= FAST_ACK_MAX_SENT && !state.sync.read_only;
+        let batches: Vec<Vec<sync::Message>> = if short {
+            vec![messages]
+        } else {
+            messages.into_iter().map(|message| vec![message]).collect()
+        };
+        for batch in batches.into_iter().filter(|batch| !batch.is_empty()) {
+            if let Some(applied) = self.apply_client_messages(now, doc, state, batch)? {
                 let ops = write.as_ref().map_or(0, |w| w.ops);
                 write = Some(LocalWrite {
                     ops: ops + applied.ops,
@@ -138,37 +147,41 @@ impl Replica {
         })
     }
 
-    fn apply_client_message(
+    /// Applies a client's `messages` in order: any number on the short
+    /// path ([`receive_without_pruning`]), one on Automerge's.
+    fn apply_client_messages(
         &mut self,
         now: Time,
         doc: DocumentId,
         client: &mut ClientState,
-        message: sync::Message,
+        messages: Vec<sync::Message>,
     ) -> Result<Option<LocalWrite<()>>, ReplicaError> {
-        let changes = message.changes.len();
+        let changes: usize = messages.iter().map(|message| message.changes.len()).sum();
         if changes > 0 {
             self.check_writable()?;
         }
         let observed = self.events.observed(doc);
         let document = self.document_mut(doc)?;
         let refuse = |reason: String| ReplicaError::ForeignData { reason };
-        crate::foreign::check_sync_message(&document.doc, &message).map_err(refuse)?;
+        crate::foreign::check_sync_messages(&document.doc, &messages).map_err(refuse)?;
         let short = client.sync.sent_hashes.len() <= FAST_ACK_MAX_SENT && !client.sync.read_only;
         if changes == 0 && short {
-            let mut log = automerge::PatchLog::new(false);
-            // With no changes nothing is applied, and nothing can fail.
-            let stands =
-                receive_without_pruning(&mut document.doc, &mut client.sync, message, &mut log)
-                    .map_err(|error| refuse(error.to_string()))?;
-            client.stands(stands, document.recent.as_ref());
+            for message in messages {
+                let mut log = automerge::PatchLog::new(false);
+                // With no changes nothing is applied, and nothing can fail.
+                let stands =
+                    receive_without_pruning(&mut document.doc, &mut client.sync, message, &mut log)
+                        .map_err(|error| refuse(error.to_string()))?;
+                client.stands(stands, document.recent.as_ref());
+            }
             return Ok(None);
         }
-        // The hashes of its changes, when every chunk is one change (not a
-        // whole document, as version-2 messages carry): what it adds is then
-        // found among them.
-        let hashes: Option<Vec<ChangeHash>> = message
-            .changes
+        // The hashes of their changes, when every chunk is one change (not
+        // a whole document, as version-2 messages carry): what they add is
+        // then found among them.
+        let hashes: Option<Vec<ChangeHash>> = messages
             .iter()
+            .flat_map(|message| message.changes.iter())
             .map(|chunk| {
                 automerge::Change::from_bytes(chunk.to_vec())
                     .ok()
@@ -178,14 +191,22 @@ impl Replica {
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
         let outcome = document.apply_verified_with(hashes.as_deref(), |document| {
-            if short {
-                receive_without_pruning(&mut document.doc, &mut client.sync, message, &mut log)
-            } else {
-                document
-                    .doc
-                    .receive_sync_message_log_patches(&mut client.sync, message, &mut log)
-                    .map(|()| Stands::Unknown)
+            // What the last message that said anything said.
+            let mut stands = Stands::Unknown;
+            for message in messages {
+                let said = if short {
+                    receive_without_pruning(&mut document.doc, &mut client.sync, message, &mut log)?
+                } else {
+                    document
+                        .doc
+                        .receive_sync_message_log_patches(&mut client.sync, message, &mut log)
+                        .map(|()| Stands::Unknown)?
+                };
+                if said != Stands::Unknown {
+                    stands = said;
+                }
             }
+            Ok::<Stands, automerge::AutomergeError>(stands)
         });
         let (result, added) = match outcome {
             Ok((result, _authors, added)) => (result, added),
@@ -570,8 +591,9 @@ mod tests {
     }
 
     /// Eight Automerge clients type concurrently into one document through
-    /// a replica, each sending every keystroke, and the replica answering
-    /// every client after each one (as a node's sessions do): every client
+    /// a replica, each sending every keystroke (now and then three in one
+    /// step, applied as one batch), and the replica answering every client
+    /// after each one (as a node's sessions do): every client
     /// ends with the replica's heads and every keystroke; most answers that
     /// carry changes come from the recent changes (their `have` is the
     /// replica's heads); and no client ever asks for a reset (which it
@@ -598,19 +620,13 @@ mod tests {
         let (mut from_recent, mut with_changes, mut resets) = (0, 0, 0);
         let mut exchange = |replica: &mut Replica,
                             client: &mut (Automerge, sync::State, ClientState),
-                            first: Option<sync::Message>,
+                            first: Vec<sync::Message>,
                             counting: bool| {
             let (ref mut am, ref mut am_state, ref mut node_state) = *client;
             let mut to_node = first;
             for _ in 0..16 {
                 let step = replica
-                    .handle_client_sync(
-                        now,
-                        doc,
-                        node_state,
-                        to_node.take().into_iter().collect(),
-                        true,
-                    )
+                    .handle_client_sync(now, doc, node_state, std::mem::take(&mut to_node), true)
                     .unwrap();
                 let Some(reply) = step.reply else { break };
                 let reply = sync::Message::decode(&reply).unwrap();
@@ -638,37 +654,48 @@ mod tests {
                 {
                     resets += 1;
                 }
-                to_node = am.generate_sync_message(am_state);
-                if to_node.is_none() {
+                to_node = am.generate_sync_message(am_state).into_iter().collect();
+                if to_node.is_empty() {
                     break;
                 }
             }
         };
         for client in &mut clients {
             let first = client.0.generate_sync_message(&mut client.1);
-            exchange(&mut replica, client, first, false);
+            exchange(&mut replica, client, first.into_iter().collect(), false);
         }
         for round in 0..40_i64 {
             for typist in 0..CLIENTS {
+                // Now and then three keystrokes reach the replica in one
+                // step, as they do when its engine is busy.
+                let strokes = if (round + typist as i64) % 5 == 0 {
+                    3
+                } else {
+                    1
+                };
                 let (am, am_state, _) = &mut clients[typist];
-                let mut tx = am.transaction();
-                tx.put(ROOT, format!("c{typist}"), round).unwrap();
-                tx.commit();
-                let keystroke = am.generate_sync_message(am_state);
-                exchange(&mut replica, &mut clients[typist], keystroke, true);
+                let mut keystrokes = Vec::new();
+                for stroke in 0..strokes {
+                    let mut tx = am.transaction();
+                    tx.put(ROOT, format!("c{typist}"), round).unwrap();
+                    tx.put(ROOT, format!("s{typist}"), stroke).unwrap();
+                    tx.commit();
+                    keystrokes.extend(am.generate_sync_message(am_state));
+                }
+                exchange(&mut replica, &mut clients[typist], keystrokes, true);
                 // Every other client hears of it (in turn, so that some
                 // hear while others type).
                 for other in
                     (0..CLIENTS).filter(|&c| c != typist && !(c + round as usize).is_multiple_of(3))
                 {
-                    exchange(&mut replica, &mut clients[other], None, true);
+                    exchange(&mut replica, &mut clients[other], Vec::new(), true);
                 }
             }
         }
         for _ in 0..3 {
             for client in &mut clients {
                 let pending = client.0.generate_sync_message(&mut client.1);
-                exchange(&mut replica, client, pending, true);
+                exchange(&mut replica, client, pending.into_iter().collect(), true);
             }
         }
         let heads = replica.cached_document(doc).unwrap().get_heads();
