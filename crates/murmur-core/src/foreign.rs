@@ -99,24 +99,29 @@ pub(crate) fn check_sync_message(
     doc: &Automerge,
     message: &automerge::sync::Message,
 ) -> Result<(), String> {
-    check_sync_messages(doc, std::slice::from_ref(message))
+    check_sync_messages(doc, std::slice::from_ref(message)).map(|_| ())
 }
 
 /// [`check_sync_message`] for messages applied one after the other: their
-/// changes are checked as one batch, in order.
+/// changes are checked as one batch, in order. Returns their hashes when
+/// every chunk is one change (`None` if one is a whole document or a
+/// bundle), decoded once here for both.
 pub(crate) fn check_sync_messages(
     doc: &Automerge,
     messages: &[automerge::sync::Message],
-) -> Result<(), String> {
+) -> Result<Option<Vec<ChangeHash>>, String> {
     for message in messages {
         message.have.iter().try_for_each(check_bloom)?;
     }
-    let changes: Vec<Change> = messages
+    let decoded: Vec<Option<Change>> = messages
         .iter()
         .flat_map(|message| message.changes.iter())
-        .filter_map(|chunk| Change::from_bytes(chunk.to_vec()).ok())
+        .map(|chunk| Change::from_bytes(chunk.to_vec()).ok())
         .collect();
-    check_changes(doc, &changes)
+    let all_single = decoded.iter().all(Option::is_some);
+    let changes: Vec<Change> = decoded.into_iter().flatten().collect();
+    check_changes(doc, &changes)?;
+    Ok(all_single.then(|| changes.iter().map(Change::hash).collect()))
 }
 
 /// The first bytes of every Automerge storage chunk.

@@ -43,6 +43,12 @@ pub struct ClientState {
 }
 
 impl ClientState {
+    /// Whether its messages take [`receive_without_pruning`] (else
+    /// Automerge's own `receive_sync_message`).
+    fn takes_short_path(&self) -> bool {
+        self.sync.sent_hashes.len() <= FAST_ACK_MAX_SENT && !self.sync.read_only
+    }
+
     /// Takes what a message said about the client's heads.
     fn stands(&mut self, stands: Stands, recent: Option<&RecentChanges>) {
         match stands {
@@ -117,8 +123,7 @@ impl Replica {
         // On the short path a step's messages are applied as one batch
         // (one integrity check for all their changes: under load a step
         // takes dozens); Automerge's own path takes them one by one.
-        let short = state.sync.sent_hashes.len() <= FAST_ACK_MAX_SENT && !state.sync.read_only;
-        let batches: Vec<Vec<sync::Message>> = if short {
+        let batches: Vec<Vec<sync::Message>> = if state.takes_short_path() {
             vec![messages]
         } else {
             messages.into_iter().map(|message| vec![message]).collect()
@@ -163,8 +168,12 @@ impl Replica {
         let observed = self.events.observed(doc);
         let document = self.document_mut(doc)?;
         let refuse = |reason: String| ReplicaError::ForeignData { reason };
-        crate::foreign::check_sync_messages(&document.doc, &messages).map_err(refuse)?;
-        let short = client.sync.sent_hashes.len() <= FAST_ACK_MAX_SENT && !client.sync.read_only;
+        // The hashes of their changes, when every chunk is one change (not
+        // a whole document, as version-2 messages carry): what they add is
+        // then found among them.
+        let hashes =
+            crate::foreign::check_sync_messages(&document.doc, &messages).map_err(refuse)?;
+        let short = client.takes_short_path();
         if changes == 0 && short {
             for message in messages {
                 let mut log = automerge::PatchLog::new(false);
@@ -176,18 +185,6 @@ impl Replica {
             }
             return Ok(None);
         }
-        // The hashes of their changes, when every chunk is one change (not
-        // a whole document, as version-2 messages carry): what they add is
-        // then found among them.
-        let hashes: Option<Vec<ChangeHash>> = messages
-            .iter()
-            .flat_map(|message| message.changes.iter())
-            .map(|chunk| {
-                automerge::Change::from_bytes(chunk.to_vec())
-                    .ok()
-                    .map(|change| change.hash())
-            })
-            .collect();
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
         let outcome = document.apply_verified_with(hashes.as_deref(), |document| {
