@@ -107,8 +107,10 @@ pub(crate) struct Mark {
     index: u64,
 }
 
-/// The most changes [`RecentChanges`] keeps.
-const RECENT_MAX_CHANGES: usize = 16_384;
+/// The most changes [`RecentChanges`] keeps: 25 s of 256 clients typing
+/// 10 changes a second (a client further behind than this is answered by
+/// Automerge's walk, which costs far more the further behind it is).
+const RECENT_MAX_CHANGES: usize = 65_536;
 /// The most bytes of changes [`RecentChanges`] keeps.
 const RECENT_MAX_BYTES: usize = 16 * 1024 * 1024;
 
@@ -173,7 +175,7 @@ impl RecentChanges {
             return None;
         }
         let skip = usize::try_from(mark.index - self.base).ok()?;
-        Some(self.changes.iter().skip(skip))
+        (skip <= self.changes.len()).then(|| self.changes.range(skip..))
     }
 }
 

@@ -104,8 +104,9 @@ pub(crate) fn check_sync_message(
 
 /// [`check_sync_message`] for messages applied one after the other: their
 /// changes are checked as one batch, in order. Returns their hashes when
-/// every chunk is one change (`None` if one is a whole document or a
-/// bundle), decoded once here for both.
+/// every chunk is one change, a bundle of changes or a small document
+/// (`None` if one is a large document or does not decode), decoded once
+/// here for both.
 pub(crate) fn check_sync_messages(
     doc: &Automerge,
     messages: &[automerge::sync::Message],
@@ -113,15 +114,54 @@ pub(crate) fn check_sync_messages(
     for message in messages {
         message.have.iter().try_for_each(check_bloom)?;
     }
-    let decoded: Vec<Option<Change>> = messages
-        .iter()
-        .flat_map(|message| message.changes.iter())
-        .map(|chunk| Change::from_bytes(chunk.to_vec()).ok())
-        .collect();
-    let all_single = decoded.iter().all(Option::is_some);
-    let changes: Vec<Change> = decoded.into_iter().flatten().collect();
+    let mut changes = Vec::new();
+    // Whether every change the messages carry is among `changes`: not when
+    // one is in a whole document, or in a chunk that does not decode
+    // (Automerge's apply refuses it, or skips it as a partial chunk).
+    let mut all_known = true;
+    for chunk in messages.iter().flat_map(|message| message.changes.iter()) {
+        for piece in storage_chunks(chunk) {
+            match piece {
+                Ok((kind, bytes)) if CHANGE_CHUNKS.contains(&kind) => {
+                    match Change::from_bytes(bytes.to_vec()) {
+                        Ok(change) => changes.push(change),
+                        Err(_) => all_known = false,
+                    }
+                }
+                // A bundle of changes (what version-2 messages from
+                // Automerge carry): rebuilt here, its changes are checked
+                // and their hashes known like single ones.
+                Ok((BUNDLE_CHUNK, bytes)) => {
+                    let bundled = guarded(|| {
+                        automerge::Bundle::try_from(bytes)
+                            .ok()
+                            .and_then(|bundle| bundle.to_changes().ok())
+                    });
+                    match bundled {
+                        Ok(Some(bundled)) => changes.extend(bundled),
+                        _ => all_known = false,
+                    }
+                }
+                // A small document: what version-2 messages from
+                // Automerge 0.12 carry, a keystroke's worth. A large one
+                // is left to the apply (loaded once, not twice).
+                Ok((DOCUMENT_CHUNK, bytes)) if bytes.len() <= SMALL_DOCUMENT_BYTES => {
+                    let loaded = guarded(|| {
+                        Automerge::load(bytes)
+                            .ok()
+                            .map(|loaded| loaded.get_changes(&[]))
+                    });
+                    match loaded {
+                        Ok(Some(loaded)) => changes.extend(loaded),
+                        _ => all_known = false,
+                    }
+                }
+                _ => all_known = false,
+            }
+        }
+    }
     check_changes(doc, &changes)?;
-    Ok(all_single.then(|| changes.iter().map(Change::hash).collect()))
+    Ok(all_known.then(|| changes.iter().map(Change::hash).collect()))
 }
 
 /// The first bytes of every Automerge storage chunk.
@@ -130,6 +170,11 @@ const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const DOCUMENT_CHUNK: u8 = 0;
 /// The chunk types of one change, plain or compressed.
 const CHANGE_CHUNKS: [u8; 2] = [1, 2];
+/// The chunk type of a bundle of changes.
+const BUNDLE_CHUNK: u8 = 3;
+/// The largest document chunk in a sync message whose changes
+/// [`check_sync_messages`] decodes to learn their hashes.
+const SMALL_DOCUMENT_BYTES: usize = 64 * 1024;
 
 /// The changes in `bytes` from outside: a saved document, changes
 /// (`save_after`, `getChanges` concatenated), or both, as Automerge
@@ -139,24 +184,8 @@ const CHANGE_CHUNKS: [u8; 2] = [1, 2];
 /// decoding takes: run it off the engine's path.
 pub fn decode_automerge(bytes: &[u8]) -> Result<Vec<Change>, String> {
     let mut changes = Vec::new();
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
-            return Err(format!(
-                "not Automerge data: no chunk starts at byte {}",
-                bytes.len() - rest.len()
-            ));
-        }
-        let kind = rest[8];
-        let mut length_field = &rest[9..];
-        let length = leb128::read::unsigned(&mut length_field)
-            .ok()
-            .and_then(|length| usize::try_from(length).ok())
-            .filter(|length| *length <= length_field.len())
-            .ok_or("a chunk's length is malformed or runs past the data")?;
-        let header = rest.len() - length_field.len();
-        let (chunk, tail) = rest.split_at(header + length);
-        rest = tail;
+    for chunk in storage_chunks(bytes) {
+        let (kind, chunk) = chunk?;
         if CHANGE_CHUNKS.contains(&kind) {
             let change = guarded(|| Change::from_bytes(chunk.to_vec()))?;
             changes.push(change.map_err(|error| format!("a change does not decode: {error}"))?);
@@ -175,6 +204,41 @@ pub fn decode_automerge(bytes: &[u8]) -> Result<Vec<Change>, String> {
         }
     }
     Ok(changes)
+}
+
+/// The storage chunks `bytes` holds one after the other, each with its
+/// type; an `Err` (and nothing after it) where no chunk starts or one's
+/// length runs past the data.
+fn storage_chunks(bytes: &[u8]) -> impl Iterator<Item = Result<(u8, &[u8]), String>> + '_ {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
+            let at = bytes.len() - rest.len();
+            rest = &[];
+            return Some(Err(format!(
+                "not Automerge data: no chunk starts at byte {at}"
+            )));
+        }
+        let kind = rest[8];
+        let mut length_field = &rest[9..];
+        let Some(length) = leb128::read::unsigned(&mut length_field)
+            .ok()
+            .and_then(|length| usize::try_from(length).ok())
+            .filter(|length| *length <= length_field.len())
+        else {
+            rest = &[];
+            return Some(Err(
+                "a chunk's length is malformed or runs past the data".to_owned()
+            ));
+        };
+        let header = rest.len() - length_field.len();
+        let (chunk, tail) = rest.split_at(header + length);
+        rest = tail;
+        Some(Ok((kind, chunk)))
+    })
 }
 
 /// Runs `apply` (which changes a document with a peer's data), turning a

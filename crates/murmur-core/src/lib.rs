@@ -214,8 +214,8 @@ pub use foreign::decode_automerge;
 pub use load::{Load, Loaded, Residency};
 pub use membership::Member;
 pub use replica::{
-    AckLevel, ClientState, ClientSync, Event, LocalWrite, Origin, Replica, Transmit, WriteId,
-    MAX_BATCHED_CHANGES,
+    AckLevel, ClientState, ClientStep, ClientSync, Event, LocalWrite, Origin, Replica, Transmit,
+    WriteId, MAX_BATCHED_CHANGES,
 };
 pub use time::Time;
 

@@ -34,7 +34,7 @@ mod peers;
 mod reconcile;
 mod sync;
 
-pub use clients::{ClientState, ClientSync};
+pub use clients::{ClientState, ClientStep, ClientSync};
 use durability::Durability;
 use events::Events;
 pub use events::{AckLevel, Event, Origin, Transmit, WriteId};

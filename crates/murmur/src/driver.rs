@@ -140,6 +140,15 @@ pub enum Command {
     },
 }
 
+/// A client's sync step waiting for the others of its turn.
+struct PendingClientStep {
+    doc: DocumentId,
+    state: Box<murmur_core::ClientState>,
+    messages: Vec<automerge::sync::Message>,
+    answer: bool,
+    reply: oneshot::Sender<Result<ClientSyncReply, ReplicaError>>,
+}
+
 /// What a client's sync step answers (see
 /// [`DocHandle::sync_client`](crate::DocHandle::sync_client)).
 #[derive(Debug)]
@@ -372,6 +381,10 @@ struct Driver {
     parked: BTreeMap<DocumentId, Vec<Command>>,
     /// Commands in `parked`.
     parked_commands: usize,
+    /// Client sync steps of this turn, run together per document
+    /// ([`Driver::run_client_steps`]) before any other command and at the
+    /// end of the turn.
+    client_steps: Vec<PendingClientStep>,
     /// Automerge operations applied by local changes in this turn.
     turn_ops: usize,
     /// Where the store's disk is, to watch its free space.
@@ -429,6 +442,7 @@ pub fn spawn(
         loads: JoinSet::new(),
         parked: BTreeMap::new(),
         parked_commands: 0,
+        client_steps: Vec::new(),
         watchers: BTreeMap::new(),
         turn_ops: 0,
         disk,
@@ -608,6 +622,7 @@ impl Driver {
                 ))),
             }
         }
+        self.run_client_steps();
         self.drain();
     }
 
@@ -784,9 +799,49 @@ impl Driver {
                 Err(_) => break,
             }
         }
+        self.run_client_steps();
+    }
+
+    /// Runs the client sync steps gathered in this turn, those of one
+    /// document together ([`Replica::handle_client_steps`]: their changes
+    /// are applied and checked as one batch), and answers each.
+    fn run_client_steps(&mut self) {
+        let mut pending = std::mem::take(&mut self.client_steps);
+        let now = self.env.now();
+        while let Some(doc) = pending.first().map(|step| step.doc) {
+            let (mut group, rest): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|step| step.doc == doc);
+            pending = rest;
+            let steps = group
+                .iter_mut()
+                .map(|step| murmur_core::ClientStep {
+                    state: &mut step.state,
+                    messages: std::mem::take(&mut step.messages),
+                    answer: step.answer,
+                })
+                .collect();
+            let results = self.replica.handle_client_steps(now, doc, steps);
+            for (step, result) in group.into_iter().zip(results) {
+                let outcome = result.map(|sync| {
+                    if let Some(write) = &sync.write {
+                        self.turn_ops += write.ops;
+                    }
+                    ClientSyncReply {
+                        state: step.state,
+                        message: sync.reply,
+                        heads: sync.heads,
+                    }
+                });
+                let _ = step.reply.send(outcome);
+            }
+        }
     }
 
     fn handle(&mut self, command: Command) {
+        if !matches!(command, Command::ClientSync { .. }) {
+            // Commands take effect in the order they came.
+            self.run_client_steps();
+        }
         let now = self.env.now();
         // A command about a document out of memory waits for its load.
         if let Some(doc) = command.document() {
@@ -815,26 +870,17 @@ impl Driver {
             }
             Command::ClientSync {
                 doc,
-                mut state,
+                state,
                 messages,
                 answer,
                 reply,
-            } => {
-                let outcome = self
-                    .replica
-                    .handle_client_sync(now, doc, &mut state, messages, answer)
-                    .map(|sync| {
-                        if let Some(write) = &sync.write {
-                            self.turn_ops += write.ops;
-                        }
-                        ClientSyncReply {
-                            state,
-                            message: sync.reply,
-                            heads: sync.heads,
-                        }
-                    });
-                let _ = reply.send(outcome);
-            }
+            } => self.client_steps.push(PendingClientStep {
+                doc,
+                state,
+                messages,
+                answer,
+                reply,
+            }),
             Command::Watch { doc, reply } => {
                 let receiver = self
                     .watchers

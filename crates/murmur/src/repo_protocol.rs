@@ -571,7 +571,13 @@ pub fn encode(sender_id: &str, message: &Outbound<'_>) -> Vec<u8> {
             put("message", text(message));
         }
     }
-    let mut bytes = Vec::new();
+    // Room for the payload and the fields around it, so that a large
+    // message is not copied as it grows.
+    let payload = match message {
+        Outbound::Sync { data, .. } | Outbound::Ephemeral { data, .. } => data.len(),
+        _ => 0,
+    };
+    let mut bytes = Vec::with_capacity(payload + 256);
     ciborium::ser::into_writer(&Value::Map(map), &mut bytes)
         .expect("writing CBOR into memory cannot fail");
     bytes

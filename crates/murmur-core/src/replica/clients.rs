@@ -83,12 +83,25 @@ impl From<sync::State> for ClientState {
 #[derive(Debug)]
 pub struct ClientSync {
     /// The client's changes, applied as one local write (`None`: they
-    /// brought nothing new, or there were none).
+    /// brought nothing new, or there were none, or they were applied in
+    /// the same batch as another client's and the write is reported with
+    /// that one's step).
     pub write: Option<LocalWrite<()>>,
     /// The sync message to send the client next, encoded, if there is one.
     pub reply: Option<Vec<u8>>,
     /// The document's heads now.
     pub heads: Vec<ChangeHash>,
+}
+
+/// One client's step in [`Replica::handle_client_steps`].
+#[derive(Debug)]
+pub struct ClientStep<'a> {
+    /// The client's sync state, kept by the caller between steps.
+    pub state: &'a mut ClientState,
+    /// What the client sent since its last step, in order.
+    pub messages: Vec<sync::Message>,
+    /// Whether to produce the message to send the client next.
+    pub answer: bool,
 }
 
 impl Replica {
@@ -114,96 +127,287 @@ impl Replica {
         messages: Vec<sync::Message>,
         answer: bool,
     ) -> Result<ClientSync, ReplicaError> {
-        let _span = tracing::debug_span!("client_sync", doc = %doc).entered();
-        self.observe_clock(now);
-        self.document_mut(doc)?
-            .recent
-            .get_or_insert_with(RecentChanges::new);
-        let mut write: Option<LocalWrite<()>> = None;
-        // On the short path a step's messages are applied as one batch
-        // (one integrity check for all their changes: under load a step
-        // takes dozens); Automerge's own path takes them one by one.
-        let batches: Vec<Vec<sync::Message>> = if state.takes_short_path() {
-            vec![messages]
-        } else {
-            messages.into_iter().map(|message| vec![message]).collect()
+        let step = ClientStep {
+            state,
+            messages,
+            answer,
         };
-        for batch in batches.into_iter().filter(|batch| !batch.is_empty()) {
-            if let Some(applied) = self.apply_client_messages(now, doc, state, batch)? {
-                let ops = write.as_ref().map_or(0, |w| w.ops);
-                write = Some(LocalWrite {
-                    ops: ops + applied.ops,
-                    ..applied
-                });
-            }
-        }
-        let document = self.document_mut(doc)?;
-        let recent = document.recent.get_or_insert_with(RecentChanges::new);
-        let reply = match answer.then(|| message_from_recent(&document.doc, recent, state)) {
-            None => None,
-            Some(Some(message)) => message.map(sync::Message::encode),
-            Some(None) => crate::document::next_sync_message(&document.doc, &mut state.sync),
-        };
-        let heads = document.heads();
-        Ok(ClientSync {
-            write,
-            reply,
-            heads,
-        })
+        self.handle_client_steps(now, doc, vec![step])
+            .pop()
+            .expect("one result per step")
     }
 
-    /// Applies a client's `messages` in order: any number on the short
-    /// path ([`receive_without_pruning`]), one on Automerge's.
-    fn apply_client_messages(
+    /// [`Replica::handle_client_sync`] for several clients of `doc` at
+    /// once, one result per step, in order. Their changes are applied as
+    /// one batch with one integrity check (which rebuilds the changes from
+    /// the document's ops, a pass over all of them: with a step each, that
+    /// pass was most of a node's time at 256 typing clients), and every
+    /// answer is made after all of them, so it carries every client's
+    /// changes.
+    ///
+    /// A client's data that fails the checks beforehand, or that Automerge
+    /// refuses, fails its step only. A failure of the integrity check (an
+    /// Automerge bug) fails every step whose changes were in the batch, and
+    /// the document is rebuilt from what is stored: the steps after it fail
+    /// as any command does while a document loads.
+    pub fn handle_client_steps(
+        &mut self,
+        now: Time,
+        doc: DocumentId,
+        mut steps: Vec<ClientStep<'_>>,
+    ) -> Vec<Result<ClientSync, ReplicaError>> {
+        let _span =
+            tracing::debug_span!("client_sync", doc = %doc, clients = steps.len()).entered();
+        self.observe_clock(now);
+        if let Ok(document) = self.document_mut(doc) {
+            document.recent.get_or_insert_with(RecentChanges::new);
+        }
+        let short: Vec<bool> = steps
+            .iter()
+            .map(|step| step.state.takes_short_path())
+            .collect();
+        let mut outcomes: Vec<Result<Option<LocalWrite<()>>, ReplicaError>> =
+            steps.iter().map(|_| Ok(None)).collect();
+        // Automerge's own path takes a client's messages one by one.
+        for (i, step) in steps.iter_mut().enumerate().filter(|(i, _)| !short[*i]) {
+            for message in std::mem::take(&mut step.messages) {
+                match self.apply_client_message(now, doc, step.state, message) {
+                    Ok(Some(applied)) => {
+                        let ops = outcomes[i]
+                            .as_ref()
+                            .ok()
+                            .and_then(Option::as_ref)
+                            .map_or(0, |w| w.ops);
+                        outcomes[i] = Ok(Some(LocalWrite {
+                            ops: ops + applied.ops,
+                            ..applied
+                        }));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        outcomes[i] = Err(error);
+                        break;
+                    }
+                }
+            }
+        }
+        let batch: Vec<usize> = (0..steps.len())
+            .filter(|&i| short[i] && !steps[i].messages.is_empty())
+            .collect();
+        self.apply_client_batch(now, doc, &mut steps, &batch, &mut outcomes);
+        let mut heads = None;
+        steps
+            .into_iter()
+            .zip(outcomes)
+            .map(|(step, outcome)| {
+                let write = outcome?;
+                let document = self.document_mut(doc)?;
+                let recent = document.recent.get_or_insert_with(RecentChanges::new);
+                let reply = if step.answer {
+                    match message_from_recent(&document.doc, recent, step.state) {
+                        Some(message) => message.map(sync::Message::encode),
+                        None => {
+                            crate::document::next_sync_message(&document.doc, &mut step.state.sync)
+                        }
+                    }
+                } else {
+                    None
+                };
+                let heads = heads.get_or_insert_with(|| document.heads()).clone();
+                Ok(ClientSync {
+                    write,
+                    reply,
+                    heads,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies the messages of the steps in `batch` (clients on the short
+    /// path, [`receive_without_pruning`]): those with changes as one
+    /// verified apply, the rest (acknowledgements) on their own. What
+    /// fails goes to `outcomes`, the write to the first step of the batch
+    /// that did not fail.
+    fn apply_client_batch(
+        &mut self,
+        now: Time,
+        doc: DocumentId,
+        steps: &mut [ClientStep<'_>],
+        batch: &[usize],
+        outcomes: &mut [Result<Option<LocalWrite<()>>, ReplicaError>],
+    ) {
+        let refuse = |reason: String| ReplicaError::ForeignData { reason };
+        // Each client's data is checked on its own: one's refusal is not
+        // another's. Those with changes are applied below.
+        let mut changing: Vec<(usize, Option<Vec<ChangeHash>>, usize)> = Vec::new();
+        for &i in batch {
+            let document = match self.document_mut(doc) {
+                Ok(document) => document,
+                Err(error) => {
+                    outcomes[i] = Err(error);
+                    continue;
+                }
+            };
+            let step = &mut steps[i];
+            let hashes = match crate::foreign::check_sync_messages(&document.doc, &step.messages) {
+                Ok(hashes) => hashes,
+                Err(reason) => {
+                    outcomes[i] = Err(refuse(reason));
+                    continue;
+                }
+            };
+            let changes: usize = step.messages.iter().map(|m| m.changes.len()).sum();
+            if changes > 0 {
+                changing.push((i, hashes, changes));
+                continue;
+            }
+            for message in std::mem::take(&mut step.messages) {
+                let mut log = automerge::PatchLog::new(false);
+                // With no changes nothing is applied.
+                match receive_without_pruning(
+                    &mut document.doc,
+                    &mut step.state.sync,
+                    message,
+                    &mut log,
+                ) {
+                    Ok(stands) => step.state.stands(stands, document.recent.as_ref()),
+                    Err(error) => {
+                        outcomes[i] = Err(refuse(error.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        if changing.is_empty() {
+            return;
+        }
+        if self.check_writable().is_err() {
+            for &(i, _, _) in &changing {
+                if let Err(error) = self.check_writable() {
+                    outcomes[i] = Err(error);
+                }
+            }
+            return;
+        }
+        let observed = self.events.observed(doc);
+        let document = match self.document_mut(doc) {
+            Ok(document) => document,
+            Err(_) => {
+                for &(i, _, _) in &changing {
+                    outcomes[i] = self.document_mut(doc).map(|_| None);
+                }
+                return;
+            }
+        };
+        // The hashes of all their changes, when every chunk is one change
+        // (not a whole document, as version-2 messages carry): what they
+        // add is then found among them.
+        let hashes: Option<Vec<ChangeHash>> = changing
+            .iter()
+            .map(|(_, hashes, _)| hashes.clone())
+            .collect::<Option<Vec<Vec<ChangeHash>>>>()
+            .map(|all| all.concat());
+        let start = document.recent.as_ref().map(RecentChanges::end);
+        let before = document.heads();
+        let mut log = automerge::PatchLog::new(observed);
+        let outcome = document.apply_verified_with(hashes.as_deref(), |document| {
+            changing
+                .iter()
+                .map(|&(i, _, _)| {
+                    let step = &mut steps[i];
+                    // What the last message that said anything said.
+                    let mut stands = Stands::Unknown;
+                    for message in std::mem::take(&mut step.messages) {
+                        let said = receive_without_pruning(
+                            &mut document.doc,
+                            &mut step.state.sync,
+                            message,
+                            &mut log,
+                        )?;
+                        if said != Stands::Unknown {
+                            stands = said;
+                        }
+                    }
+                    Ok(stands)
+                })
+                .collect::<Vec<Result<Stands, automerge::AutomergeError>>>()
+        });
+        let (results, added) = match outcome {
+            Ok((results, _authors, added)) => (results, added),
+            Err(reason) => {
+                self.rebuild_document(doc, None, &reason);
+                for &(i, _, _) in &changing {
+                    outcomes[i] = Err(refuse(reason.clone()));
+                }
+                return;
+            }
+        };
+        // The changes of the batch up to each client's own, which it has.
+        let mut seen: Option<Vec<ChangeHash>> = Some(Vec::new());
+        for (&(i, ref hashes, _), result) in changing.iter().zip(results) {
+            let client = &mut *steps[i].state;
+            match (&mut seen, hashes) {
+                (Some(seen), Some(hashes)) => seen.extend(hashes),
+                (seen, _) => *seen = None,
+            }
+            match result {
+                Ok(Stands::HasAll) => {
+                    // It has what the document had before the batch, and
+                    // the batch's changes up to its own (not those after).
+                    client.has_before = start.filter(|_| seen.is_some());
+                    client
+                        .sync
+                        .sent_hashes
+                        .extend(seen.iter().flatten().copied());
+                }
+                Ok(stands) => {
+                    // It has what it sent: never sent back.
+                    client
+                        .sync
+                        .sent_hashes
+                        .extend(hashes.iter().flatten().copied());
+                    client.stands(stands, None);
+                }
+                Err(error) => outcomes[i] = Err(refuse(error.to_string())),
+            }
+        }
+        let patches = observed.then(|| document.doc.make_patches(&mut log));
+        let heads = document.heads();
+        let added = document.unsaved_tail(added);
+        let changes = changing.iter().map(|(_, _, changes)| changes).sum();
+        // What Automerge applied before an error still counts (and is
+        // reported): the error refuses the rest of that client's step.
+        let write = self.accept_client_changes(now, doc, &before, &heads, added, patches, changes);
+        if let Some(&(first, _, _)) = changing.iter().find(|(i, _, _)| outcomes[*i].is_ok()) {
+            outcomes[first] = Ok(write);
+        }
+    }
+
+    /// Applies one client message on Automerge's own path
+    /// (`receive_sync_message`, which prunes the sent hashes).
+    fn apply_client_message(
         &mut self,
         now: Time,
         doc: DocumentId,
         client: &mut ClientState,
-        messages: Vec<sync::Message>,
+        message: sync::Message,
     ) -> Result<Option<LocalWrite<()>>, ReplicaError> {
-        let changes: usize = messages.iter().map(|message| message.changes.len()).sum();
+        let changes = message.changes.len();
         if changes > 0 {
             self.check_writable()?;
         }
         let observed = self.events.observed(doc);
         let document = self.document_mut(doc)?;
         let refuse = |reason: String| ReplicaError::ForeignData { reason };
-        // The hashes of their changes, when every chunk is one change (not
-        // a whole document, as version-2 messages carry): what they add is
-        // then found among them.
+        let messages = std::slice::from_ref(&message);
         let hashes =
-            crate::foreign::check_sync_messages(&document.doc, &messages).map_err(refuse)?;
-        let short = client.takes_short_path();
-        if changes == 0 && short {
-            for message in messages {
-                let mut log = automerge::PatchLog::new(false);
-                // With no changes nothing is applied, and nothing can fail.
-                let stands =
-                    receive_without_pruning(&mut document.doc, &mut client.sync, message, &mut log)
-                        .map_err(|error| refuse(error.to_string()))?;
-                client.stands(stands, document.recent.as_ref());
-            }
-            return Ok(None);
-        }
+            crate::foreign::check_sync_messages(&document.doc, messages).map_err(refuse)?;
         let before = document.heads();
         let mut log = automerge::PatchLog::new(observed);
         let outcome = document.apply_verified_with(hashes.as_deref(), |document| {
-            // What the last message that said anything said.
-            let mut stands = Stands::Unknown;
-            for message in messages {
-                let said = if short {
-                    receive_without_pruning(&mut document.doc, &mut client.sync, message, &mut log)?
-                } else {
-                    document
-                        .doc
-                        .receive_sync_message_log_patches(&mut client.sync, message, &mut log)
-                        .map(|()| Stands::Unknown)?
-                };
-                if said != Stands::Unknown {
-                    stands = said;
-                }
-            }
-            Ok::<Stands, automerge::AutomergeError>(stands)
+            document
+                .doc
+                .receive_sync_message_log_patches(&mut client.sync, message, &mut log)
         });
         let (result, added) = match outcome {
             Ok((result, _authors, added)) => (result, added),
@@ -212,15 +416,12 @@ impl Replica {
                 return Err(refuse(reason));
             }
         };
-        if let Ok(stands) = result {
-            if stands != Stands::HasAll {
-                // It has what it sent: never sent back.
-                client
-                    .sync
-                    .sent_hashes
-                    .extend(hashes.iter().flatten().copied());
-            }
-            client.stands(stands, document.recent.as_ref());
+        if result.is_ok() {
+            // It has what it sent: never sent back.
+            client
+                .sync
+                .sent_hashes
+                .extend(hashes.iter().flatten().copied());
         }
         let patches = observed.then(|| document.doc.make_patches(&mut log));
         let heads = document.heads();
@@ -707,6 +908,142 @@ mod tests {
         assert!(
             from_recent * 2 > with_changes && with_changes > 200,
             "{from_recent} of {with_changes} answers with changes came from the recent changes"
+        );
+    }
+
+    /// Six clients' steps go to the replica together, as a node's engine
+    /// takes those of one turn: all their keystrokes in one batch, then
+    /// every answer. A seventh client's garbage in the same batch fails
+    /// its step only. Every client ends with every keystroke, and no
+    /// answer made from the recent changes carries a change its client
+    /// already has (a client that had everything when its own changes
+    /// were applied is not sent the batch's changes before its own).
+    #[test]
+    fn steps_taken_together_converge_and_refuse_only_the_bad_one() {
+        use super::{ClientState, ClientStep};
+        use crate::{Config, Replica, ReplicaError, Time};
+        use automerge::ReadDoc;
+        use murmur_store::MemStore;
+        use murmur_wire::NodeId;
+
+        let now = Time::from_millis(1_700_000_000_000);
+        let mut replica =
+            Replica::open(Config::new(NodeId([2; 32])), Box::new(MemStore::new()), now).unwrap();
+        let doc = replica.create_document(now);
+        replica
+            .handle_local_change(now, doc, |tx| tx.put(ROOT, "title", "together"))
+            .unwrap();
+        const CLIENTS: usize = 6;
+        let mut ams: Vec<(Automerge, sync::State)> = (0..CLIENTS)
+            .map(|_| (Automerge::new(), sync::State::new()))
+            .collect();
+        let mut states: Vec<ClientState> = (0..CLIENTS).map(|_| ClientState::default()).collect();
+        let mut outgoing: Vec<Vec<sync::Message>> = ams
+            .iter_mut()
+            .map(|(am, state)| am.generate_sync_message(state).into_iter().collect())
+            .collect();
+        let (mut duplicates, mut from_recent, mut refused) = (0, 0, 0);
+        for round in 0..40_i64 {
+            if (5..30).contains(&round) {
+                for (typist, (am, state)) in ams.iter_mut().enumerate() {
+                    if (round + typist as i64) % 3 == 0 {
+                        continue;
+                    }
+                    let mut tx = am.transaction();
+                    tx.put(ROOT, format!("c{typist}"), round).unwrap();
+                    tx.commit();
+                    outgoing[typist].extend(am.generate_sync_message(state));
+                }
+            }
+            let mut bad_state = ClientState::default();
+            let mut steps: Vec<ClientStep<'_>> = states
+                .iter_mut()
+                .zip(&mut outgoing)
+                .map(|(state, out)| ClientStep {
+                    state,
+                    messages: std::mem::take(out),
+                    answer: true,
+                })
+                .collect();
+            if round == 10 {
+                // A change by an author the document does not know, that
+                // says it is not the author's first.
+                let replica_doc = replica.cached_document(doc).unwrap();
+                let mut forged = replica_doc.get_changes(&[]).last().unwrap().decode();
+                forged.actor_id = automerge::ActorId::from([7u8; 16]);
+                forged.seq = 2;
+                forged.hash = None;
+                forged.deps = replica_doc.get_heads();
+                let forged = automerge::Change::from(forged);
+                let garbage = sync::Message {
+                    heads: vec![forged.hash()],
+                    need: Vec::new(),
+                    have: Vec::new(),
+                    changes: sync::ChunkList::from(vec![forged.raw_bytes().to_vec()]),
+                    flags: None,
+                    version: sync::MessageVersion::V1,
+                };
+                steps.insert(
+                    3,
+                    ClientStep {
+                        state: &mut bad_state,
+                        messages: vec![garbage],
+                        answer: true,
+                    },
+                );
+            }
+
+            let mut results = replica.handle_client_steps(now, doc, steps);
+            if round == 10 {
+                let bad = results.remove(3);
+                assert!(
+                    matches!(bad, Err(ReplicaError::ForeignData { .. })),
+                    "{bad:?}"
+                );
+                refused += 1;
+            }
+            assert_eq!(results.len(), CLIENTS);
+            for (c, result) in results.into_iter().enumerate() {
+                let step =
+                    result.unwrap_or_else(|error| panic!("client {c}, round {round}: {error}"));
+                let (am, state) = &mut ams[c];
+                if let Some(reply) = step.reply {
+                    let reply = sync::Message::decode(&reply).unwrap();
+                    if reply
+                        .have
+                        .first()
+                        .is_some_and(|h| h.last_sync == reply.heads)
+                    {
+                        from_recent += 1;
+                        // Version 2: the changes joined in one chunk.
+                        for chunk in reply.changes.iter() {
+                            for change in crate::foreign::decode_automerge(chunk).unwrap() {
+                                if am.get_change_meta_by_hash(&change.hash()).is_some() {
+                                    duplicates += 1;
+                                }
+                            }
+                        }
+                    }
+                    am.receive_sync_message(state, reply).unwrap();
+                }
+                outgoing[c].extend(am.generate_sync_message(state));
+            }
+        }
+        let heads = replica.cached_document(doc).unwrap().get_heads();
+        for (c, (am, _)) in ams.iter().enumerate() {
+            assert_eq!(am.get_heads(), heads, "client {c}");
+            for typist in 0..CLIENTS {
+                assert!(
+                    am.get(ROOT, format!("c{typist}")).unwrap().is_some(),
+                    "client {c} has c{typist}"
+                );
+            }
+        }
+        assert_eq!(refused, 1);
+        assert_eq!(duplicates, 0);
+        assert!(
+            from_recent > 100,
+            "{from_recent} answers came from the recent changes"
         );
     }
 }
