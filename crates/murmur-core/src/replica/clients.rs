@@ -150,6 +150,49 @@ impl Replica {
     /// Automerge bug) fails every step whose changes were in the batch, and
     /// the document is rebuilt from what is stored: the steps after it fail
     /// as any command does while a document loads.
+    ///
+    /// ```
+    /// use murmur_core::automerge::sync::{self, SyncDoc};
+    /// use murmur_core::automerge::transaction::Transactable;
+    /// use murmur_core::automerge::{Automerge, ROOT};
+    /// use murmur_core::{ClientState, ClientStep, Config, Replica, Time};
+    /// use murmur_store::MemStore;
+    /// use murmur_wire::NodeId;
+    ///
+    /// let now = Time::from_millis(1_700_000_000_000);
+    /// let config = Config::new(NodeId([1; 32]));
+    /// let mut replica = Replica::open(config, Box::new(MemStore::new()), now)?;
+    /// let doc = replica.create_document(now);
+    /// // Two clients: their documents, their sync states, and the node's
+    /// // state for each.
+    /// let mut clients: Vec<(Automerge, sync::State, ClientState)> = (0..2)
+    ///     .map(|_| (Automerge::new(), sync::State::new(), ClientState::default()))
+    ///     .collect();
+    /// let mut tx = clients[0].0.transaction();
+    /// tx.put(ROOT, "title", "hello")?;
+    /// tx.commit();
+    /// for _ in 0..8 {
+    ///     let outgoing: Vec<Vec<sync::Message>> = clients
+    ///         .iter_mut()
+    ///         .map(|(am, state, _)| am.generate_sync_message(state).into_iter().collect())
+    ///         .collect();
+    ///     let steps = clients
+    ///         .iter_mut()
+    ///         .zip(outgoing)
+    ///         .map(|((_, _, state), messages)| ClientStep { state, messages, answer: true })
+    ///         .collect();
+    ///     let results = replica.handle_client_steps(now, doc, steps);
+    ///     for ((am, state, _), result) in clients.iter_mut().zip(results) {
+    ///         if let Some(reply) = result?.reply {
+    ///             am.receive_sync_message(state, sync::Message::decode(&reply)?)?;
+    ///         }
+    ///     }
+    /// }
+    /// // The second client has the first one's change, through the replica.
+    /// assert_eq!(clients[1].0.get_heads(), clients[0].0.get_heads());
+    /// assert!(!clients[1].0.get_heads().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn handle_client_steps(
         &mut self,
         now: Time,
