@@ -945,6 +945,16 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         }
     }
     lat.sort_by(f64::total_cmp);
+    // How the keystrokes that did not reach everyone are spread: over a
+    // few clients far behind, or over all of them.
+    let want = ((n - 1) * k_per) as u64;
+    let behind: Vec<u64> = wb
+        .clients
+        .iter()
+        .map(|c| want.saturating_sub(c.seen))
+        .collect();
+    let clients_behind = behind.iter().filter(|&&b| b > 0).count();
+    let most_behind = behind.iter().copied().max().unwrap_or(0);
     let mut lag = std::mem::take(&mut wb.lag);
     lag.sort_by(f64::total_cmp);
     let cpu_pct = |a: &Cpu, b: &Cpu, srv: bool| {
@@ -968,6 +978,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "p50_ms": round1(pct(&lat, 0.5)), "p99_ms": round1(pct(&lat, 0.99)), "max_ms": round1(lat.last().copied()),
         "converged": converged && lost == 0 && unsent == 0 && heads.len() == 1,
         "distinct_heads": heads.len(),
+        "clients_behind": clients_behind, "most_behind": most_behind,
         "setup_ms": setup_ms.round(),
         "typing_s": typing_end.map(|te| ((te - t0) / 100.0).round() / 10.0),
         "drain_s": typing_end.map(|te| ((drain_end - te) / 100.0).round() / 10.0),
