@@ -734,6 +734,22 @@ mod tests {
     use automerge::transaction::Transactable;
     use automerge::{Automerge, ROOT};
 
+    /// A replica on memory with one document, which has one change.
+    fn replica_with_a_document() -> (crate::Replica, murmur_wire::DocumentId, crate::Time) {
+        use crate::{Config, Replica, Time};
+        use murmur_store::MemStore;
+        use murmur_wire::NodeId;
+
+        let now = Time::from_millis(1_700_000_000_000);
+        let mut replica =
+            Replica::open(Config::new(NodeId([1; 32])), Box::new(MemStore::new()), now).unwrap();
+        let doc = replica.create_document(now);
+        replica
+            .handle_local_change(now, doc, |tx| tx.put(ROOT, "title", "typists"))
+            .unwrap();
+        (replica, doc, now)
+    }
+
     /// A node and a client editing one document in turns, syncing after
     /// each edit: every message the node receives (acknowledgements and
     /// changes) is taken both ways, and the short path leaves the document
@@ -842,18 +858,10 @@ mod tests {
     #[test]
     fn concurrent_clients_converge_on_answers_from_recent_changes() {
         use super::ClientState;
-        use crate::{Config, Replica, Time};
+        use crate::Replica;
         use automerge::ReadDoc;
-        use murmur_store::MemStore;
-        use murmur_wire::NodeId;
 
-        let now = Time::from_millis(1_700_000_000_000);
-        let mut replica =
-            Replica::open(Config::new(NodeId([1; 32])), Box::new(MemStore::new()), now).unwrap();
-        let doc = replica.create_document(now);
-        replica
-            .handle_local_change(now, doc, |tx| tx.put(ROOT, "title", "typists"))
-            .unwrap();
+        let (mut replica, doc, now) = replica_with_a_document();
         const CLIENTS: usize = 8;
         let mut clients: Vec<(Automerge, sync::State, ClientState)> = (0..CLIENTS)
             .map(|_| (Automerge::new(), sync::State::new(), ClientState::default()))
@@ -964,18 +972,10 @@ mod tests {
     #[test]
     fn steps_taken_together_converge_and_refuse_only_the_bad_one() {
         use super::{ClientState, ClientStep};
-        use crate::{Config, Replica, ReplicaError, Time};
+        use crate::ReplicaError;
         use automerge::ReadDoc;
-        use murmur_store::MemStore;
-        use murmur_wire::NodeId;
 
-        let now = Time::from_millis(1_700_000_000_000);
-        let mut replica =
-            Replica::open(Config::new(NodeId([2; 32])), Box::new(MemStore::new()), now).unwrap();
-        let doc = replica.create_document(now);
-        replica
-            .handle_local_change(now, doc, |tx| tx.put(ROOT, "title", "together"))
-            .unwrap();
+        let (mut replica, doc, now) = replica_with_a_document();
         const CLIENTS: usize = 6;
         let mut ams: Vec<(Automerge, sync::State)> = (0..CLIENTS)
             .map(|_| (Automerge::new(), sync::State::new()))
