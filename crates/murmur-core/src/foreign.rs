@@ -99,17 +99,29 @@ pub(crate) fn check_sync_message(
     doc: &Automerge,
     message: &automerge::sync::Message,
 ) -> Result<(), String> {
-    check_sync_messages(doc, std::slice::from_ref(message)).map(|_| ())
+    check_messages(doc, std::slice::from_ref(message), false).map(|_| ())
 }
 
 /// [`check_sync_message`] for messages applied one after the other: their
 /// changes are checked as one batch, in order. Returns their hashes when
-/// every chunk is one change, a bundle of changes or a small document
-/// (`None` if one is a large document or does not decode), decoded once
-/// here for both.
+/// every chunk is one change, or a bundle or document of at most
+/// [`SMALL_CHUNK_BYTES`] (`None` if one is larger or does not decode),
+/// decoded once here for both: a client's version-2 messages carry their
+/// changes that way, and the apply then finds what they added among them.
 pub(crate) fn check_sync_messages(
     doc: &Automerge,
     messages: &[automerge::sync::Message],
+) -> Result<Option<Vec<ChangeHash>>, String> {
+    check_messages(doc, messages, true)
+}
+
+/// The checks of [`check_sync_messages`]; bundles and documents are opened
+/// only if `open_small` (a peer's apply does not use the hashes, so it
+/// would decode them twice for nothing).
+fn check_messages(
+    doc: &Automerge,
+    messages: &[automerge::sync::Message],
+    open_small: bool,
 ) -> Result<Option<Vec<ChangeHash>>, String> {
     for message in messages {
         message.have.iter().try_for_each(check_bloom)?;
@@ -128,10 +140,10 @@ pub(crate) fn check_sync_messages(
                         Err(_) => all_known = false,
                     }
                 }
-                // A bundle of changes (what version-2 messages from
-                // Automerge carry): rebuilt here, its changes are checked
-                // and their hashes known like single ones.
-                Ok((BUNDLE_CHUNK, bytes)) => {
+                // A small bundle of changes: rebuilt here, its changes are
+                // checked and their hashes known like single ones. A large
+                // one is left to the apply (decoded once, not twice).
+                Ok((BUNDLE_CHUNK, bytes)) if open_small && bytes.len() <= SMALL_CHUNK_BYTES => {
                     let bundled = guarded(|| {
                         automerge::Bundle::try_from(bytes)
                             .ok()
@@ -145,7 +157,7 @@ pub(crate) fn check_sync_messages(
                 // A small document: what version-2 messages from
                 // Automerge 0.12 carry, a keystroke's worth. A large one
                 // is left to the apply (loaded once, not twice).
-                Ok((DOCUMENT_CHUNK, bytes)) if bytes.len() <= SMALL_DOCUMENT_BYTES => {
+                Ok((DOCUMENT_CHUNK, bytes)) if open_small && bytes.len() <= SMALL_CHUNK_BYTES => {
                     let loaded = guarded(|| {
                         Automerge::load(bytes)
                             .ok()
@@ -172,9 +184,10 @@ const DOCUMENT_CHUNK: u8 = 0;
 const CHANGE_CHUNKS: [u8; 2] = [1, 2];
 /// The chunk type of a bundle of changes.
 const BUNDLE_CHUNK: u8 = 3;
-/// The largest document chunk in a sync message whose changes
-/// [`check_sync_messages`] decodes to learn their hashes.
-const SMALL_DOCUMENT_BYTES: usize = 64 * 1024;
+/// The largest bundle or document chunk in a sync message whose changes
+/// [`check_sync_messages`] decodes to learn their hashes (in the engine's
+/// turn: a keystroke's worth, not a document's history).
+const SMALL_CHUNK_BYTES: usize = 64 * 1024;
 
 /// The changes in `bytes` from outside: a saved document, changes
 /// (`save_after`, `getChanges` concatenated), or both, as Automerge

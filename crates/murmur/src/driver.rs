@@ -806,6 +806,9 @@ impl Driver {
     /// document together ([`Replica::handle_client_steps`]: their changes
     /// are applied and checked as one batch), and answers each.
     fn run_client_steps(&mut self) {
+        if self.client_steps.is_empty() {
+            return;
+        }
         let mut pending = std::mem::take(&mut self.client_steps);
         let now = self.env.now();
         while let Some(doc) = pending.first().map(|step| step.doc) {

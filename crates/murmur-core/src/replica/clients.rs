@@ -342,9 +342,9 @@ impl Replica {
                 return;
             }
         };
-        // The hashes of all their changes, when every chunk is one change
-        // (not a whole document, as version-2 messages carry): what they
-        // add is then found among them.
+        // The hashes of all their changes, when every chunk could be
+        // decoded (see `check_sync_messages`): what they add is then found
+        // among them.
         let hashes: Option<Vec<ChangeHash>> = changing
             .iter()
             .map(|(_, hashes, _)| hashes.clone())
