@@ -113,6 +113,9 @@ pub(crate) struct Mark {
 const RECENT_MAX_CHANGES: usize = 65_536;
 /// The most bytes of changes [`RecentChanges`] keeps.
 const RECENT_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// How many bytes of changes [`RecentChanges`] takes between two records
+/// of the document's heads (at the end of the apply that passes it).
+const CHECKPOINT_BYTES: usize = 64 * 1024;
 
 /// Numbers each [`RecentChanges`] log, so a [`Mark`] in one is never read
 /// in another (the document was loaded again or rebuilt since).
@@ -132,6 +135,12 @@ pub(crate) struct RecentChanges {
     base: u64,
     changes: VecDeque<(ChangeHash, Vec<u8>)>,
     bytes: usize,
+    /// The document's heads at some places in the log, in order: (index,
+    /// heads after the changes before it). An answer too large to send in
+    /// one message stops at one of them (see [`RecentChanges::cut`]).
+    checkpoints: VecDeque<(u64, Vec<ChangeHash>)>,
+    /// Bytes of changes taken since the last checkpoint.
+    since_checkpoint: usize,
 }
 
 impl RecentChanges {
@@ -141,12 +150,15 @@ impl RecentChanges {
             base: 0,
             changes: VecDeque::new(),
             bytes: 0,
+            checkpoints: VecDeque::new(),
+            since_checkpoint: 0,
         }
     }
 
     fn push(&mut self, change: &Change) {
         let raw = change.raw_bytes().to_vec();
         self.bytes += raw.len();
+        self.since_checkpoint += raw.len();
         self.changes.push_back((change.hash(), raw));
         while self.changes.len() > RECENT_MAX_CHANGES || self.bytes > RECENT_MAX_BYTES {
             let Some((_, raw)) = self.changes.pop_front() else {
@@ -155,6 +167,54 @@ impl RecentChanges {
             self.bytes -= raw.len();
             self.base += 1;
         }
+        while self
+            .checkpoints
+            .front()
+            .is_some_and(|(index, _)| *index < self.base)
+        {
+            self.checkpoints.pop_front();
+        }
+    }
+
+    /// Records the document's `heads` after every change taken so far, if
+    /// [`CHECKPOINT_BYTES`] of changes came since the last record (at most
+    /// one per that many bytes kept, so their number is bounded).
+    fn checkpoint(&mut self, heads: impl FnOnce() -> Vec<ChangeHash>) {
+        if self.since_checkpoint >= CHECKPOINT_BYTES {
+            self.since_checkpoint = 0;
+            let end = self.end().index;
+            self.checkpoints.push_back((end, heads()));
+        }
+    }
+
+    /// Where an answer of the changes since `mark` stops when they come to
+    /// more than `max_bytes`: after how many of them, and the document's
+    /// heads there, which the client holds once it has them. That is the
+    /// last checkpoint within `max_bytes`, or the first one past `mark` if
+    /// even that is further. `None`: every change since fits (or no
+    /// checkpoint follows `mark`), so the answer carries them all.
+    pub(crate) fn cut(&self, mark: Mark, max_bytes: usize) -> Option<(usize, &[ChangeHash])> {
+        let skip = usize::try_from(mark.index.checked_sub(self.base)?).ok()?;
+        let mut checkpoints = self
+            .checkpoints
+            .iter()
+            .skip_while(|(index, _)| *index <= mark.index)
+            .peekable();
+        let mut bytes = 0;
+        let mut best = None;
+        for (taken, (_, raw)) in (1..).zip(self.changes.range(skip..)) {
+            bytes += raw.len();
+            let at = mark.index + taken as u64;
+            if let Some((_, heads)) = checkpoints.next_if(|(index, _)| *index == at) {
+                if bytes <= max_bytes || best.is_none() {
+                    best = Some((taken, heads.as_slice()));
+                }
+            }
+            if bytes > max_bytes && best.is_some() {
+                return best;
+            }
+        }
+        None
     }
 
     /// The mark after every change applied so far.
@@ -162,6 +222,14 @@ impl RecentChanges {
         Mark {
             log: self.log,
             index: self.base + self.changes.len() as u64,
+        }
+    }
+
+    /// The mark `count` changes after `mark` (in the same log).
+    pub(crate) fn after(mark: Mark, count: usize) -> Mark {
+        Mark {
+            log: mark.log,
+            index: mark.index + count as u64,
         }
     }
 
@@ -311,6 +379,7 @@ impl Document {
             for change in &self.unsaved[from..] {
                 recent.push(change);
             }
+            recent.checkpoint(|| self.doc.get_heads());
         }
     }
 
@@ -605,6 +674,58 @@ mod tests {
     use automerge::transaction::Transactable;
     use automerge::ROOT;
     use std::collections::BTreeSet;
+
+    /// Ten changes of 40 KiB each: the heads are recorded every second one
+    /// (past 64 KiB), and an answer too large stops at the last record
+    /// within its bound, or at the first one when even that is past it.
+    #[test]
+    fn a_large_answer_stops_where_the_heads_were_recorded() {
+        let mut doc = Automerge::new();
+        let mut recent = RecentChanges::new();
+        let start = recent.end();
+        let mut heads_after = Vec::new();
+        for i in 0..10 {
+            let mut tx = doc.transaction();
+            tx.put(ROOT, format!("k{i}"), "x".repeat(40 * 1024))
+                .unwrap();
+            tx.commit();
+            recent.push(&doc.get_last_local_change().unwrap());
+            recent.checkpoint(|| doc.get_heads());
+            heads_after.push(doc.get_heads());
+        }
+        let recorded: Vec<u64> = recent.checkpoints.iter().map(|(at, _)| *at).collect();
+        assert_eq!(recorded, [2, 4, 6, 8, 10]);
+        assert_eq!(recent.cut(start, 1024 * 1024), None, "all of it fits");
+        assert_eq!(
+            recent.cut(start, 200 * 1024),
+            Some((4, heads_after[3].as_slice())),
+            "the last record within 200 KiB"
+        );
+        assert_eq!(
+            recent.cut(start, 10 * 1024),
+            Some((2, heads_after[1].as_slice())),
+            "the first record, past the bound"
+        );
+        let at_three = RecentChanges::after(start, 3);
+        assert_eq!(
+            recent.cut(at_three, 100 * 1024),
+            Some((1, heads_after[3].as_slice())),
+            "from a mark between records"
+        );
+        assert_eq!(
+            recent.cut(RecentChanges::after(start, 9), 10),
+            Some((1, heads_after[9].as_slice()))
+        );
+        // An eleventh change is not recorded (40 KiB since the last): an
+        // answer of it has nowhere to stop but its end.
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "k10", "x".repeat(40 * 1024)).unwrap();
+        tx.commit();
+        recent.push(&doc.get_last_local_change().unwrap());
+        recent.checkpoint(|| doc.get_heads());
+        assert_eq!(recent.checkpoints.len(), 5);
+        assert_eq!(recent.cut(RecentChanges::after(start, 10), 10), None);
+    }
 
     /// Four writers' changes (each on what its writer has seen, merged now
     /// and then) arrive in batches, some before their dependencies (they

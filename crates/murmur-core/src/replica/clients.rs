@@ -18,6 +18,12 @@ use crate::{ReplicaError, Time};
 /// past it, Automerge's own walk prunes them.
 const FAST_ACK_MAX_SENT: usize = 4096;
 
+/// The most bytes of changes one answer made from the recent changes
+/// carries (give or take one apply's worth, see [`RecentChanges::cut`]): a
+/// client far behind gets what it lacks in pieces, so the frames waiting
+/// for it, and those it must read before it can answer a ping, stay small.
+const ANSWER_MAX_BYTES: usize = 1024 * 1024;
+
 /// A client's sync state for one document: Automerge's, and how far into
 /// the document's recent changes the client is known to have everything,
 /// which lets this node answer it without walking the change graph.
@@ -40,6 +46,9 @@ pub struct ClientState {
     /// The client has every change before this mark of the document's
     /// [`RecentChanges`](crate::document::RecentChanges).
     has_before: Option<Mark>,
+    /// The document's heads at that mark, sorted: an answer that stops
+    /// part way through the changes since works out its heads from them.
+    mark_heads: Vec<ChangeHash>,
 }
 
 impl ClientState {
@@ -52,7 +61,12 @@ impl ClientState {
     /// Takes what a message said about the client's heads.
     fn stands(&mut self, stands: Stands, recent: Option<&RecentChanges>) {
         match stands {
-            Stands::HasAll => self.has_before = recent.map(RecentChanges::end),
+            Stands::HasAll => {
+                // Its heads are the document's.
+                self.has_before = recent.map(RecentChanges::end);
+                self.mark_heads = self.sync.their_heads.clone().unwrap_or_default();
+                self.mark_heads.sort_unstable();
+            }
             Stands::HasNothing => self.has_before = None,
             Stands::Unknown => {}
         }
@@ -75,6 +89,7 @@ impl From<sync::State> for ClientState {
         ClientState {
             sync,
             has_before: None,
+            mark_heads: Vec::new(),
         }
     }
 }
@@ -246,8 +261,11 @@ impl Replica {
                 let write = outcome?;
                 let document = self.document_mut(doc)?;
                 let recent = document.recent.get_or_insert_with(RecentChanges::new);
+                // The document does not change while its steps are
+                // answered: its heads are read once.
+                let ours = heads.get_or_insert_with(|| document.doc.get_heads());
                 let reply = if step.answer {
-                    match message_from_recent(&document.doc, recent, step.state) {
+                    match message_from_recent(&document.doc, ours, recent, step.state) {
                         Some(message) => message.map(sync::Message::encode),
                         None => {
                             crate::document::next_sync_message(&document.doc, &mut step.state.sync)
@@ -256,11 +274,10 @@ impl Replica {
                 } else {
                     None
                 };
-                let heads = heads.get_or_insert_with(|| document.heads()).clone();
                 Ok(ClientSync {
                     write,
                     reply,
-                    heads,
+                    heads: ours.clone(),
                 })
             })
             .collect()
@@ -283,6 +300,8 @@ impl Replica {
         // Each client's data is checked on its own: one's refusal is not
         // another's. Those with changes are applied below.
         let mut changing: Vec<(usize, Option<Vec<ChangeHash>>, usize)> = Vec::new();
+        // Nothing changes the document in this loop.
+        let mut heads_now = None;
         for &i in batch {
             let document = match self.document_mut(doc) {
                 Ok(document) => document,
@@ -312,6 +331,7 @@ impl Replica {
                     &mut step.state.sync,
                     message,
                     &mut log,
+                    &mut heads_now,
                 ) {
                     Ok(stands) => step.state.stands(stands, document.recent.as_ref()),
                     Err(error) => {
@@ -352,6 +372,7 @@ impl Replica {
             .map(|all| all.concat());
         let start = document.recent.as_ref().map(RecentChanges::end);
         let before = document.heads();
+        let mut heads_now = Some(before.clone());
         let mut log = automerge::PatchLog::new(observed);
         let outcome = document.apply_verified_with(hashes.as_deref(), |document| {
             changing
@@ -366,6 +387,7 @@ impl Replica {
                             &mut step.state.sync,
                             message,
                             &mut log,
+                            &mut heads_now,
                         )?;
                         if said != Stands::Unknown {
                             stands = said;
@@ -398,6 +420,7 @@ impl Replica {
                     // It has what the document had before the batch, and
                     // the batch's changes up to its own (not those after).
                     client.has_before = start.filter(|_| seen.is_some());
+                    client.mark_heads.clone_from(&before);
                     client
                         .sync
                         .sent_hashes
@@ -520,11 +543,16 @@ impl Replica {
 /// need not be: a WebSocket delivers what was sent, in order, or the
 /// session ends (and a new one starts from a new state). The set stays
 /// bounded: past [`FAST_ACK_MAX_SENT`] Automerge's own path runs.
+///
+/// `heads_now` carries `doc`'s heads (as `get_heads` gives them, sorted)
+/// from one message to the next: taken when `Some`, and left as the heads
+/// after this message when it was taken in.
 fn receive_without_pruning(
     doc: &mut automerge::Automerge,
     state: &mut sync::State,
     message: sync::Message,
     log: &mut automerge::PatchLog,
+    heads_now: &mut Option<Vec<ChangeHash>>,
 ) -> Result<Stands, automerge::AutomergeError> {
     use automerge::sync::{Capability, MessageFlags};
     let sync::Message {
@@ -548,26 +576,34 @@ fn receive_without_pruning(
         state.peer_read_only = flags.contains(MessageFlags::READ_ONLY);
     }
     let no_changes = changes.is_empty();
-    let mut ours = None;
-    if !no_changes {
-        let before = doc.get_heads();
+    // Automerge's heads are sorted; with many typists there are hundreds,
+    // so they are read once per change of state and looked up by search.
+    let before = match heads_now.take() {
+        Some(heads) => heads,
+        None => doc.get_heads(),
+    };
+    let ours = if no_changes {
+        before
+    } else {
         for chunk in changes.iter() {
             doc.load_incremental_log_patches(chunk, log)?;
         }
         let after = doc.get_heads();
         // The shared heads advance to the new heads, and keep those of the
         // old shared heads that are still heads.
-        let mut shared: Vec<ChangeHash> = after
+        let mut old_shared = std::mem::take(&mut state.shared_heads);
+        old_shared.sort_unstable();
+        let shared: Vec<ChangeHash> = after
             .iter()
-            .filter(|head| !before.contains(head) || state.shared_heads.contains(head))
+            .filter(|head| {
+                before.binary_search(head).is_err() || old_shared.binary_search(head).is_ok()
+            })
             .copied()
             .collect();
-        shared.sort_unstable();
-        shared.dedup();
         state.shared_heads = shared;
-        ours = Some(after);
-    }
-    let ours = ours.unwrap_or_else(|| doc.get_heads());
+        after
+    };
+    *heads_now = Some(ours.clone());
     let mut theirs = heads.clone();
     theirs.sort_unstable();
     let mut sorted_ours = ours.clone();
@@ -635,8 +671,16 @@ fn unknown_of(doc: &automerge::Automerge, hashes: &[ChangeHash]) -> Vec<ChangeHa
 /// Afterwards the client has every change applied so far, so its mark moves
 /// to the end and the sent hashes are dropped. Version 2 (one chunk of
 /// changes) goes to a client that said it reads it, as Automerge does.
+///
+/// When the changes since the mark come to more than [`ANSWER_MAX_BYTES`],
+/// the message stops where [`RecentChanges::cut`] says and gives the
+/// document's heads there instead of its heads now (both as its heads and
+/// its `have`): the client holds them once it applies the message, and its
+/// mark moves there. The next answer (to its acknowledgement, or when the
+/// document changes) goes on from there.
 fn message_from_recent(
     doc: &automerge::Automerge,
+    ours: &[ChangeHash],
     recent: &RecentChanges,
     client: &mut ClientState,
 ) -> Option<Option<sync::Message>> {
@@ -671,13 +715,21 @@ fn message_from_recent(
     let Some(since) = recent.since(mark) else {
         return fallback("mark too old");
     };
-    let changes: Vec<(ChangeHash, Vec<u8>)> = since
+    // A client far behind is sent what it lacks a bounded piece at a time,
+    // each with the heads the document had there, which the client then
+    // holds.
+    let cut = recent.cut(mark, ANSWER_MAX_BYTES);
+    let (count, heads) = match cut {
+        Some((count, heads)) => (count, heads),
+        None => (usize::MAX, ours),
+    };
+    let changes: Vec<&[u8]> = since
+        .take(count)
         .filter(|(hash, _)| !state.sent_hashes.contains(hash))
-        .cloned()
+        .map(|(_, raw)| raw.as_slice())
         .collect();
-    let ours = doc.get_heads();
     if state.last_sent_heads == ours && state.have_responded {
-        if their_heads == &ours && changes.is_empty() {
+        if their_heads == ours && changes.is_empty() {
             return Some(None);
         }
         if state.in_flight {
@@ -686,10 +738,16 @@ fn message_from_recent(
     }
     let state = &mut client.sync;
     state.have_responded = true;
-    state.last_sent_heads.clone_from(&ours);
-    state.sent_hashes.clear();
+    state.last_sent_heads = heads.to_vec();
     state.in_flight = true;
-    client.has_before = Some(recent.end());
+    match cut {
+        Some((count, _)) => client.has_before = Some(RecentChanges::after(mark, count)),
+        None => {
+            state.sent_hashes.clear();
+            client.has_before = Some(recent.end());
+        }
+    }
+    client.mark_heads = heads.to_vec();
     let mut flags = MessageFlags::new();
     flags.set(MessageFlags::SUPPORTS_SYNC_RESET);
     // A client that reads version 2 gets the changes as one chunk, as
@@ -699,27 +757,23 @@ fn message_from_recent(
         .as_ref()
         .is_some_and(|capabilities| capabilities.contains(&Capability::MessageV2));
     let (version, chunks) = if v2 {
-        let joined: Vec<u8> = changes
-            .iter()
-            .flat_map(|(_, raw)| raw.iter().copied())
-            .collect();
-        let chunks = if joined.is_empty() {
+        let chunks = if changes.is_empty() {
             Vec::new()
         } else {
-            vec![joined]
+            vec![changes.concat()]
         };
         (MessageVersion::V2, chunks)
     } else {
         (
             MessageVersion::V1,
-            changes.into_iter().map(|(_, raw)| raw).collect(),
+            changes.into_iter().map(<[u8]>::to_vec).collect(),
         )
     };
     Some(Some(sync::Message {
-        heads: ours.clone(),
+        heads: heads.to_vec(),
         need: Vec::new(),
         have: vec![Have {
-            last_sync: ours,
+            last_sync: heads.to_vec(),
             bloom: BloomFilter::default(),
         }],
         changes: ChunkList::from(chunks),
@@ -801,8 +855,14 @@ mod tests {
                     .receive_sync_message(&mut automerge_way, message.clone())
                     .unwrap();
                 let mut log = automerge::PatchLog::new(false);
-                super::receive_without_pruning(&mut node, &mut node_state, message, &mut log)
-                    .unwrap();
+                super::receive_without_pruning(
+                    &mut node,
+                    &mut node_state,
+                    message,
+                    &mut log,
+                    &mut None,
+                )
+                .unwrap();
                 assert_eq!(node.get_heads(), automerge_doc.get_heads());
                 assert!(node_state
                     .sent_hashes
@@ -969,6 +1029,82 @@ mod tests {
     /// answer made from the recent changes carries a change its client
     /// already has (a client that had everything when its own changes
     /// were applied is not sent the batch's changes before its own).
+    /// A client that has everything, then falls 4 MiB behind (forty local
+    /// changes of 100 KiB): it is answered from the recent changes in
+    /// pieces of at most [`super::ANSWER_MAX_BYTES`], each with heads it
+    /// holds once it applies the piece, and ends with everything.
+    #[test]
+    fn a_client_far_behind_is_answered_in_pieces_it_can_apply() {
+        use super::{ClientState, ANSWER_MAX_BYTES};
+        use automerge::ReadDoc;
+
+        let (mut replica, doc, now) = replica_with_a_document();
+        let (mut am, mut am_state) = (Automerge::new(), sync::State::new());
+        let mut state = ClientState::default();
+        // One conversation until neither side has anything to say; returns
+        // the size of each node message that carried changes.
+        let mut converse = |replica: &mut crate::Replica, am: &mut Automerge, recent: bool| {
+            let mut pieces = Vec::new();
+            let mut outgoing: Vec<sync::Message> = am
+                .generate_sync_message(&mut am_state)
+                .into_iter()
+                .collect();
+            for _ in 0..100 {
+                let step = replica
+                    .handle_client_sync(now, doc, &mut state, std::mem::take(&mut outgoing), true)
+                    .unwrap();
+                let Some(reply) = step.reply else {
+                    if outgoing.is_empty() {
+                        return pieces;
+                    }
+                    continue;
+                };
+                let message = sync::Message::decode(&reply).unwrap();
+                if recent && !message.changes.is_empty() {
+                    assert_eq!(
+                        message.have.first().map(|have| &have.last_sync),
+                        Some(&message.heads),
+                        "made from the recent changes"
+                    );
+                    pieces.push(reply.len());
+                }
+                let heads = message.heads.clone();
+                am.receive_sync_message(&mut am_state, message).unwrap();
+                for head in heads {
+                    assert!(
+                        am.get_change_meta_by_hash(&head).is_some(),
+                        "told of a head it does not get: {head}"
+                    );
+                }
+                outgoing.extend(am.generate_sync_message(&mut am_state));
+            }
+            panic!("no end to the conversation");
+        };
+        converse(&mut replica, &mut am, false);
+        converse(&mut replica, &mut am, false);
+        for i in 0..40 {
+            replica
+                .handle_local_change(now, doc, |tx| {
+                    tx.put(
+                        ROOT,
+                        format!("k{i}"),
+                        format!("{i}{}", "x".repeat(100 * 1024)),
+                    )
+                })
+                .unwrap();
+        }
+        let pieces = converse(&mut replica, &mut am, true);
+        assert!(pieces.len() >= 4, "{pieces:?}");
+        for piece in &pieces {
+            assert!(*piece <= ANSWER_MAX_BYTES + 4096, "{pieces:?}");
+        }
+        assert_eq!(
+            am.get_heads(),
+            replica.cached_document(doc).unwrap().get_heads()
+        );
+        assert!(am.get(ROOT, "k39").unwrap().is_some());
+    }
+
     #[test]
     fn steps_taken_together_converge_and_refuse_only_the_bad_one() {
         use super::{ClientState, ClientStep};
