@@ -194,7 +194,9 @@ impl RecentChanges {
     /// even that is further. `None`: every change since fits (or no
     /// checkpoint follows `mark`), so the answer carries them all.
     pub(crate) fn cut(&self, mark: Mark, max_bytes: usize) -> Option<(usize, &[ChangeHash])> {
-        let skip = usize::try_from(mark.index.checked_sub(self.base)?).ok()?;
+        let skip = usize::try_from(mark.index.checked_sub(self.base)?)
+            .ok()
+            .filter(|skip| *skip <= self.changes.len() && mark.log == self.log)?;
         let mut checkpoints = self
             .checkpoints
             .iter()
@@ -725,6 +727,9 @@ mod tests {
         recent.checkpoint(|| doc.get_heads());
         assert_eq!(recent.checkpoints.len(), 5);
         assert_eq!(recent.cut(RecentChanges::after(start, 10), 10), None);
+        // Marks past the end, or of another log, cut nothing.
+        assert_eq!(recent.cut(RecentChanges::after(start, 12), 10), None);
+        assert_eq!(RecentChanges::new().cut(start, 10), None);
     }
 
     /// Four writers' changes (each on what its writer has seen, merged now
