@@ -46,9 +46,6 @@ pub struct ClientState {
     /// The client has every change before this mark of the document's
     /// [`RecentChanges`](crate::document::RecentChanges).
     has_before: Option<Mark>,
-    /// The document's heads at that mark, sorted: an answer that stops
-    /// part way through the changes since works out its heads from them.
-    mark_heads: Vec<ChangeHash>,
 }
 
 impl ClientState {
@@ -61,12 +58,7 @@ impl ClientState {
     /// Takes what a message said about the client's heads.
     fn stands(&mut self, stands: Stands, recent: Option<&RecentChanges>) {
         match stands {
-            Stands::HasAll => {
-                // Its heads are the document's.
-                self.has_before = recent.map(RecentChanges::end);
-                self.mark_heads = self.sync.their_heads.clone().unwrap_or_default();
-                self.mark_heads.sort_unstable();
-            }
+            Stands::HasAll => self.has_before = recent.map(RecentChanges::end),
             Stands::HasNothing => self.has_before = None,
             Stands::Unknown => {}
         }
@@ -89,7 +81,6 @@ impl From<sync::State> for ClientState {
         ClientState {
             sync,
             has_before: None,
-            mark_heads: Vec::new(),
         }
     }
 }
@@ -420,7 +411,6 @@ impl Replica {
                     // It has what the document had before the batch, and
                     // the batch's changes up to its own (not those after).
                     client.has_before = start.filter(|_| seen.is_some());
-                    client.mark_heads.clone_from(&before);
                     client
                         .sync
                         .sent_hashes
@@ -747,7 +737,6 @@ fn message_from_recent(
             client.has_before = Some(recent.end());
         }
     }
-    client.mark_heads = heads.to_vec();
     let mut flags = MessageFlags::new();
     flags.set(MessageFlags::SUPPORTS_SYNC_RESET);
     // A client that reads version 2 gets the changes as one chunk, as
