@@ -140,31 +140,27 @@ fn check_messages(
                         Err(_) => all_known = false,
                     }
                 }
-                // A small bundle of changes: rebuilt here, its changes are
+                // A small bundle of changes, or a small document (what
+                // version-2 messages from Automerge 0.12 carry, a
+                // keystroke's worth): opened here, their changes are
                 // checked and their hashes known like single ones. A large
-                // one is left to the apply (decoded once, not twice).
-                Ok((BUNDLE_CHUNK, bytes)) if open_small && bytes.len() <= SMALL_CHUNK_BYTES => {
-                    let bundled = guarded(|| {
-                        automerge::Bundle::try_from(bytes)
-                            .ok()
-                            .and_then(|bundle| bundle.to_changes().ok())
+                // one is left to the apply (opened once, not twice).
+                Ok((kind @ (BUNDLE_CHUNK | DOCUMENT_CHUNK), bytes))
+                    if open_small && bytes.len() <= SMALL_CHUNK_BYTES =>
+                {
+                    let opened = guarded(|| {
+                        if kind == BUNDLE_CHUNK {
+                            automerge::Bundle::try_from(bytes)
+                                .ok()
+                                .and_then(|bundle| bundle.to_changes().ok())
+                        } else {
+                            Automerge::load(bytes)
+                                .ok()
+                                .map(|loaded| loaded.get_changes(&[]))
+                        }
                     });
-                    match bundled {
-                        Ok(Some(bundled)) => changes.extend(bundled),
-                        _ => all_known = false,
-                    }
-                }
-                // A small document: what version-2 messages from
-                // Automerge 0.12 carry, a keystroke's worth. A large one
-                // is left to the apply (loaded once, not twice).
-                Ok((DOCUMENT_CHUNK, bytes)) if open_small && bytes.len() <= SMALL_CHUNK_BYTES => {
-                    let loaded = guarded(|| {
-                        Automerge::load(bytes)
-                            .ok()
-                            .map(|loaded| loaded.get_changes(&[]))
-                    });
-                    match loaded {
-                        Ok(Some(loaded)) => changes.extend(loaded),
+                    match opened {
+                        Ok(Some(opened)) => changes.extend(opened),
                         _ => all_known = false,
                     }
                 }

@@ -158,15 +158,7 @@ impl Changes {
         if let Some(sum) = Self::checksum(&bytes) {
             self.by_checksum.entry(sum).or_default().push(idx);
         }
-        let dep_idx: Option<Vec<u32>> = change
-            .deps()
-            .iter()
-            .map(|d| self.by_hash.get(d).copied())
-            .collect();
-        let dep_idx = dep_idx.map(|mut v| {
-            v.sort_unstable();
-            v
-        });
+        let dep_idx = self.resolve(change.deps());
         self.infos.push(Info {
             hash,
             deps: change.deps().to_vec(),
@@ -179,20 +171,24 @@ impl Changes {
         idx
     }
 
+    /// The indices of `deps`, sorted; `None` while one is not known.
+    fn resolve(&self, deps: &[ChangeHash]) -> Option<Vec<u32>> {
+        let mut indices: Vec<u32> = deps
+            .iter()
+            .map(|d| self.by_hash.get(d).copied())
+            .collect::<Option<_>>()?;
+        indices.sort_unstable();
+        Some(indices)
+    }
+
     /// The indices of change idx's deps, sorted; `None` while one is not
     /// known.
     fn dep_indices(&self, idx: u32) -> Option<std::borrow::Cow<'_, [u32]>> {
         let info = &self.infos[idx as usize];
-        if let Some(deps) = &info.dep_idx {
-            return Some(std::borrow::Cow::Borrowed(deps));
+        match &info.dep_idx {
+            Some(deps) => Some(std::borrow::Cow::Borrowed(deps)),
+            None => self.resolve(&info.deps).map(std::borrow::Cow::Owned),
         }
-        let mut deps: Vec<u32> = info
-            .deps
-            .iter()
-            .map(|d| self.by_hash.get(d).copied())
-            .collect::<Option<_>>()?;
-        deps.sort_unstable();
-        Some(std::borrow::Cow::Owned(deps))
     }
 
     /// The index of a change chunk from the wire; Automerge parses and
